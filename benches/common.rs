@@ -1,0 +1,79 @@
+//! Shared by the benches: load the real lists from ../shared, or synthesise names.
+
+use std::path::PathBuf;
+
+use portcullis::lists::parse::{Format, parse_list};
+use portcullis::policy::groups::ALL_GROUPS;
+use portcullis::policy::rules::{ListInfo, RuleSetBuilder};
+
+pub fn shared_lists() -> Option<Vec<(String, String)>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/blocklists");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let lists = files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .filter_map(|p| {
+            Some((
+                p.file_name()?.to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).ok()?,
+            ))
+        })
+        .collect::<Vec<_>>();
+    (!lists.is_empty()).then_some(lists)
+}
+
+/// `n` synthetic names in a plain domains list (deterministic).
+pub fn synthetic_list(n: usize) -> String {
+    let mut out = String::with_capacity(n * 24);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push_str(&format!(
+            "h{:x}-{i}.example{}.com\n",
+            x & 0xffff_ffff,
+            i % 97
+        ));
+    }
+    out
+}
+
+/// The lists to benchmark with: the real ones when present, else synthetic ones.
+pub fn lists_or_synthetic() -> (Vec<(String, String)>, &'static str) {
+    match shared_lists() {
+        Some(lists) => (lists, "shared"),
+        None => {
+            eprintln!("../shared/data/blocklists not found: using 750k synthetic names");
+            (
+                vec![("synthetic.txt".into(), synthetic_list(750_000))],
+                "synthetic",
+            )
+        }
+    }
+}
+
+/// Builds a rule set from every list; returns it and the number of parsed entries.
+pub fn build(lists: &[(String, String)]) -> (portcullis::policy::rules::RuleSet, u64) {
+    let mut builder = RuleSetBuilder::new();
+    let mut entries = 0u64;
+    for (name, text) in lists {
+        let id = builder
+            .add_list(ListInfo {
+                name: name.clone(),
+                source: name.clone(),
+                groups: ALL_GROUPS,
+            })
+            .expect("list");
+        let report = parse_list(text, Format::Auto, |line, entry| {
+            let _ = builder.add_entry(id, line, entry);
+        });
+        entries += u64::from(report.entries);
+    }
+    (builder.build().expect("rule set"), entries)
+}

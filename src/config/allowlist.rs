@@ -1,0 +1,189 @@
+//! `allowlist.toml`: the operator's allow rules, shared by the DNS firewall and the proxy.
+//!
+//! ```toml
+//! [[allow]]
+//! host = "api.anthropic.com"     # that name only; "*.example.com" = any subdomain of example.com
+//! ports = [443]                  # proxy ports (default [443])
+//! groups = ["agent", "litellm"]  # default: every group
+//! private = false                # may it resolve to / be dialled at a private address?
+//! comment = "Claude API"
+//! ```
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, line_of};
+use crate::policy::groups::{ALL_GROUPS, GroupMask, Groups};
+use crate::policy::name::Name;
+use crate::policy::rules::AllowRule;
+
+/// The allowlist shipped with Portcullis (built into the binary).
+pub const BUILTIN_ALLOWLIST: &str = include_str!("../../allowlist.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowFile {
+    #[serde(default)]
+    allow: Vec<AllowEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowEntry {
+    host: Spanned<String>,
+    #[serde(default = "default_ports")]
+    ports: Vec<Spanned<u16>>,
+    #[serde(default)]
+    groups: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    private: bool,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+fn default_ports() -> Vec<Spanned<u16>> {
+    vec![Spanned::new(0..0, 443)]
+}
+
+/// Parses and validates an allowlist against the configured groups.
+pub fn parse(text: &str, file: &str, groups: &Groups) -> Result<Vec<AllowRule>, ConfigError> {
+    let parsed: AllowFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        file: file.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let invalid = |offset: usize, key: &str, message: String| ConfigError::Invalid {
+        file: file.to_owned(),
+        line: line_of(text, offset),
+        key: key.to_owned(),
+        message,
+    };
+    let mut rules = Vec::with_capacity(parsed.allow.len());
+    for entry in parsed.allow {
+        let at = entry.host.span().start;
+        let raw = entry.host.get_ref().trim();
+        let (wild, base) = match raw.strip_prefix("*.") {
+            Some(base) => (true, base),
+            None => (false, raw),
+        };
+        let name =
+            Name::parse(base).map_err(|e| invalid(at, "allow.host", format!("`{raw}`: {e}")))?;
+        if wild && !name.as_str().contains('.') {
+            return Err(invalid(
+                at,
+                "allow.host",
+                format!("`{raw}` would allow a whole top-level domain"),
+            ));
+        }
+        let mut mask: GroupMask = 0;
+        for group in entry.groups.iter().flatten() {
+            let id = groups.id(group.get_ref()).ok_or_else(|| {
+                invalid(
+                    group.span().start,
+                    "allow.groups",
+                    format!(
+                        "unknown group `{}` (define it under [groups] in portcullis.toml)",
+                        group.get_ref()
+                    ),
+                )
+            })?;
+            mask |= id.mask();
+        }
+        if entry.groups.is_none() {
+            mask = ALL_GROUPS;
+        }
+        let mut ports = Vec::with_capacity(entry.ports.len());
+        for port in &entry.ports {
+            if *port.get_ref() == 0 {
+                return Err(invalid(
+                    port.span().start,
+                    "allow.ports",
+                    "port 0 is not a port".into(),
+                ));
+            }
+            ports.push(*port.get_ref());
+        }
+        let host = if wild {
+            format!("*.{}", name.as_str())
+        } else {
+            name.as_str().to_owned()
+        };
+        rules.push(AllowRule {
+            host,
+            ports,
+            groups: mask,
+            private: entry.private,
+            file: file.to_owned(),
+            line: line_of(text, at) as u32,
+            comment: entry.comment,
+        });
+    }
+    Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_allowlist_parses_and_names_the_agent_apis() {
+        let rules = parse(BUILTIN_ALLOWLIST, "allowlist.toml", &Groups::default()).unwrap();
+        let hosts: Vec<_> = rules.iter().map(|r| r.host.as_str()).collect();
+        for needed in [
+            "api.anthropic.com",
+            "www.virustotal.com",
+            "api.telegram.org",
+            "github.com",
+            "huggingface.co",
+        ] {
+            assert!(hosts.contains(&needed), "{needed} missing from {hosts:?}");
+        }
+        assert!(
+            rules.iter().all(|r| !r.private),
+            "the shipped allowlist allows no private destination"
+        );
+    }
+
+    #[test]
+    fn rules_normalise_and_errors_point_at_the_line() {
+        let mut groups = Groups::default();
+        groups.add("agent");
+        let text = "[[allow]]\nhost = \"API.Example.COM.\"\ngroups = [\"agent\"]\n\n[[allow]]\nhost = \"*.cdn.example\"\nports = [443, 8443]\n";
+        let rules = parse(text, "allow.toml", &groups).unwrap();
+        assert_eq!(rules[0].host, "api.example.com");
+        assert_eq!(rules[0].line, 2);
+        assert_eq!(rules[0].ports, vec![443]);
+        assert_eq!(rules[1].host, "*.cdn.example");
+        assert_eq!(rules[1].ports, vec![443, 8443]);
+
+        let err = parse(
+            "[[allow]]\nhost = \"ok.example\"\n[[allow]]\nhost = \"bad host\"\n",
+            "allow.toml",
+            &groups,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("allow.toml:4: key `allow.host`: `bad host`"),
+            "{err}"
+        );
+        let err = parse(
+            "[[allow]]\nhost = \"a.example\"\ngroups = [\"nobody\"]\n",
+            "allow.toml",
+            &groups,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("allow.toml:3: key `allow.groups`: unknown group `nobody`"),
+            "{err}"
+        );
+        let err = parse("[[allow]]\nhost = \"*.com\"\n", "allow.toml", &groups)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("top-level"), "{err}");
+        let err = parse("[[allow]]\nhots = \"a.example\"\n", "allow.toml", &groups)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("hots"), "{err}");
+    }
+}

@@ -1,0 +1,563 @@
+//! Configuration: `portcullis.toml`, the separate `allowlist.toml`, and
+//! `PORTCULLIS_*` environment overrides.
+//!
+//! Every error names the file (or variable), the line and the key. A file that
+//! does not validate is refused whole; the caller keeps whatever it ran before.
+
+pub mod allowlist;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::dns::upstream::{Strategy, UpstreamSpec};
+use crate::error::{Fault, HasFault};
+use crate::lists::parse::Format;
+
+/// The configuration shipped inside the binary; `portcullis` with no arguments runs on it.
+pub const BUILTIN_CONFIG: &str = include_str!("../../portcullis.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    /// toml's message already names the line, column and key.
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}:{line}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+impl HasFault for ConfigError {
+    fn fault(&self) -> Fault {
+        // The operator's input; never the DNS client's.
+        Fault::Internal
+    }
+}
+
+/// How blocked names are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockAnswer {
+    /// NXDOMAIN with an SOA in the authority section, so clients cache the refusal.
+    #[default]
+    Nxdomain,
+    /// `0.0.0.0` for A, `::` for AAAA, no data for other types.
+    ZeroIp,
+    /// REFUSED.
+    Refused,
+    /// The addresses in `block_addresses`.
+    Addresses,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BareNames {
+    #[default]
+    Nxdomain,
+    Forward,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Addresses served on both UDP and TCP. Port 0 picks a free port (logged).
+    pub listen: Vec<SocketAddr>,
+    /// Queries waiting on an upstream at once; beyond it the gate answers SERVFAIL at once.
+    pub max_inflight: usize,
+    /// Idle timeout of a DNS-over-TCP connection, seconds.
+    pub tcp_idle_secs: u64,
+    pub block_answer: BlockAnswer,
+    pub block_addresses: Vec<std::net::IpAddr>,
+    /// TTL of block answers (and of the SOA minimum), seconds.
+    pub block_ttl: u32,
+    pub bare_names: BareNames,
+    /// Remove private, loopback, link-local... addresses from upstream answers.
+    pub rebinding_protection: bool,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: vec!["127.0.0.1:5353".parse().expect("valid literal")],
+            max_inflight: 1024,
+            tcp_idle_secs: 10,
+            block_answer: BlockAnswer::Nxdomain,
+            block_addresses: Vec::new(),
+            block_ttl: 3600,
+            bare_names: BareNames::Nxdomain,
+            rebinding_protection: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub strategy: Strategy,
+    /// Default per-upstream timeout, milliseconds.
+    pub timeout_ms: u64,
+    pub servers: Vec<UpstreamSpec>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            strategy: Strategy::Parallel,
+            timeout_ms: 2000,
+            servers: crate::dns::upstream::UpstreamPool::default_specs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Entries kept at most (0 disables the cache).
+    pub max_entries: usize,
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+    /// Longest time a negative answer (NXDOMAIN, NODATA) is cached, seconds.
+    pub negative_ttl: u32,
+    /// Serve expired answers when no upstream answers (RFC 8767).
+    pub serve_stale: bool,
+    /// How long past expiry an answer may still be served stale, seconds.
+    pub stale_max_age: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 50_000,
+            min_ttl: 0,
+            max_ttl: 86_400,
+            negative_ttl: 300,
+            serve_stale: true,
+            stale_max_age: 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, text when it is.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `portcullis=debug`.
+    pub level: String,
+    /// Log one line per allowed/forwarded query too (blocked ones are always logged).
+    pub allowed_queries: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            level: "info".into(),
+            allowed_queries: true,
+        }
+    }
+}
+
+/// One threat list or local list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListConfig {
+    pub name: Spanned<String>,
+    /// A file, relative to the config file's directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Rules written in the config itself.
+    #[serde(default)]
+    pub inline: Option<Spanned<String>>,
+    #[serde(default)]
+    pub format: Format,
+    /// Groups the list applies to; all groups when absent.
+    #[serde(default)]
+    pub groups: Option<Vec<Spanned<String>>>,
+    /// Substring rules: any name containing one of these is denied.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// A missing file is a warning, not an error.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// The whole configuration, as read from `portcullis.toml`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub dns: DnsConfig,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+    /// Group name → client networks.
+    pub groups: BTreeMap<String, Vec<Spanned<ipnet::IpNet>>>,
+    /// Path of the allowlist; the shipped allowlist (built in) when absent.
+    pub allowlist: Option<PathBuf>,
+    pub lists: Vec<ListConfig>,
+    /// Where the file came from (not a TOML key).
+    #[serde(skip)]
+    pub origin: ConfigOrigin,
+}
+
+/// The file a configuration was read from, for error messages and relative paths.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOrigin {
+    /// Display name: the path, or `<built-in>`.
+    pub file: String,
+    /// Directory that relative paths are resolved against.
+    pub dir: PathBuf,
+    pub source: String,
+}
+
+impl ConfigOrigin {
+    /// 1-based line of a byte offset in the source.
+    pub fn line_of(&self, offset: usize) -> usize {
+        line_of(&self.source, offset)
+    }
+
+    pub fn invalid(
+        &self,
+        offset: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            line: self.line_of(offset),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub(crate) fn line_of(source: &str, offset: usize) -> usize {
+    source.as_bytes()[..offset.min(source.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl Config {
+    /// The built-in default configuration; relative paths resolve against the working directory.
+    pub fn builtin() -> Result<Config, ConfigError> {
+        Self::parse(BUILTIN_CONFIG, "<built-in>", Path::new("."))
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), dir)
+    }
+
+    pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.origin = ConfigOrigin {
+            file: file.to_owned(),
+            dir: dir.to_owned(),
+            source: text.to_owned(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `PORTCULLIS_*` overrides (the settings a compose file sets).
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in vars {
+            let bad = |message: String| ConfigError::Env {
+                var: var.clone(),
+                message,
+            };
+            match var.as_str() {
+                "PORTCULLIS_DNS_LISTEN" => {
+                    self.dns.listen = split_list(&value)
+                        .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
+                        .collect::<Result<_, _>>()?;
+                }
+                "PORTCULLIS_UPSTREAMS" => {
+                    // url[#tls_name], comma separated.
+                    self.upstream.servers = split_list(&value)
+                        .map(|s| {
+                            let (url, tls_name) = match s.split_once('#') {
+                                Some((u, n)) => (u, Some(n.to_owned())),
+                                None => (s, None),
+                            };
+                            UpstreamSpec {
+                                name: None,
+                                url: url.to_owned(),
+                                tls_name,
+                                timeout_ms: None,
+                                ca_file: None,
+                            }
+                        })
+                        .collect();
+                }
+                "PORTCULLIS_UPSTREAM_STRATEGY" => {
+                    self.upstream.strategy = match value.as_str() {
+                        "parallel" => Strategy::Parallel,
+                        "failover" => Strategy::Failover,
+                        other => {
+                            return Err(bad(format!("`{other}`: expected parallel or failover")));
+                        }
+                    }
+                }
+                "PORTCULLIS_ALLOWLIST" => self.allowlist = Some(PathBuf::from(value.clone())),
+                "PORTCULLIS_LOG_FORMAT" => {
+                    self.log.format = match value.as_str() {
+                        "json" => LogFormat::Json,
+                        "text" => LogFormat::Text,
+                        "auto" => LogFormat::Auto,
+                        other => {
+                            return Err(bad(format!("`{other}`: expected json, text or auto")));
+                        }
+                    }
+                }
+                "PORTCULLIS_LOG_LEVEL" => self.log.level = value.clone(),
+                "PORTCULLIS_BLOCK_ANSWER" => {
+                    self.dns.block_answer = BlockAnswer::deserialize(toml::Value::String(
+                        value.clone(),
+                    ))
+                    .map_err(|_| {
+                        bad(format!(
+                            "`{value}`: expected nxdomain, zero_ip, refused or addresses"
+                        ))
+                    })?;
+                }
+                "PORTCULLIS_CACHE_MAX_ENTRIES" => {
+                    self.cache.max_entries =
+                        value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?;
+                }
+                _ => {}
+            }
+        }
+        self.validate()
+    }
+
+    /// Checks what serde cannot: cross-references and ranges.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let o = &self.origin;
+        let key_line = |key: &str| o.source.find(key).map_or(0, |off| o.line_of(off));
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: o.file.clone(),
+            line: key_line(key),
+            key: key.to_owned(),
+            message,
+        };
+        if self.dns.listen.is_empty() {
+            return Err(invalid("listen", "at least one address is needed".into()));
+        }
+        if self.dns.block_answer == BlockAnswer::Addresses && self.dns.block_addresses.is_empty() {
+            return Err(invalid(
+                "block_addresses",
+                "block_answer = \"addresses\" needs at least one address".into(),
+            ));
+        }
+        if self.dns.max_inflight == 0 {
+            return Err(invalid("max_inflight", "must be at least 1".into()));
+        }
+        if self.upstream.servers.is_empty() {
+            return Err(invalid("servers", "at least one upstream is needed".into()));
+        }
+        if self.cache.min_ttl > self.cache.max_ttl {
+            return Err(invalid("min_ttl", "must not exceed max_ttl".into()));
+        }
+        if self.groups.len() + 1 > crate::policy::groups::MAX_GROUPS {
+            return Err(invalid(
+                "groups",
+                format!("at most {} groups", crate::policy::groups::MAX_GROUPS - 1),
+            ));
+        }
+        if self.groups.contains_key("default") {
+            return Err(invalid(
+                "default",
+                "`default` is the group of every client no network names; it cannot list networks"
+                    .into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for list in &self.lists {
+            let at = list.name.span().start;
+            if !names.insert(list.name.get_ref().as_str()) {
+                return Err(o.invalid(
+                    at,
+                    "lists.name",
+                    format!("duplicate list name `{}`", list.name.get_ref()),
+                ));
+            }
+            match (&list.path, &list.inline) {
+                (Some(_), Some(_)) => {
+                    return Err(o.invalid(
+                        at,
+                        "lists",
+                        format!(
+                            "list `{}`: give `path` or `inline`, not both",
+                            list.name.get_ref()
+                        ),
+                    ));
+                }
+                (None, None) => {
+                    return Err(o.invalid(
+                        at,
+                        "lists",
+                        format!("list `{}`: needs `path` or `inline`", list.name.get_ref()),
+                    ));
+                }
+                _ => {}
+            }
+            for group in list.groups.iter().flatten() {
+                if group.get_ref() != "default" && !self.groups.contains_key(group.get_ref()) {
+                    return Err(o.invalid(
+                        group.span().start,
+                        "lists.groups",
+                        format!(
+                            "unknown group `{}` (define it under [groups])",
+                            group.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.origin.dir.join(path)
+        }
+    }
+}
+
+fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "portcullis.toml", Path::new("."))
+    }
+
+    #[test]
+    fn builtin_config_is_valid() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(
+            c.dns.listen,
+            vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.dns.block_answer, BlockAnswer::Nxdomain);
+        assert!(c.dns.rebinding_protection);
+        assert!(c.allowlist.is_none());
+    }
+
+    #[test]
+    fn syntax_errors_name_file_line_and_key() {
+        let err = parse("[dns]\nblock_ttl = 60\nblock_anser = \"refused\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("portcullis.toml: "), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("block_anser"), "{err}");
+        let err = parse("[dns]\n\nblock_ttl = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3") && err.contains("block_ttl"), "{err}");
+        let err = parse("[dns]\nlisten = [\"127.0.0.1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_file_line_and_key() {
+        let text = "[groups]\nagent = [\"10.0.0.0/8\"]\n\n[[lists]]\nname = \"a\"\ninline = \"x.com\"\ngroups = [\"agnet\"]\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "portcullis.toml:7: key `lists.groups`: unknown group `agnet` (define it under [groups])"
+        );
+        let err = parse("[[lists]]\nname = \"a\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("portcullis.toml:2: key `lists`"), "{err}");
+        let err = parse("[dns]\nblock_answer = \"addresses\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("block_addresses"), "{err}");
+        let err = parse("[groups]\nagent = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let mut c = Config::builtin().unwrap();
+        c.apply_env([
+            (
+                "PORTCULLIS_DNS_LISTEN".to_owned(),
+                "0.0.0.0:53, [::]:53".to_owned(),
+            ),
+            (
+                "PORTCULLIS_UPSTREAMS".to_owned(),
+                "https://9.9.9.9/dns-query#dns.quad9.net".to_owned(),
+            ),
+            ("PORTCULLIS_BLOCK_ANSWER".to_owned(), "zero_ip".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ])
+        .unwrap();
+        assert_eq!(c.dns.listen.len(), 2);
+        assert_eq!(
+            c.upstream.servers[0].tls_name.as_deref(),
+            Some("dns.quad9.net")
+        );
+        assert_eq!(c.dns.block_answer, BlockAnswer::ZeroIp);
+        let err = c
+            .apply_env([("PORTCULLIS_DNS_LISTEN".to_owned(), "nowhere".to_owned())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment variable PORTCULLIS_DNS_LISTEN: `nowhere`"),
+            "{err}"
+        );
+    }
+}

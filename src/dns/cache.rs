@@ -1,0 +1,272 @@
+//! A bounded response cache with min/max TTL, negative caching and serve-stale (RFC 8767).
+//!
+//! Upstream answers are cached as received (before per-client inspection), so a
+//! cached answer is inspected for each client's group exactly like a fresh one.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{Record, RecordType};
+
+use crate::config::CacheConfig;
+
+/// TTL given to a stale answer (RFC 8767 §4 recommends 30 seconds).
+pub const STALE_ANSWER_TTL: u32 = 30;
+
+/// The parts of an upstream response worth keeping.
+#[derive(Debug)]
+pub struct CachedResponse {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    /// Which upstream answered, for the decision log.
+    pub upstream: Arc<str>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    name: Arc<str>,
+    qtype: RecordType,
+    stored: Instant,
+    ttl: u32,
+    response: Arc<CachedResponse>,
+}
+
+/// A cache hit: the response and how old it is.
+pub struct Hit {
+    pub response: Arc<CachedResponse>,
+    /// Seconds the TTLs must be reduced by.
+    pub age: u32,
+    /// Past its TTL: only to be served when no upstream answers.
+    pub stale: bool,
+}
+
+pub struct Cache {
+    entries: Option<quick_cache::sync::Cache<u64, Entry>>,
+    hasher: foldhash::fast::RandomState,
+    min_ttl: u32,
+    max_ttl: u32,
+    negative_ttl: u32,
+    serve_stale: bool,
+    stale_max_age: u32,
+}
+
+impl Cache {
+    pub fn new(config: &CacheConfig) -> Cache {
+        Cache {
+            entries: (config.max_entries > 0)
+                .then(|| quick_cache::sync::Cache::new(config.max_entries)),
+            hasher: foldhash::fast::RandomState::default(),
+            min_ttl: config.min_ttl,
+            max_ttl: config.max_ttl,
+            negative_ttl: config.negative_ttl,
+            serve_stale: config.serve_stale,
+            stale_max_age: config.stale_max_age,
+        }
+    }
+
+    fn key(&self, name: &str, qtype: RecordType) -> u64 {
+        self.hasher.hash_one((name, u16::from(qtype)))
+    }
+
+    /// Looks up a normalised name. Expired entries come back marked stale while
+    /// serve-stale allows them, so the caller can fall back to them.
+    pub fn get(&self, name: &str, qtype: RecordType) -> Option<Hit> {
+        let entries = self.entries.as_ref()?;
+        let entry = entries.get(&self.key(name, qtype))?;
+        if &*entry.name != name || entry.qtype != qtype {
+            return None;
+        }
+        let age = entry.stored.elapsed().as_secs().min(u64::from(u32::MAX)) as u32;
+        if age < entry.ttl {
+            return Some(Hit {
+                response: entry.response,
+                age,
+                stale: false,
+            });
+        }
+        (self.serve_stale && age - entry.ttl <= self.stale_max_age).then_some(Hit {
+            response: entry.response,
+            age,
+            stale: true,
+        })
+    }
+
+    /// Stores an upstream response; SERVFAIL and other failures are not cached.
+    pub fn insert(&self, name: &str, qtype: RecordType, response: &Message, upstream: Arc<str>) {
+        let Some(entries) = &self.entries else { return };
+        let Some(ttl) = self.ttl_for(response) else {
+            return;
+        };
+        let entry = Entry {
+            name: name.into(),
+            qtype,
+            stored: Instant::now(),
+            ttl,
+            response: Arc::new(CachedResponse {
+                rcode: response.metadata.response_code,
+                answers: response.answers.clone(),
+                authorities: response.authorities.clone(),
+                upstream,
+            }),
+        };
+        entries.insert(self.key(name, qtype), entry);
+    }
+
+    /// How long a response may be cached, or `None` when it must not be.
+    fn ttl_for(&self, response: &Message) -> Option<u32> {
+        let rcode = response.metadata.response_code;
+        let negative = match rcode {
+            ResponseCode::NoError => response.answers.is_empty(),
+            ResponseCode::NXDomain => true,
+            _ => return None,
+        };
+        let ttl = if negative {
+            // RFC 2308: the SOA's TTL bounded by its MINIMUM field.
+            let soa_ttl = response
+                .authorities
+                .iter()
+                .find_map(|r| match &r.data {
+                    hickory_proto::rr::RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                    _ => None,
+                })
+                .unwrap_or(self.negative_ttl);
+            soa_ttl.min(self.negative_ttl)
+        } else {
+            response.answers.iter().map(|r| r.ttl).min().unwrap_or(0)
+        };
+        Some(ttl.clamp(self.min_ttl, self.max_ttl))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.as_ref().map_or(0, |c| c.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&self) {
+        if let Some(entries) = &self.entries {
+            entries.clear();
+        }
+    }
+
+    /// Test hook: pretend an entry was stored `by` earlier.
+    #[doc(hidden)]
+    pub fn age_all(&self, by: Duration) {
+        if let Some(entries) = &self.entries {
+            let aged: Vec<_> = entries
+                .iter()
+                .map(|(k, mut e)| {
+                    e.stored = e.stored.checked_sub(by).unwrap_or(e.stored);
+                    (k, e)
+                })
+                .collect();
+            for (k, e) in aged {
+                entries.insert(k, e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{MessageType, OpCode};
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::{Name, RData};
+    use std::str::FromStr;
+
+    fn config() -> CacheConfig {
+        CacheConfig {
+            max_entries: 100,
+            min_ttl: 5,
+            max_ttl: 600,
+            negative_ttl: 60,
+            serve_stale: true,
+            stale_max_age: 3600,
+        }
+    }
+
+    fn answer(ttl: u32) -> Message {
+        let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+        m.answers.push(Record::from_rdata(
+            Name::from_str("a.example.").unwrap(),
+            ttl,
+            RData::A(A::new(192, 0, 2, 1)),
+        ));
+        m
+    }
+
+    fn nxdomain(soa_ttl: u32, minimum: u32) -> Message {
+        let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+        m.metadata.response_code = ResponseCode::NXDomain;
+        let soa = SOA::new(
+            Name::from_str("example.").unwrap(),
+            Name::from_str("admin.example.").unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            minimum,
+        );
+        m.authorities.push(Record::from_rdata(
+            Name::from_str("example.").unwrap(),
+            soa_ttl,
+            RData::SOA(soa),
+        ));
+        m
+    }
+
+    #[test]
+    fn ttls_are_clamped_and_negative_answers_bounded() {
+        let c = Cache::new(&config());
+        assert_eq!(c.ttl_for(&answer(1)), Some(5));
+        assert_eq!(c.ttl_for(&answer(100)), Some(100));
+        assert_eq!(c.ttl_for(&answer(100_000)), Some(600));
+        assert_eq!(c.ttl_for(&nxdomain(3600, 30)), Some(30));
+        assert_eq!(c.ttl_for(&nxdomain(3600, 3600)), Some(60));
+        let mut servfail = answer(100);
+        servfail.metadata.response_code = ResponseCode::ServFail;
+        assert_eq!(c.ttl_for(&servfail), None);
+    }
+
+    #[test]
+    fn fresh_then_stale_then_gone() {
+        let c = Cache::new(&config());
+        c.insert("a.example", RecordType::A, &answer(10), "up".into());
+        let hit = c.get("a.example", RecordType::A).unwrap();
+        assert!(!hit.stale);
+        assert!(c.get("a.example", RecordType::AAAA).is_none());
+        assert!(c.get("b.example", RecordType::A).is_none());
+        c.age_all(Duration::from_secs(11));
+        let hit = c.get("a.example", RecordType::A).unwrap();
+        assert!(hit.stale);
+        assert!(hit.age >= 11);
+        c.age_all(Duration::from_secs(3600));
+        assert!(c.get("a.example", RecordType::A).is_none());
+    }
+
+    #[test]
+    fn stale_serving_can_be_disabled_and_cache_bounded() {
+        let mut cfg = config();
+        cfg.serve_stale = false;
+        cfg.max_entries = 10;
+        let c = Cache::new(&cfg);
+        for i in 0..100 {
+            c.insert(
+                &format!("n{i}.example"),
+                RecordType::A,
+                &answer(10),
+                "up".into(),
+            );
+        }
+        assert!(c.len() <= 10, "cache holds {} entries", c.len());
+        c.insert("a.example", RecordType::A, &answer(10), "up".into());
+        c.age_all(Duration::from_secs(11));
+        assert!(c.get("a.example", RecordType::A).is_none());
+    }
+}

@@ -1,0 +1,554 @@
+//! The filtering resolver: policy decision, cache, upstream, answer inspection.
+//!
+//! Transport-independent: [`Filter::resolve`] turns one question from one client
+//! into a [`Reply`]; the hickory-server glue in [`super::server`] encodes it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::{DNSClass, Name as DnsName, RData, Record, RecordType};
+use tokio::sync::Semaphore;
+
+use super::cache::{Cache, STALE_ANSWER_TTL};
+use super::upstream::UpstreamPool;
+use crate::config::{BlockAnswer, DnsConfig};
+use crate::policy::addr::{AddrClass, classify};
+use crate::policy::groups::GroupId;
+use crate::policy::name::Name;
+use crate::policy::special::SpecialUse;
+use crate::policy::{Policy, Verdict};
+
+/// Extended DNS Error info codes (RFC 8914) we send.
+pub mod ede {
+    pub const STALE_ANSWER: u16 = 3;
+    pub const BLOCKED: u16 = 15;
+    pub const NOT_READY: u16 = 14;
+    pub const NETWORK_ERROR: u16 = 23;
+}
+
+/// What happened to a query: the `outcome` of the decision log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A deny rule matched the name or a CNAME target, or an answer address was on an IP list.
+    Blocked,
+    /// Answered from upstream (fresh).
+    Forwarded,
+    /// Answered from the cache.
+    Cached,
+    /// Answered from the cache past its TTL because no upstream answered.
+    Stale,
+    /// Answered locally: special-use names.
+    Local,
+    /// Refused: malformed name, rebinding answer, unsupported query.
+    Refused,
+    /// SERVFAIL: no upstream answered, or overload.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Blocked => "blocked",
+            Outcome::Forwarded => "forwarded",
+            Outcome::Cached => "cached",
+            Outcome::Stale => "stale",
+            Outcome::Local => "local",
+            Outcome::Refused => "refused",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// A reply ready to encode, with the decision that produced it.
+#[derive(Debug)]
+pub struct Reply {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    /// Extended DNS Error: info code and text (sent only to EDNS clients).
+    pub ede: Option<(u16, String)>,
+    pub outcome: Outcome,
+    /// Why, in words, for the decision log.
+    pub reason: String,
+    /// The list that decided, when one did.
+    pub list: Option<String>,
+    pub rule: Option<String>,
+    pub upstream: Option<Arc<str>>,
+}
+
+impl Reply {
+    fn new(rcode: ResponseCode, outcome: Outcome, reason: impl Into<String>) -> Reply {
+        Reply {
+            rcode,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            ede: None,
+            outcome,
+            reason: reason.into(),
+            list: None,
+            rule: None,
+            upstream: None,
+        }
+    }
+}
+
+/// Settings of the filter that come from `[dns]`.
+#[derive(Debug, Clone)]
+pub struct FilterSettings {
+    pub block_answer: BlockAnswer,
+    pub block_addresses: Vec<IpAddr>,
+    pub block_ttl: u32,
+    pub rebinding_protection: bool,
+}
+
+impl From<&DnsConfig> for FilterSettings {
+    fn from(c: &DnsConfig) -> Self {
+        FilterSettings {
+            block_answer: c.block_answer,
+            block_addresses: c.block_addresses.clone(),
+            block_ttl: c.block_ttl,
+            rebinding_protection: c.rebinding_protection,
+        }
+    }
+}
+
+/// The DNS firewall's brain. Shared by every listener.
+pub struct Filter {
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub upstream: Arc<UpstreamPool>,
+    pub cache: Cache,
+    pub settings: ArcSwap<FilterSettings>,
+    inflight: Arc<Semaphore>,
+}
+
+impl Filter {
+    pub fn new(
+        policy: Arc<ArcSwap<Policy>>,
+        upstream: Arc<UpstreamPool>,
+        cache: Cache,
+        settings: FilterSettings,
+        max_inflight: usize,
+    ) -> Filter {
+        Filter {
+            policy,
+            upstream,
+            cache,
+            settings: ArcSwap::from_pointee(settings),
+            inflight: Arc::new(Semaphore::new(max_inflight)),
+        }
+    }
+
+    /// Answers one question from one client.
+    pub async fn resolve(&self, client: IpAddr, query: &Query) -> Reply {
+        if query.query_class() != DNSClass::IN {
+            return Reply::new(
+                ResponseCode::Refused,
+                Outcome::Refused,
+                "only class IN is served",
+            );
+        }
+        match query.query_type() {
+            RecordType::AXFR | RecordType::IXFR | RecordType::ANY => {
+                return Reply::new(
+                    ResponseCode::Refused,
+                    Outcome::Refused,
+                    format!("query type {} is not served", query.query_type()),
+                );
+            }
+            _ => {}
+        }
+        let qname = query.name();
+        let name = match Name::from_labels(qname.iter()) {
+            Ok(name) => name,
+            Err(e) => {
+                let mut reply = Reply::new(
+                    ResponseCode::Refused,
+                    Outcome::Refused,
+                    format!("malformed name: {e}"),
+                );
+                reply.ede = Some((ede::BLOCKED, format!("malformed name: {e}")));
+                return reply;
+            }
+        };
+        let policy = self.policy.load();
+        let settings = self.settings.load();
+        let group = policy.groups.of(client);
+        let verdict = policy.decide(&name, group);
+        let allow_private = match &verdict {
+            Verdict::Blocked(m) => {
+                let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
+                let reason = format!(
+                    "{} rule {} of list {}",
+                    m.kind.as_str(),
+                    m.rule,
+                    list.as_deref().unwrap_or("?")
+                );
+                let mut reply =
+                    block_reply(&settings, qname, query.query_type(), Some(&m.rule), &reason);
+                reply.list = list;
+                reply.rule = Some(m.rule.clone());
+                return reply;
+            }
+            Verdict::Special(kind) => {
+                return special_reply(*kind, qname, query.query_type(), &settings);
+            }
+            Verdict::Malformed(e) => {
+                return Reply::new(
+                    ResponseCode::Refused,
+                    Outcome::Refused,
+                    format!("malformed name: {e}"),
+                );
+            }
+            Verdict::Allowed(rule) => rule.private,
+            Verdict::Excepted(_) | Verdict::Pass => false,
+        };
+        let mut reply = self.forward(&name, query).await;
+        if matches!(
+            reply.outcome,
+            Outcome::Forwarded | Outcome::Cached | Outcome::Stale
+        ) {
+            self.inspect(
+                &policy,
+                &settings,
+                group,
+                allow_private,
+                qname,
+                query.query_type(),
+                &mut reply,
+            );
+        }
+        if let Verdict::Allowed(rule) = &verdict
+            && reply.outcome != Outcome::Blocked
+        {
+            reply.rule = Some(rule.host.clone());
+        }
+        reply
+    }
+
+    /// Cache, then upstream, then stale cache.
+    async fn forward(&self, name: &Name, query: &Query) -> Reply {
+        let qtype = query.query_type();
+        let cached = self.cache.get(name.as_str(), qtype);
+        if let Some(hit) = &cached
+            && !hit.stale
+        {
+            return from_cache(hit, Outcome::Cached);
+        }
+        let Ok(_permit) = self.inflight.clone().try_acquire_owned() else {
+            let mut reply = Reply::new(
+                ResponseCode::ServFail,
+                Outcome::Error,
+                "too many queries waiting on upstreams",
+            );
+            reply.ede = Some((ede::NOT_READY, "overloaded".into()));
+            return reply;
+        };
+        let mut request = Message::new(0, MessageType::Query, OpCode::Query);
+        request.metadata.recursion_desired = true;
+        request.queries.push(query.clone());
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        request.edns = Some(edns);
+        match self.upstream.resolve_named(&request).await {
+            Ok((response, upstream)) if is_usable(&response) => {
+                self.cache
+                    .insert(name.as_str(), qtype, &response, upstream.clone());
+                let mut reply = Reply::new(
+                    response.metadata.response_code,
+                    Outcome::Forwarded,
+                    "forwarded",
+                );
+                reply.answers = response.answers;
+                reply.authorities = response.authorities;
+                reply.upstream = Some(upstream);
+                reply
+            }
+            result => {
+                let why = match result {
+                    Ok((r, upstream)) => {
+                        format!("{upstream} answered {}", r.metadata.response_code)
+                    }
+                    Err(e) => e.to_string(),
+                };
+                if let Some(hit) = &cached {
+                    let mut reply = from_cache(hit, Outcome::Stale);
+                    reply.reason = format!("stale answer: {why}");
+                    return reply;
+                }
+                let mut reply = Reply::new(ResponseCode::ServFail, Outcome::Error, why.clone());
+                reply.ede = Some((ede::NETWORK_ERROR, why));
+                reply
+            }
+        }
+    }
+
+    /// Checks an answer on its way back: CNAME targets against deny rules, answer
+    /// addresses against IP lists and (rebinding protection) private ranges.
+    #[allow(clippy::too_many_arguments)]
+    fn inspect(
+        &self,
+        policy: &Policy,
+        settings: &FilterSettings,
+        group: GroupId,
+        allow_private: bool,
+        qname: &DnsName,
+        qtype: RecordType,
+        reply: &mut Reply,
+    ) {
+        let mut removed: Option<(IpAddr, AddrClass)> = None;
+        for record in &reply.answers {
+            match &record.data {
+                RData::CNAME(target) => {
+                    let Ok(target) = Name::from_labels(target.0.iter()) else {
+                        continue;
+                    };
+                    if let Verdict::Blocked(m) = policy.decide(&target, group) {
+                        let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
+                        let reason = format!(
+                            "CNAME target {target} blocked by {} rule {} of list {}",
+                            m.kind.as_str(),
+                            m.rule,
+                            list.as_deref().unwrap_or("?")
+                        );
+                        *reply = block_reply(settings, qname, qtype, None, &reason);
+                        reply.list = list;
+                        reply.rule = Some(m.rule.clone());
+                        return;
+                    }
+                }
+                RData::A(A(ip)) => {
+                    if let Some(reason) = ip_list_hit(policy, group, IpAddr::V4(*ip)) {
+                        *reply = block_reply(settings, qname, qtype, None, &reason.0);
+                        reply.list = Some(reason.1);
+                        return;
+                    }
+                }
+                RData::AAAA(AAAA(ip)) => {
+                    if let Some(reason) = ip_list_hit(policy, group, IpAddr::V6(*ip)) {
+                        *reply = block_reply(settings, qname, qtype, None, &reason.0);
+                        reply.list = Some(reason.1);
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !settings.rebinding_protection || allow_private {
+            return;
+        }
+        reply.answers.retain(|record| {
+            let ip = match &record.data {
+                RData::A(A(ip)) => IpAddr::V4(*ip),
+                RData::AAAA(AAAA(ip)) => IpAddr::V6(*ip),
+                _ => return true,
+            };
+            let class = classify(ip);
+            if class.is_denied() {
+                removed.get_or_insert((ip, class));
+                false
+            } else {
+                true
+            }
+        });
+        if let Some((ip, class)) = removed {
+            let has_address = reply
+                .answers
+                .iter()
+                .any(|r| matches!(r.data, RData::A(_) | RData::AAAA(_)));
+            if !has_address {
+                let why = format!(
+                    "answer pointed at {ip} ({}): {}",
+                    class.as_str(),
+                    class.describe()
+                );
+                let mut refused = Reply::new(ResponseCode::Refused, Outcome::Refused, why.clone());
+                refused.ede = Some((ede::BLOCKED, why));
+                refused.upstream = reply.upstream.take();
+                *reply = refused;
+            } else {
+                reply.reason = format!("removed {} from the answer ({})", ip, class.as_str());
+            }
+        }
+    }
+}
+
+fn ip_list_hit(policy: &Policy, group: GroupId, ip: IpAddr) -> Option<(String, String)> {
+    let origin = policy.rules.denied_ip(ip, group)?;
+    let list = policy
+        .rules
+        .list(origin.list)
+        .map_or_else(|| "?".to_owned(), |l| l.name.clone());
+    Some((
+        format!(
+            "answer address {ip} is on list {list} (line {})",
+            origin.line
+        ),
+        list,
+    ))
+}
+
+/// A response worth passing on: anything but SERVFAIL/REFUSED/NOTIMP.
+fn is_usable(response: &Message) -> bool {
+    matches!(
+        response.metadata.response_code,
+        ResponseCode::NoError | ResponseCode::NXDomain
+    )
+}
+
+fn from_cache(hit: &super::cache::Hit, outcome: Outcome) -> Reply {
+    let ttl = |record: &Record| {
+        if hit.stale {
+            STALE_ANSWER_TTL
+        } else {
+            record.ttl.saturating_sub(hit.age)
+        }
+    };
+    let adjust = |records: &[Record]| {
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.ttl = ttl(&r);
+                r
+            })
+            .collect()
+    };
+    let mut reply = Reply::new(hit.response.rcode, outcome, outcome.as_str());
+    reply.answers = adjust(&hit.response.answers);
+    reply.authorities = adjust(&hit.response.authorities);
+    reply.upstream = Some(hit.response.upstream.clone());
+    if hit.stale {
+        reply.ede = Some((
+            ede::STALE_ANSWER,
+            "no upstream answered; serving a stale answer".into(),
+        ));
+    }
+    reply
+}
+
+/// The SOA that makes clients cache a block (RFC 2308).
+fn block_soa(owner: &DnsName, ttl: u32) -> Record {
+    let mname = DnsName::from_ascii("portcullis.").expect("valid literal");
+    let rname = DnsName::from_ascii("blocked.portcullis.").expect("valid literal");
+    Record::from_rdata(
+        owner.clone(),
+        ttl,
+        RData::SOA(SOA::new(mname, rname, 1, 3600, 600, 86400, ttl)),
+    )
+}
+
+fn block_reply(
+    settings: &FilterSettings,
+    qname: &DnsName,
+    qtype: RecordType,
+    rule: Option<&str>,
+    reason: &str,
+) -> Reply {
+    let ttl = settings.block_ttl;
+    // The SOA owner is the blocked zone when the rule names one, else the query name.
+    let owner = rule
+        .filter(|r| !r.starts_with('/') && !r.starts_with('='))
+        .and_then(|r| DnsName::from_ascii(format!("{r}.")).ok())
+        .unwrap_or_else(|| qname.clone());
+    let mut reply = match settings.block_answer {
+        BlockAnswer::Nxdomain => {
+            let mut r = Reply::new(ResponseCode::NXDomain, Outcome::Blocked, reason);
+            r.authorities.push(block_soa(&owner, ttl));
+            r
+        }
+        BlockAnswer::Refused => Reply::new(ResponseCode::Refused, Outcome::Blocked, reason),
+        BlockAnswer::ZeroIp => {
+            let mut r = Reply::new(ResponseCode::NoError, Outcome::Blocked, reason);
+            match qtype {
+                RecordType::A => r.answers.push(Record::from_rdata(
+                    qname.clone(),
+                    ttl,
+                    RData::A(A(Ipv4Addr::UNSPECIFIED)),
+                )),
+                RecordType::AAAA => r.answers.push(Record::from_rdata(
+                    qname.clone(),
+                    ttl,
+                    RData::AAAA(AAAA(Ipv6Addr::UNSPECIFIED)),
+                )),
+                _ => r.authorities.push(block_soa(&owner, ttl)),
+            }
+            r
+        }
+        BlockAnswer::Addresses => {
+            let mut r = Reply::new(ResponseCode::NoError, Outcome::Blocked, reason);
+            for ip in &settings.block_addresses {
+                match (qtype, ip) {
+                    (RecordType::A, IpAddr::V4(v4)) => {
+                        r.answers
+                            .push(Record::from_rdata(qname.clone(), ttl, RData::A(A(*v4))))
+                    }
+                    (RecordType::AAAA, IpAddr::V6(v6)) => r.answers.push(Record::from_rdata(
+                        qname.clone(),
+                        ttl,
+                        RData::AAAA(AAAA(*v6)),
+                    )),
+                    _ => {}
+                }
+            }
+            if r.answers.is_empty() {
+                r.authorities.push(block_soa(&owner, ttl));
+            }
+            r
+        }
+    };
+    reply.ede = Some((ede::BLOCKED, reason.to_owned()));
+    reply
+}
+
+fn special_reply(
+    kind: SpecialUse,
+    qname: &DnsName,
+    qtype: RecordType,
+    settings: &FilterSettings,
+) -> Reply {
+    let ttl = settings.block_ttl;
+    match kind {
+        SpecialUse::Localhost => {
+            let mut r = Reply::new(
+                ResponseCode::NoError,
+                Outcome::Local,
+                "localhost is loopback (RFC 6761)",
+            );
+            match qtype {
+                RecordType::A => r.answers.push(Record::from_rdata(
+                    qname.clone(),
+                    ttl,
+                    RData::A(A(Ipv4Addr::LOCALHOST)),
+                )),
+                RecordType::AAAA => r.answers.push(Record::from_rdata(
+                    qname.clone(),
+                    ttl,
+                    RData::AAAA(AAAA(Ipv6Addr::LOCALHOST)),
+                )),
+                _ => r.authorities.push(block_soa(qname, ttl)),
+            }
+            r
+        }
+        SpecialUse::LocalOnly | SpecialUse::BareName => {
+            let mut r = Reply::new(
+                ResponseCode::NXDomain,
+                Outcome::Local,
+                format!("special-use name ({}): never forwarded", kind.as_str()),
+            );
+            r.authorities.push(block_soa(qname, ttl));
+            r
+        }
+        SpecialUse::ResolverDiscovery => {
+            let mut r = Reply::new(
+                ResponseCode::NoError,
+                Outcome::Local,
+                "resolver discovery is not offered (RFC 9462)",
+            );
+            r.authorities.push(block_soa(qname, ttl));
+            r
+        }
+    }
+}

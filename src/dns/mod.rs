@@ -1,0 +1,5 @@
+//! DNS front door: listeners, the filtering handler, upstreams and the cache.
+pub mod cache;
+pub mod filter;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,233 @@
+//! DNS listeners (UDP and TCP through hickory-server) and the request glue.
+//!
+//! Servers take bound sockets and a shutdown signal (as in tokio's mini-redis),
+//! so tests start them on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_net::runtime::Time;
+use hickory_proto::op::{Edns, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::net::{TcpListener, UdpSocket};
+
+use super::filter::{Filter, Outcome, Reply};
+
+/// Bound DNS sockets: one UDP socket and one TCP listener per configured address.
+pub struct DnsSockets {
+    pub udp: Vec<UdpSocket>,
+    pub tcp: Vec<TcpListener>,
+}
+
+impl DnsSockets {
+    /// Binds UDP and TCP on every address. With port 0 the TCP listener takes the
+    /// port the UDP socket got, so one port serves both.
+    pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<DnsSockets> {
+        let mut sockets = DnsSockets {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for addr in addrs {
+            let mut attempt = 0;
+            loop {
+                let udp = UdpSocket::bind(addr).await?;
+                let bound = udp.local_addr()?;
+                match TcpListener::bind(bound).await {
+                    Ok(tcp) => {
+                        sockets.udp.push(udp);
+                        sockets.tcp.push(tcp);
+                        break;
+                    }
+                    // The UDP port picked for port 0 may be taken on TCP: try another.
+                    Err(_) if addr.port() == 0 && attempt < 10 => attempt += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(sockets)
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+}
+
+/// Serves DNS on the given sockets until `shutdown` completes, then stops accepting
+/// and lets in-flight queries finish.
+pub async fn serve(
+    sockets: DnsSockets,
+    filter: Arc<Filter>,
+    tcp_idle: Duration,
+    log_allowed: bool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut server = Server::new(Handler {
+        filter,
+        log_allowed,
+    });
+    for udp in sockets.udp {
+        tracing::info!(addr = %udp.local_addr()?, "listening dns/udp");
+        server.register_socket(udp);
+    }
+    for tcp in sockets.tcp {
+        tracing::info!(addr = %tcp.local_addr()?, "listening dns/tcp");
+        server.register_listener(tcp, tcp_idle, 64);
+    }
+    shutdown.await;
+    server.shutdown_gracefully().await?;
+    Ok(())
+}
+
+struct Handler {
+    filter: Arc<Filter>,
+    log_allowed: bool,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        let client = request.src();
+        let mut response_edns = request.edns.as_ref().map(|req| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(req.max_payload().clamp(512, 4096));
+            edns
+        });
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let mut metadata = hickory_proto::op::Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+
+        let early_error = if request.metadata.message_type != MessageType::Query {
+            Some(ResponseCode::FormErr)
+        } else if request.metadata.op_code != OpCode::Query {
+            Some(ResponseCode::NotImp)
+        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            Some(ResponseCode::BADVERS)
+        } else {
+            None
+        };
+        let query = match (early_error, request.queries.queries()) {
+            (None, [one]) => one.original().clone(),
+            (code, _) => {
+                // Exactly one question is what every resolver sends (RFC 9619).
+                let code = code.unwrap_or(ResponseCode::FormErr);
+                metadata.response_code = code;
+                if code == ResponseCode::BADVERS
+                    && let Some(edns) = response_edns.as_mut()
+                {
+                    edns.set_rcode_high(code.high());
+                }
+                tracing::debug!(%client, rcode = %code, "refused a malformed request");
+                let builder = match &response_edns {
+                    Some(edns) => {
+                        let mut b = builder;
+                        b.edns(edns);
+                        b
+                    }
+                    None => builder,
+                };
+                return send(
+                    &mut response_handle,
+                    builder.build_no_records(metadata),
+                    request,
+                )
+                .await;
+            }
+        };
+
+        let reply = self.filter.resolve(client.ip(), &query).await;
+
+        metadata.response_code = reply.rcode;
+        if let (Some(edns), Some((code, text))) = (response_edns.as_mut(), &reply.ede) {
+            let mut data = code.to_be_bytes().to_vec();
+            // Keep the text short enough for a 512-byte answer.
+            data.extend(text.bytes().take(200));
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(u16::from(EdnsCode::Unknown(15)), data));
+        }
+        log_decision(&reply, client, &query, started, self.log_allowed);
+        let mut builder = builder;
+        if let Some(edns) = &response_edns {
+            builder.edns(edns);
+        }
+        let response = builder.build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+        );
+        send(&mut response_handle, response, request).await
+    }
+}
+
+async fn send<'a, R: ResponseHandler>(
+    handle: &mut R,
+    response: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+    >,
+    request: &Request,
+) -> ResponseInfo {
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::debug!(%error, client = %request.src(), "could not send a DNS response");
+            let mut metadata =
+                hickory_proto::op::Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::ServFail;
+            hickory_proto::op::Header {
+                metadata,
+                counts: Default::default(),
+            }
+            .into()
+        }
+    }
+}
+
+/// One JSON line per query that says why.
+fn log_decision(
+    reply: &Reply,
+    client: SocketAddr,
+    query: &hickory_proto::op::Query,
+    started: Instant,
+    log_allowed: bool,
+) {
+    let quiet = matches!(reply.outcome, Outcome::Forwarded | Outcome::Cached);
+    if quiet && !log_allowed {
+        return;
+    }
+    let name = query.name().to_ascii();
+    let name = name.strip_suffix('.').unwrap_or(&name);
+    tracing::info!(
+        target: "portcullis::decision",
+        door = "dns",
+        client = %client.ip(),
+        name,
+        qtype = %query.query_type(),
+        outcome = reply.outcome.as_str(),
+        rcode = %reply.rcode,
+        reason = %reply.reason,
+        list = reply.list.as_deref(),
+        rule = reply.rule.as_deref(),
+        upstream = reply.upstream.as_deref(),
+        answers = reply.answers.len(),
+        duration_us = started.elapsed().as_micros() as u64,
+        "dns decision"
+    );
+}

@@ -1,0 +1,11 @@
+//! Portcullis: the egress gate for self-hosted AI agents.
+//!
+//! One policy core ([`policy`]) that both front doors ask: the DNS firewall ([`dns`])
+//! and, later, the egress proxy. Lists are parsed in [`lists`], configuration in [`config`].
+
+pub mod config;
+pub mod dns;
+pub mod error;
+pub mod lists;
+pub mod policy;
+pub mod telemetry;

@@ -1,0 +1,4 @@
+//! Threat-list formats and sources.
+
+pub mod load;
+pub mod parse;

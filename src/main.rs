@@ -1,0 +1,251 @@
+//! The `portcullis` binary: run the gate, check a name, validate a config.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand};
+
+use portcullis::config::Config;
+use portcullis::dns::cache::Cache;
+use portcullis::dns::filter::{Filter, FilterSettings};
+use portcullis::dns::server::{self, DnsSockets};
+use portcullis::dns::upstream::UpstreamPool;
+use portcullis::lists::load::{Loaded, build_policy};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "The egress gate for self-hosted AI agents: DNS firewall and egress proxy"
+)]
+struct Cli {
+    /// Configuration file (default: the built-in configuration).
+    #[arg(long, short, global = true, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gate (the default).
+    Run,
+    /// Print the decision for a name and why: the rule, the list and the line.
+    Check {
+        name: String,
+        /// Decide as this client address would (its group's lists and rules apply).
+        #[arg(long)]
+        client: Option<IpAddr>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file, its allowlist and its lists; exit non-zero on error.
+    Check { file: Option<PathBuf> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config.as_deref()),
+        Command::Check { name, client, json } => check(cli.config.as_deref(), &name, client, json),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config_check(file.as_deref().or(cli.config.as_deref())),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::builtin()?,
+    };
+    config.apply_env(std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")))?;
+    Ok(config)
+}
+
+fn load_all(path: Option<&Path>) -> anyhow::Result<(Config, Loaded)> {
+    let config = load_config(path)?;
+    let loaded = build_policy(&config)?;
+    Ok((config, loaded))
+}
+
+fn check(
+    path: Option<&Path>,
+    name: &str,
+    client: Option<IpAddr>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (_, loaded) = load_all(path)?;
+    let explanation = loaded.policy.explain(name, client);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        print!("{explanation}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (config, loaded) = load_all(path)?;
+    println!("{}: ok", config.origin.file);
+    println!(
+        "  {} allow rules, {} lists, {} distinct deny names, {} groups",
+        loaded.allow_rules,
+        loaded.lists.len(),
+        loaded.policy.rules.deny_name_count(),
+        loaded.policy.groups.names().len()
+    );
+    for list in &loaded.lists {
+        match &list.error {
+            Some(e) => println!("  list {}: {e}", list.name),
+            None => println!(
+                "  list {}: {} entries, {} skipped ({})",
+                list.name, list.entries, list.skipped, list.source
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = load_config(path)?;
+    portcullis::telemetry::init(config.log.format, &config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(config, path.map(Path::to_owned)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log_loaded(loaded: &Loaded) {
+    for list in &loaded.lists {
+        match &list.error {
+            Some(error) => {
+                tracing::warn!(list = %list.name, source = %list.source, %error, "list not loaded")
+            }
+            None => tracing::info!(
+                list = %list.name,
+                source = %list.source,
+                entries = list.entries,
+                skipped = list.skipped,
+                "list loaded"
+            ),
+        }
+    }
+    tracing::info!(
+        allow_rules = loaded.allow_rules,
+        deny_names = loaded.policy.rules.deny_name_count(),
+        build_ms = loaded.build_time.as_millis() as u64,
+        "policy ready"
+    );
+}
+
+async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Build the policy off the async workers: big lists take a moment.
+    let loaded = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || build_policy(&config)
+    })
+    .await??;
+    log_loaded(&loaded);
+    let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
+    let upstream = Arc::new(UpstreamPool::new(
+        &config.upstream.servers,
+        config.upstream.strategy,
+        Duration::from_millis(config.upstream.timeout_ms),
+    )?);
+    let filter = Arc::new(Filter::new(
+        policy.clone(),
+        upstream,
+        Cache::new(&config.cache),
+        FilterSettings::from(&config.dns),
+        config.dns.max_inflight,
+    ));
+    let sockets = DnsSockets::bind(&config.dns.listen)
+        .await
+        .with_context(|| format!("binding DNS on {:?}", config.dns.listen))?;
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(reload_on_sighup(path, policy, filter.clone()));
+    tokio::spawn(async move {
+        wait_for_stop().await;
+        let _ = stop_tx.send(true);
+    });
+    let shutdown = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+        tracing::info!("stopping: finishing in-flight queries");
+    };
+    server::serve(
+        sockets,
+        filter,
+        Duration::from_secs(config.dns.tcp_idle_secs),
+        config.log.allowed_queries,
+        shutdown,
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// SIGHUP rebuilds the policy from the config files; a bad file is refused and the
+/// running policy keeps serving.
+async fn reload_on_sighup(
+    path: Option<PathBuf>,
+    policy: Arc<ArcSwap<portcullis::policy::Policy>>,
+    filter: Arc<Filter>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let path = path.clone();
+        let result = tokio::task::spawn_blocking(move || load_all(path.as_deref())).await;
+        match result {
+            Ok(Ok((config, loaded))) => {
+                log_loaded(&loaded);
+                policy.store(Arc::new(loaded.policy));
+                filter
+                    .settings
+                    .store(Arc::new(FilterSettings::from(&config.dns)));
+                tracing::info!("configuration reloaded");
+            }
+            Ok(Err(error)) => {
+                tracing::error!(error = %format!("{error:#}"), "reload refused; the running configuration keeps serving")
+            }
+            Err(error) => tracing::error!(%error, "reload failed"),
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The policy core: the one place that decides, for the DNS firewall and the
+//! egress proxy alike.
+//!
+//! Decision order for a name (documented in the README, printed by `explain`):
+//!
+//! 1. Malformed (does not survive [`name::Name`] normalisation) → refused.
+//! 2. An operator allow rule (`allowlist.toml`) of the client's group names it →
+//!    allowed; no threat list can block it.
+//! 3. Special-use names (`localhost`, `*.local`, `*.internal`, private reverse
+//!    zones, `resolver.arpa`, bare names) → answered locally.
+//! 4. A threat-list `$important` rule covers it → blocked.
+//! 5. A list's own `@@` exception covers it → allowed.
+//! 6. Any other deny rule (name and subdomains, `=exact`, regex, keyword) → blocked.
+//! 7. Otherwise it passes: DNS forwards it, and every answer address is then
+//!    classified by [`addr`] (rebinding protection) unless the allow rule of
+//!    step 2 says `private = true`.
+
+pub mod addr;
+pub mod groups;
+pub mod name;
+pub mod rules;
+pub mod special;
+
+use std::net::IpAddr;
+
+use groups::{GroupId, Groups};
+use name::{Name, NameError};
+use rules::{AllowRule, ListMatch, RuleSet};
+use special::SpecialUse;
+
+/// What the policy says about a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<'p> {
+    Malformed(NameError),
+    /// An operator allow rule names it.
+    Allowed(&'p AllowRule),
+    /// A list's `@@` exception covers it.
+    Excepted(ListMatch),
+    Special(SpecialUse),
+    Blocked(ListMatch),
+    /// No rule: forward (DNS) or apply the proxy's mode.
+    Pass,
+}
+
+impl Verdict<'_> {
+    /// Stable snake_case outcome, for logs and metric labels.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Verdict::Malformed(_) => "malformed",
+            Verdict::Allowed(_) => "allowed",
+            Verdict::Excepted(_) => "excepted",
+            Verdict::Special(_) => "special_use",
+            Verdict::Blocked(_) => "blocked",
+            Verdict::Pass => "pass",
+        }
+    }
+
+    /// The operator allow rule, when that is what decided.
+    pub fn allow_rule(&self) -> Option<&AllowRule> {
+        match self {
+            Verdict::Allowed(rule) => Some(rule),
+            _ => None,
+        }
+    }
+}
+
+/// A compiled, immutable policy. Built off the hot path and published whole.
+pub struct Policy {
+    pub rules: RuleSet,
+    pub groups: Groups,
+    /// Answer names without a dot with NXDOMAIN (default) instead of forwarding them.
+    pub bare_names_nxdomain: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            rules: RuleSet::empty(),
+            groups: Groups::default(),
+            bare_names_nxdomain: true,
+        }
+    }
+}
+
+impl Policy {
+    /// Decides for an already normalised name. This is the hot path.
+    pub fn decide(&self, name: &Name, group: GroupId) -> Verdict<'_> {
+        if let Some(rule) = self.rules.allowed_by(name, group) {
+            return Verdict::Allowed(rule);
+        }
+        if let Some(special) = special::classify(name)
+            && (special != SpecialUse::BareName || self.bare_names_nxdomain)
+        {
+            return Verdict::Special(special);
+        }
+        let Some(deny) = self.rules.denied_by(name, group, false) else {
+            return Verdict::Pass;
+        };
+        if deny.important {
+            return Verdict::Blocked(deny);
+        }
+        // A less specific `$important` rule still beats the list's exceptions.
+        if let Some(important) = self.rules.denied_by(name, group, true) {
+            return Verdict::Blocked(important);
+        }
+        match self.rules.exception(name, group) {
+            Some(exception) => Verdict::Excepted(exception),
+            None => Verdict::Blocked(deny),
+        }
+    }
+
+    /// Decides for a name given as text (proxy targets, the CLI).
+    pub fn decide_text(&self, input: &str, group: GroupId) -> (Option<Name>, Verdict<'_>) {
+        match Name::parse(input) {
+            Ok(name) => {
+                let verdict = self.decide(&name, group);
+                (Some(name), verdict)
+            }
+            Err(e) => (None, Verdict::Malformed(e)),
+        }
+    }
+
+    /// The full decision trail for a name and client, for `portcullis check` and the explain API.
+    pub fn explain(&self, input: &str, client: Option<IpAddr>) -> Explanation {
+        let group = client.map_or(GroupId::DEFAULT, |ip| self.groups.of(ip));
+        let (name, verdict) = self.decide_text(input, group);
+        let mut ex = Explanation {
+            input: input.to_owned(),
+            name: name.as_ref().map(|n| n.to_string()),
+            client: client.map(|c| c.to_string()),
+            group: self.groups.name(group).to_owned(),
+            decision: verdict.outcome(),
+            reason: String::new(),
+            rule: None,
+            list: None,
+            source: None,
+            line: None,
+            private_answers_allowed: false,
+        };
+        match &verdict {
+            Verdict::Malformed(e) => ex.reason = format!("malformed name: {e}"),
+            Verdict::Allowed(rule) => {
+                ex.reason = "an allow rule names it; no threat list can block it".into();
+                ex.rule = Some(rule.host.clone());
+                ex.source = Some(rule.file.clone());
+                ex.line = Some(rule.line);
+                ex.private_answers_allowed = rule.private;
+            }
+            Verdict::Special(s) => {
+                ex.reason = match s {
+                    SpecialUse::Localhost => "special-use name: answered locally with loopback",
+                    SpecialUse::LocalOnly => "special-use name: local-only, never forwarded (NXDOMAIN)",
+                    SpecialUse::ResolverDiscovery => "resolver discovery name: answered with no data",
+                    SpecialUse::BareName => "name without a dot: NXDOMAIN",
+                }
+                .into()
+            }
+            Verdict::Blocked(m) | Verdict::Excepted(m) => {
+                let what = if matches!(verdict, Verdict::Blocked(_)) {
+                    "blocked by"
+                } else {
+                    "allowed by the exception"
+                };
+                ex.reason = format!("{what} {} rule {}", m.kind.as_str(), m.rule);
+                ex.rule = Some(m.rule.clone());
+                if let Some(list) = self.rules.list(m.origin.list) {
+                    ex.list = Some(list.name.clone());
+                    ex.source = Some(list.source.clone());
+                }
+                ex.line = (m.origin.line > 0).then_some(m.origin.line);
+            }
+            Verdict::Pass => {
+                ex.reason = "no rule matches: forwarded upstream; answers pointing at private addresses are removed".into()
+            }
+        }
+        ex
+    }
+}
+
+/// A decision and why, as printed by `portcullis check` and served as JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Explanation {
+    pub input: String,
+    pub name: Option<String>,
+    pub client: Option<String>,
+    pub group: String,
+    pub decision: &'static str,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub list: Option<String>,
+    pub source: Option<String>,
+    pub line: Option<u32>,
+    pub private_answers_allowed: bool,
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "name:     {}",
+            self.name.as_deref().unwrap_or(&self.input)
+        )?;
+        writeln!(
+            f,
+            "client:   {} (group {})",
+            self.client.as_deref().unwrap_or("-"),
+            self.group
+        )?;
+        writeln!(f, "decision: {}", self.decision)?;
+        writeln!(f, "reason:   {}", self.reason)?;
+        if let Some(rule) = &self.rule {
+            writeln!(f, "rule:     {rule}")?;
+        }
+        if let Some(list) = &self.list {
+            writeln!(f, "list:     {list}")?;
+        }
+        if let Some(source) = &self.source {
+            match self.line {
+                Some(line) => writeln!(f, "from:     {source}:{line}")?,
+                None => writeln!(f, "from:     {source}")?,
+            }
+        }
+        Ok(())
+    }
+}

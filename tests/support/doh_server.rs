@@ -1,0 +1,392 @@
+//! A real local DNS server for integration tests: DNS-over-HTTPS (HTTP/2), DNS-over-TLS and plain
+//! UDP/TCP on 127.0.0.1, answering from a [`TestZone`] with a certificate minted at run time.
+//!
+//! Include with `#[path = "support/doh_server.rs"] mod doh_server;`. Self-contained on purpose.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hickory_net::runtime::Time;
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::Server;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use rustls::ServerConfig;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Idle/handshake timeout of the server's connections: long, so tests decide when they close.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+const TTL: u32 = 60;
+
+/// Records by lower-case FQDN. Unknown names get NXDOMAIN with an SOA; CNAME chains inside the
+/// zone are followed like a recursive resolver would (CNAME + the target's records).
+#[derive(Debug, Default, Clone)]
+pub struct TestZone {
+    records: HashMap<String, Vec<Record>>,
+    servfail: HashSet<String>,
+}
+
+fn key(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with('.') {
+        lower
+    } else {
+        format!("{lower}.")
+    }
+}
+
+fn fqdn(name: &str) -> Name {
+    Name::from_ascii(key(name)).expect("valid test name")
+}
+
+impl TestZone {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(mut self, name: &str, data: RData) -> Self {
+        let record = Record::from_rdata(fqdn(name), TTL, data);
+        self.records.entry(key(name)).or_default().push(record);
+        self
+    }
+
+    pub fn a(self, name: &str, ip: Ipv4Addr) -> Self {
+        self.add(name, RData::A(A(ip)))
+    }
+
+    pub fn aaaa(self, name: &str, ip: Ipv6Addr) -> Self {
+        self.add(name, RData::AAAA(AAAA(ip)))
+    }
+
+    pub fn cname(self, name: &str, target: &str) -> Self {
+        self.add(name, RData::CNAME(CNAME(fqdn(target))))
+    }
+
+    /// Queries for `name` are answered SERVFAIL.
+    pub fn servfail(mut self, name: &str) -> Self {
+        self.servfail.insert(key(name));
+        self
+    }
+
+    /// (rcode, answers, SOA for negative answers)
+    fn answer(&self, qname: &Name, qtype: RecordType) -> (ResponseCode, Vec<Record>, Vec<Record>) {
+        let mut name = key(&qname.to_ascii());
+        if self.servfail.contains(&name) {
+            return (ResponseCode::ServFail, vec![], vec![]);
+        }
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            let Some(records) = self.records.get(&name) else {
+                // Unknown name (possibly at the end of a chain): NXDOMAIN, keeping any CNAMEs.
+                return (ResponseCode::NXDomain, answers, vec![soa()]);
+            };
+            let matching: Vec<Record> = records
+                .iter()
+                .filter(|r| r.record_type() == qtype)
+                .cloned()
+                .collect();
+            if !matching.is_empty() {
+                answers.extend(matching);
+                return (ResponseCode::NoError, answers, vec![]);
+            }
+            let cname = records.iter().find_map(|r| match &r.data {
+                RData::CNAME(CNAME(target)) => Some((r.clone(), target.clone())),
+                _ => None,
+            });
+            match cname {
+                Some((record, target)) => {
+                    answers.push(record);
+                    name = key(&target.to_ascii());
+                }
+                // The name exists without this type: NODATA.
+                None => return (ResponseCode::NoError, answers, vec![soa()]),
+            }
+        }
+        (ResponseCode::ServFail, vec![], vec![])
+    }
+}
+
+fn soa() -> Record {
+    Record::from_rdata(
+        Name::root(),
+        TTL,
+        RData::SOA(SOA::new(
+            fqdn("ns.test"),
+            fqdn("hostmaster.test"),
+            1,
+            3600,
+            600,
+            86400,
+            TTL,
+        )),
+    )
+}
+
+struct ZoneHandler {
+    zone: Arc<TestZone>,
+    queries: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for ZoneHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        // Echo EDNS so UDP answers may use the requester's buffer size; without it, 512 bytes.
+        let edns = request.edns.as_ref().map(|req| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(req.max_payload().max(512));
+            edns
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let sent = match request.request_info() {
+            Ok(info) => {
+                let query = info.query.original();
+                let (rcode, answers, soa) = self.zone.answer(query.name(), query.query_type());
+                metadata.response_code = rcode;
+                let response = builder.build(metadata, answers.iter(), [], soa.iter(), []);
+                response_handle.send_response(response).await
+            }
+            Err(_) => {
+                let response = builder.error_msg(&request.metadata, ResponseCode::FormErr);
+                response_handle.send_response(response).await
+            }
+        };
+        sent.unwrap_or_else(|_| {
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        })
+    }
+}
+
+/// A running (or halted) test server. All addresses stay fixed across `halt`/`resume`.
+pub struct DohServer {
+    /// DoH (HTTP/2) listener.
+    pub addr: SocketAddr,
+    /// Plain DNS over UDP.
+    pub udp_addr: SocketAddr,
+    /// Plain DNS over TCP (same port as `udp_addr`).
+    pub tcp_addr: SocketAddr,
+    /// DNS over TLS.
+    pub dot_addr: SocketAddr,
+    /// PEM of the CA that signed the server certificate.
+    pub ca_file: PathBuf,
+    /// The name in the server certificate.
+    pub tls_name: String,
+    queries: Arc<AtomicUsize>,
+    zone: Arc<TestZone>,
+    h2_config: Arc<ServerConfig>,
+    dot_config: Arc<ServerConfig>,
+    server: Option<Server<ZoneHandler>>,
+    _dir: tempfile::TempDir,
+}
+
+impl DohServer {
+    pub async fn start(zone: TestZone) -> Self {
+        let tls_name = "doh.test".to_string();
+        let (ca_pem, chain, key) = mint_certificates(&tls_name);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_pem).expect("write CA");
+
+        let tls = |alpn: &[u8]| {
+            let mut config = ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .expect("server certificate");
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Arc::new(config)
+        };
+        let any: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+        let mut server = Self {
+            addr: any,
+            udp_addr: any,
+            tcp_addr: any,
+            dot_addr: any,
+            ca_file,
+            tls_name,
+            queries: Arc::new(AtomicUsize::new(0)),
+            zone: Arc::new(zone),
+            h2_config: tls(b"h2"),
+            dot_config: tls(b"dot"),
+            server: None,
+            _dir: dir,
+        };
+        server.listen().await;
+        server
+    }
+
+    /// `https://127.0.0.1:PORT/dns-query`
+    pub fn url(&self) -> String {
+        format!("https://{}/dns-query", self.addr)
+    }
+
+    pub fn udp_url(&self) -> String {
+        format!("udp://{}", self.udp_addr)
+    }
+
+    pub fn tcp_url(&self) -> String {
+        format!("tcp://{}", self.tcp_addr)
+    }
+
+    pub fn dot_url(&self) -> String {
+        format!("tls://{}", self.dot_addr)
+    }
+
+    /// Requests handled so far, over every transport (probes included).
+    pub fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+
+    /// Stops listening and closes every connection; the ports are released.
+    pub async fn halt(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.shutdown_gracefully().await;
+            // Connection tasks are aborted, not joined: let the aborts land so their sockets
+            // are closed before the caller goes on.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Listens again on the same ports with the same certificate and zone.
+    pub async fn resume(&mut self) {
+        if self.server.is_none() {
+            self.listen().await;
+        }
+    }
+
+    /// Really stops the server: subsequent queries fail.
+    pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    async fn listen(&mut self) {
+        let handler = ZoneHandler {
+            zone: self.zone.clone(),
+            queries: self.queries.clone(),
+        };
+        let mut server = Server::new(handler);
+
+        let https = tcp_listener(self.addr);
+        self.addr = https.local_addr().unwrap();
+        server
+            .register_https_listener_with_tls_config(
+                https,
+                SERVER_TIMEOUT,
+                self.h2_config.clone(),
+                Some(self.tls_name.clone()),
+                "/dns-query".to_string(),
+            )
+            .expect("https listener");
+
+        let dot = tcp_listener(self.dot_addr);
+        self.dot_addr = dot.local_addr().unwrap();
+        server
+            .register_tls_listener_with_tls_config(dot, SERVER_TIMEOUT, self.dot_config.clone())
+            .expect("tls listener");
+
+        // Plain DNS answers UDP and TCP on one port, as real servers do (TC retries rely on it).
+        let (udp, tcp) = plain_sockets(self.udp_addr);
+        self.udp_addr = udp.local_addr().unwrap();
+        self.tcp_addr = tcp.local_addr().unwrap();
+        server.register_socket(udp);
+        server.register_listener(tcp, SERVER_TIMEOUT, 64);
+
+        self.server = Some(server);
+    }
+}
+
+/// A UDP socket and a TCP listener sharing a port (`addr`, or a free one if its port is 0).
+fn plain_sockets(addr: SocketAddr) -> (tokio::net::UdpSocket, tokio::net::TcpListener) {
+    for _ in 0..20 {
+        let udp = std::net::UdpSocket::bind(addr).expect("bind udp");
+        let port = udp.local_addr().unwrap().port();
+        let Ok(tcp) = try_tcp_listener((addr.ip(), port).into()) else {
+            // Someone holds that TCP port: pick another pair (only possible for port 0).
+            assert_eq!(addr.port(), 0, "TCP port {port} taken");
+            continue;
+        };
+        udp.set_nonblocking(true).unwrap();
+        return (tokio::net::UdpSocket::from_std(udp).unwrap(), tcp);
+    }
+    panic!("no free UDP+TCP port pair");
+}
+
+/// SO_REUSEADDR so a resumed server can rebind while old connections sit in TIME_WAIT.
+fn tcp_listener(addr: SocketAddr) -> tokio::net::TcpListener {
+    try_tcp_listener(addr).expect("bind tcp")
+}
+
+fn try_tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(64)
+}
+
+/// A throwaway CA and a leaf for `name` signed by it: (CA PEM, leaf chain, leaf key).
+fn mint_certificates(
+    name: &str,
+) -> (
+    String,
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "portcullis test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut leaf_params = CertificateParams::new(vec![name.to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, name);
+    leaf_params.use_authority_key_identifier_extension = true;
+    leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    (
+        ca_cert.pem(),
+        vec![leaf_cert.der().clone(), ca_cert.der().clone()],
+        key,
+    )
+}
