@@ -17,6 +17,10 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use super::filter::{Filter, Outcome, Reply};
 
+/// No single-question query is longer: 12 header + 255 name + 4 + OPT with options
+/// (cookies, padding). Anything longer is malformed (FORMERR).
+const MAX_QUERY_LEN: usize = 1232;
+
 /// Bound DNS sockets: one UDP socket and one TCP listener per configured address.
 pub struct DnsSockets {
     pub udp: Vec<UdpSocket>,
@@ -108,7 +112,11 @@ impl RequestHandler for Handler {
         let mut metadata = hickory_proto::op::Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;
 
-        let early_error = if request.metadata.message_type != MessageType::Query {
+        let early_error = if request.metadata.message_type != MessageType::Query
+            || request.as_slice().len() > MAX_QUERY_LEN
+            || !request.answers.is_empty()
+            || !request.authorities.is_empty()
+        {
             Some(ResponseCode::FormErr)
         } else if request.metadata.op_code != OpCode::Query {
             Some(ResponseCode::NotImp)
@@ -212,7 +220,8 @@ fn log_decision(
     if quiet && !log_allowed {
         return;
     }
-    let name = query.name().to_ascii();
+    let mut name = query.name().to_ascii();
+    name.make_ascii_lowercase();
     let name = name.strip_suffix('.').unwrap_or(&name);
     tracing::info!(
         target: "portcullis::decision",

@@ -31,6 +31,8 @@ const TTL: u32 = 60;
 pub struct TestZone {
     records: HashMap<String, Vec<Record>>,
     servfail: HashSet<String>,
+    /// TTL of records added from now on (0 = the default).
+    ttl: u32,
 }
 
 fn key(name: &str) -> String {
@@ -52,8 +54,15 @@ impl TestZone {
     }
 
     fn add(mut self, name: &str, data: RData) -> Self {
-        let record = Record::from_rdata(fqdn(name), TTL, data);
+        let ttl = if self.ttl == 0 { TTL } else { self.ttl };
+        let record = Record::from_rdata(fqdn(name), ttl, data);
         self.records.entry(key(name)).or_default().push(record);
+        self
+    }
+
+    /// Records added after this call get `ttl` seconds.
+    pub fn with_ttl(mut self, ttl: u32) -> Self {
+        self.ttl = ttl;
         self
     }
 

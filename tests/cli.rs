@@ -1,0 +1,226 @@
+//! The binary's command line: `check`, `config check`, refusing bad configs,
+//! reloading on SIGHUP without losing the running config, stopping on SIGTERM.
+
+#[path = "support/gate.rs"]
+mod gate;
+
+use std::process::Command;
+use std::time::Duration;
+
+use gate::{Gate, dig};
+
+fn portcullis(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .expect("run portcullis");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const CONFIG: &str = r#"
+[dns]
+listen = ["127.0.0.1:0"]
+
+[upstream]
+timeout_ms = 500
+[[upstream.servers]]
+url = "udp://127.0.0.1:9"
+
+[groups]
+agent = ["10.20.0.0/16"]
+
+[[lists]]
+name = "threats"
+path = "threats.txt"
+
+[[lists]]
+name = "agent-extra"
+inline = """
+=exact.example
+/^c2-[0-9]+\\./
+"""
+groups = ["agent"]
+"#;
+
+const THREATS: &str =
+    "# header\n0.0.0.0 localhost\n0.0.0.0 evil.example\n0.0.0.0 api.anthropic.com\n";
+
+fn write(dir: &std::path::Path) -> String {
+    std::fs::write(dir.join("portcullis.toml"), CONFIG).unwrap();
+    std::fs::write(dir.join("threats.txt"), THREATS).unwrap();
+    dir.join("portcullis.toml").display().to_string()
+}
+
+#[test]
+fn check_prints_the_decision_rule_list_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path());
+    let (ok, out, err) = portcullis(&["--config", &cfg, "check", "www.Evil.example."]);
+    assert!(ok, "{err}");
+    assert!(out.contains("decision: blocked"), "{out}");
+    assert!(out.contains("rule:     evil.example"), "{out}");
+    assert!(out.contains("list:     threats"), "{out}");
+    assert!(out.contains("threats.txt:3"), "{out}");
+
+    // The shipped allowlist beats the list that names api.anthropic.com.
+    let (_, out, _) = portcullis(&["--config", &cfg, "check", "api.anthropic.com"]);
+    assert!(out.contains("decision: allowed"), "{out}");
+
+    // Group-scoped rules apply only to that group's clients.
+    let (_, out, _) = portcullis(&[
+        "--config",
+        &cfg,
+        "check",
+        "c2-7.example.net",
+        "--client",
+        "10.20.1.1",
+    ]);
+    assert!(
+        out.contains("decision: blocked") && out.contains("group agent"),
+        "{out}"
+    );
+    assert!(
+        out.contains("portcullis.toml:21"),
+        "inline rules point at the config line: {out}"
+    );
+    let (_, out, _) = portcullis(&[
+        "--config",
+        &cfg,
+        "check",
+        "c2-7.example.net",
+        "--client",
+        "192.0.2.1",
+    ]);
+    assert!(out.contains("decision: pass"), "{out}");
+
+    let (_, out, _) = portcullis(&[
+        "--config",
+        &cfg,
+        "check",
+        "--json",
+        "exact.example",
+        "--client",
+        "10.20.0.1",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "blocked");
+    assert_eq!(v["rule"], "=exact.example");
+    assert_eq!(v["line"], 20);
+}
+
+#[test]
+fn config_check_validates_and_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path());
+    let (ok, out, err) = portcullis(&["config", "check", &cfg]);
+    assert!(ok, "{err}");
+    assert!(out.contains("list threats: 2 entries, 1 skipped"), "{out}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[dns]\nlisten = [\"127.0.0.1:0\"]\nblock_ttl = -5\n").unwrap();
+    let (ok, _, err) = portcullis(&["config", "check", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("bad.toml") && err.contains("line 3") && err.contains("block_ttl"),
+        "{err}"
+    );
+
+    // A missing list file names the file.
+    std::fs::remove_file(dir.path().join("threats.txt")).unwrap();
+    let (ok, _, err) = portcullis(&["config", "check", &cfg]);
+    assert!(!ok);
+    assert!(
+        err.contains("threats.txt") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_gate_refuses_to_start_on_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("portcullis.toml");
+    std::fs::write(&bad, "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[[lists]]\nname = \"x\"\ninline = \"a.example\"\ngroups = [\"nobody\"]\n").unwrap();
+    let (ok, _, err) = portcullis(&["--config", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("portcullis.toml:7: key `lists.groups`: unknown group `nobody`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sighup_reloads_a_good_config_and_refuses_a_bad_one() {
+    let mut gate = Gate::start_full(CONFIG, &[("threats.txt", THREATS)], &[]);
+    assert_eq!(dig(gate.dns, "evil.example", "A", &[]).status, "NXDOMAIN");
+    assert_eq!(
+        dig(gate.dns, "newly-bad.example", "A", &[]).status,
+        "SERVFAIL"
+    );
+
+    // A good change is applied.
+    std::fs::write(
+        gate.dir.path().join("threats.txt"),
+        format!("{THREATS}0.0.0.0 newly-bad.example\n"),
+    )
+    .unwrap();
+    gate.signal("HUP");
+    gate.wait_for_log("configuration reloaded", Duration::from_secs(10))
+        .expect("reload");
+    assert_eq!(
+        dig(gate.dns, "newly-bad.example", "A", &[]).status,
+        "NXDOMAIN"
+    );
+
+    // A bad one is refused with file, line and key; the running config keeps serving.
+    std::fs::write(
+        gate.dir.path().join("portcullis.toml"),
+        format!("bogus = 1\n{CONFIG}"),
+    )
+    .unwrap();
+    gate.signal("HUP");
+    let line = gate
+        .wait_for_log("reload refused", Duration::from_secs(10))
+        .expect("refusal logged");
+    assert!(
+        line.contains("portcullis.toml") && line.contains("bogus"),
+        "{line}"
+    );
+    assert_eq!(
+        dig(gate.dns, "newly-bad.example", "A", &[]).status,
+        "NXDOMAIN"
+    );
+    assert_eq!(dig(gate.dns, "evil.example", "A", &[]).status, "NXDOMAIN");
+    assert!(gate.is_running());
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let gate = Gate::start_full(CONFIG, &[("threats.txt", THREATS)], &[]);
+    assert_eq!(dig(gate.dns, "evil.example", "A", &[]).status, "NXDOMAIN");
+    let status = gate.stop();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn every_bound_address_is_logged() {
+    let gate = Gate::start_full(CONFIG, &[("threats.txt", THREATS)], &[]);
+    let udp = gate
+        .wait_for_log("listening dns/udp", Duration::from_secs(5))
+        .unwrap();
+    let tcp = gate
+        .wait_for_log("listening dns/tcp", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        gate::json_field(&udp, "addr"),
+        gate::json_field(&tcp, "addr")
+    );
+    assert_eq!(
+        gate::json_field(&udp, "addr").unwrap(),
+        gate.dns.to_string()
+    );
+}

@@ -1,0 +1,528 @@
+//! End-to-end tests of the DNS firewall: the real binary on port 0, a real local
+//! DoH upstream with a generated certificate, and real clients (dig, hickory).
+//! Loopback only.
+
+#[path = "support/doh_server.rs"]
+mod doh_server;
+#[path = "support/gate.rs"]
+mod gate;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use doh_server::{DohServer, TestZone};
+use gate::{Dig, Gate, json_field};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+const PUBLIC_1: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 14);
+const PUBLIC_2: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 15);
+
+fn zone() -> TestZone {
+    TestZone::new()
+        .a("fwd.example", PUBLIC_1)
+        .a("good.evil.example", PUBLIC_2)
+        .a("bad.evil.example", PUBLIC_2)
+        .a("rebind.example", Ipv4Addr::new(192, 168, 1, 10))
+        .a("loop.example", Ipv4Addr::new(127, 0, 0, 1))
+        .a("mixed.example", PUBLIC_1)
+        .a("mixed.example", Ipv4Addr::new(10, 0, 0, 5))
+        .cname("cloaked.example", "x.tracker.example")
+        .a("x.tracker.example", PUBLIC_2)
+        .cname("clean-cname.example", "fwd.example")
+        .a("nas.example", Ipv4Addr::new(192, 168, 1, 20))
+        .a("scoped.example", PUBLIC_1)
+        .with_ttl(1)
+        .a("stale.example", PUBLIC_2)
+}
+
+const ALLOWLIST: &str = r#"
+[[allow]]
+host = "good.evil.example"
+
+[[allow]]
+host = "nas.example"
+private = true
+"#;
+
+/// A config for the gate using `doh` as its only upstream.
+fn config(doh: &DohServer, extra: &str) -> String {
+    format!(
+        r#"
+allowlist = "allowlist.toml"
+
+[dns]
+listen = ["127.0.0.1:0"]
+
+[upstream]
+timeout_ms = 800
+
+[[upstream.servers]]
+url = "{url}"
+tls_name = "{tls}"
+ca_file = "{ca}"
+
+[[lists]]
+name = "threats"
+inline = """
+# a threat list
+evil.example
+tracker.example
+"""
+
+{extra}
+"#,
+        url = doh.url(),
+        tls = doh.tls_name,
+        ca = doh.ca_file.display(),
+    )
+}
+
+fn start(doh: &DohServer, extra: &str) -> Gate {
+    start_with_env(doh, extra, &[])
+}
+
+fn start_with_env(doh: &DohServer, extra: &str, env: &[(&str, &str)]) -> Gate {
+    Gate::start_full(&config(doh, extra), &[("allowlist.toml", ALLOWLIST)], env)
+}
+
+async fn dig(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> Dig {
+    let name = name.to_owned();
+    let qtype = qtype.to_owned();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        gate::dig(addr, &name, &qtype, &extra)
+    })
+    .await
+    .unwrap()
+}
+
+/// One query with hickory-proto over a plain UDP socket.
+async fn hickory_query(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut msg = Message::new(4242, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.queries
+        .push(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    socket.send_to(&msg.to_vec().unwrap(), addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .expect("answer within 5 s")
+        .unwrap();
+    let answer = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(answer.metadata.id, 4242);
+    answer
+}
+
+fn decision_for(gate: &Gate, name: &str) -> Option<String> {
+    gate.logs()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains("dns decision") && json_field(l, "name").as_deref() == Some(name))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blocks_listed_names_and_their_subdomains_and_forwards_the_rest() {
+    let doh = DohServer::start(zone()).await;
+    let gate = start(&doh, "");
+
+    let blocked = dig(gate.dns, "evil.example", "A", &[]).await;
+    assert_eq!(blocked.status, "NXDOMAIN", "{}", blocked.raw);
+    // The SOA in the authority section lets clients cache the refusal.
+    assert!(
+        blocked
+            .authority
+            .iter()
+            .any(|l| l.starts_with("evil.example.") && l.contains("SOA")),
+        "{}",
+        blocked.raw
+    );
+    let ede = blocked.ede.clone().expect("EDE on a blocked answer");
+    assert!(
+        ede.starts_with("15 (Blocked)") && ede.contains("threats"),
+        "{ede}"
+    );
+
+    let sub = dig(gate.dns, "deep.sub.EVIL.example.", "AAAA", &[]).await;
+    assert_eq!(sub.status, "NXDOMAIN", "{}", sub.raw);
+    assert_eq!(doh.queries(), 0, "blocked names never reach the upstream");
+
+    let fwd = dig(gate.dns, "fwd.example", "A", &[]).await;
+    assert_eq!(fwd.status, "NOERROR", "{}", fwd.raw);
+    assert_eq!(fwd.addresses(), vec![PUBLIC_1.to_string()]);
+    assert!(fwd.ede.is_none());
+
+    // Over TCP too.
+    let tcp = dig(gate.dns, "fwd.example", "A", &["+tcp"]).await;
+    assert_eq!(tcp.addresses(), vec![PUBLIC_1.to_string()], "{}", tcp.raw);
+
+    // A hickory client agrees.
+    let answer = hickory_query(gate.dns, "sub.tracker.example.", RecordType::A).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+    assert!(answer.metadata.recursion_available);
+
+    // The decision log line says why.
+    let line = decision_for(&gate, "deep.sub.evil.example").expect("decision line");
+    assert_eq!(json_field(&line, "outcome").as_deref(), Some("blocked"));
+    assert_eq!(json_field(&line, "list").as_deref(), Some("threats"));
+    assert_eq!(json_field(&line, "rule").as_deref(), Some("evil.example"));
+    doh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowlisted_name_inside_a_blocked_parent_is_forwarded() {
+    let doh = DohServer::start(zone()).await;
+    let gate = start(&doh, "");
+    let good = dig(gate.dns, "good.evil.example", "A", &[]).await;
+    assert_eq!(good.status, "NOERROR", "{}", good.raw);
+    assert_eq!(good.addresses(), vec![PUBLIC_2.to_string()]);
+    // Its sibling is still blocked: the allow rule names one host.
+    let bad = dig(gate.dns, "bad.evil.example", "A", &[]).await;
+    assert_eq!(bad.status, "NXDOMAIN", "{}", bad.raw);
+    doh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_are_inspected_on_the_way_back() {
+    let doh = DohServer::start(zone()).await;
+    let gate = start(&doh, "");
+
+    // DNS rebinding: a public name answered with a private address is refused.
+    let rebind = dig(gate.dns, "rebind.example", "A", &[]).await;
+    assert_eq!(rebind.status, "REFUSED", "{}", rebind.raw);
+    let ede = rebind.ede.clone().expect("EDE");
+    assert!(
+        ede.starts_with("15 (Blocked)") && ede.contains("192.168.1.10") && ede.contains("private"),
+        "{ede}"
+    );
+    let lo = dig(gate.dns, "loop.example", "A", &[]).await;
+    assert_eq!(lo.status, "REFUSED", "{}", lo.raw);
+
+    // Mixed answers keep only the public address.
+    let mixed = dig(gate.dns, "mixed.example", "A", &[]).await;
+    assert_eq!(mixed.status, "NOERROR", "{}", mixed.raw);
+    assert_eq!(mixed.addresses(), vec![PUBLIC_1.to_string()]);
+
+    // A CNAME into a blocked name blocks the answer.
+    let cloaked = dig(gate.dns, "cloaked.example", "A", &[]).await;
+    assert_eq!(cloaked.status, "NXDOMAIN", "{}", cloaked.raw);
+    assert!(
+        cloaked
+            .ede
+            .unwrap_or_default()
+            .contains("CNAME target x.tracker.example")
+    );
+    let clean = dig(gate.dns, "clean-cname.example", "A", &[]).await;
+    assert_eq!(clean.status, "NOERROR");
+    assert!(
+        clean.addresses().contains(&PUBLIC_1.to_string()),
+        "{}",
+        clean.raw
+    );
+
+    // Only an allow rule with private = true lets a private answer through.
+    let nas = dig(gate.dns, "nas.example", "A", &[]).await;
+    assert_eq!(
+        nas.addresses(),
+        vec!["192.168.1.20".to_owned()],
+        "{}",
+        nas.raw
+    );
+    doh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebinding_protection_can_be_turned_off() {
+    let doh = DohServer::start(zone()).await;
+    let text = config(&doh, "").replace("[dns]\n", "[dns]\nrebinding_protection = false\n");
+    let gate = Gate::start_full(&text, &[("allowlist.toml", ALLOWLIST)], &[]);
+    let rebind = dig(gate.dns, "rebind.example", "A", &[]).await;
+    assert_eq!(
+        rebind.addresses(),
+        vec!["192.168.1.10".to_owned()],
+        "{}",
+        rebind.raw
+    );
+    doh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_answers_survive_the_upstream_going_away() {
+    let mut doh = DohServer::start(zone()).await;
+    let gate = start(&doh, "[cache]\nmin_ttl = 0\n");
+    let first = dig(gate.dns, "fwd.example", "A", &[]).await;
+    assert_eq!(first.addresses(), vec![PUBLIC_1.to_string()]);
+    let stale_first = dig(gate.dns, "stale.example", "A", &[]).await;
+    assert_eq!(stale_first.addresses(), vec![PUBLIC_2.to_string()]);
+    let upstream_queries = doh.queries();
+
+    doh.halt().await;
+    // Fresh cache entry: answered without the upstream, TTL counting down.
+    let cached = dig(gate.dns, "fwd.example", "A", &[]).await;
+    assert_eq!(
+        cached.addresses(),
+        vec![PUBLIC_1.to_string()],
+        "{}",
+        cached.raw
+    );
+    assert!(cached.ttls()[0] <= 60);
+    let line = decision_for(&gate, "fwd.example").unwrap();
+    assert_eq!(json_field(&line, "outcome").as_deref(), Some("cached"));
+
+    // Not cached and no upstream: SERVFAIL within the timeout.
+    let started = Instant::now();
+    let failed = dig(gate.dns, "other.example", "A", &[]).await;
+    assert_eq!(failed.status, "SERVFAIL", "{}", failed.raw);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "SERVFAIL took {:?}",
+        started.elapsed()
+    );
+
+    // Expired entry and no upstream: served stale (RFC 8767) with TTL 30 and EDE 3.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stale = dig(gate.dns, "stale.example", "A", &[]).await;
+    assert_eq!(stale.status, "NOERROR", "{}", stale.raw);
+    assert_eq!(stale.addresses(), vec![PUBLIC_2.to_string()]);
+    assert_eq!(stale.ttls(), vec![30]);
+    assert!(
+        stale
+            .ede
+            .unwrap_or_default()
+            .starts_with("3 (Stale Answer)")
+    );
+    assert_eq!(
+        doh.queries(),
+        upstream_queries,
+        "the halted upstream saw nothing"
+    );
+    doh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn special_use_names_are_answered_locally() {
+    let doh = DohServer::start(zone()).await;
+    let gate = start(&doh, "");
+    let lo = dig(gate.dns, "localhost", "A", &[]).await;
+    assert_eq!(lo.addresses(), vec!["127.0.0.1".to_owned()], "{}", lo.raw);
+    let lo6 = dig(gate.dns, "app.localhost", "AAAA", &[]).await;
+    assert_eq!(lo6.addresses(), vec!["::1".to_owned()], "{}", lo6.raw);
+    for name in [
+        "metadata.google.internal",
+        "printer.local",
+        "router.home.arpa",
+        "1.0.168.192.in-addr.arpa",
+        "intranet",
+        "x.onion",
+    ] {
+        let d = dig(gate.dns, name, "A", &[]).await;
+        assert_eq!(d.status, "NXDOMAIN", "{name}: {}", d.raw);
+    }
+    let ddr = dig(gate.dns, "_dns.resolver.arpa", "SVCB", &[]).await;
+    assert_eq!(ddr.status, "NOERROR", "{}", ddr.raw);
+    assert!(
+        ddr.answers.is_empty(),
+        "resolver.arpa gets no data: {}",
+        ddr.raw
+    );
+    assert_eq!(doh.queries(), 0, "special-use names never leave the gate");
+    doh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn block_answers_are_configurable() {
+    let doh = DohServer::start(zone()).await;
+    let zero = start_with_env(&doh, "", &[("PORTCULLIS_BLOCK_ANSWER", "zero_ip")]);
+    let a = dig(zero.dns, "evil.example", "A", &[]).await;
+    assert_eq!(
+        (a.status.as_str(), a.addresses()),
+        ("NOERROR", vec!["0.0.0.0".to_owned()]),
+        "{}",
+        a.raw
+    );
+    let aaaa = dig(zero.dns, "evil.example", "AAAA", &[]).await;
+    assert_eq!(aaaa.addresses(), vec!["::".to_owned()]);
+    let refused = start_with_env(&doh, "", &[("PORTCULLIS_BLOCK_ANSWER", "refused")]);
+    let r = dig(refused.dns, "evil.example", "A", &[]).await;
+    assert_eq!(r.status, "REFUSED", "{}", r.raw);
+    let text = config(&doh, "").replace(
+        "[dns]\n",
+        "[dns]\nblock_answer = \"addresses\"\nblock_addresses = [\"192.0.2.53\"]\nblock_ttl = 77\n",
+    );
+    let fixed = Gate::start_full(&text, &[("allowlist.toml", ALLOWLIST)], &[]);
+    let f = dig(fixed.dns, "evil.example", "A", &[]).await;
+    assert_eq!(f.addresses(), vec!["192.0.2.53".to_owned()], "{}", f.raw);
+    assert_eq!(f.ttls(), vec![77]);
+    let nx = dig(fixed.dns, "evil.example", "TXT", &[]).await;
+    assert_eq!(nx.status, "NOERROR");
+    assert!(nx.answers.is_empty());
+    doh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_apply_per_client_group() {
+    let doh = DohServer::start(zone()).await;
+    let extra = r#"
+[groups]
+agent = ["127.0.0.2/32"]
+
+[[lists]]
+name = "agent-only"
+inline = "scoped.example"
+groups = ["agent"]
+"#;
+    let gate = start(&doh, extra);
+    let from_agent = dig(gate.dns, "scoped.example", "A", &["-b", "127.0.0.2"]).await;
+    assert_eq!(from_agent.status, "NXDOMAIN", "{}", from_agent.raw);
+    let from_other = dig(gate.dns, "scoped.example", "A", &["-b", "127.0.0.3"]).await;
+    assert_eq!(
+        from_other.addresses(),
+        vec![PUBLIC_1.to_string()],
+        "{}",
+        from_other.raw
+    );
+    doh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_packets_do_not_take_the_gate_down() {
+    let doh = DohServer::start(zone()).await;
+    let mut gate = start(&doh, "");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let good = {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.queries.push(Query::query(
+            Name::from_ascii("fwd.example.").unwrap(),
+            RecordType::A,
+        ));
+        m.to_vec().unwrap()
+    };
+    let header = |id: u16, flags: u16, qd: u16, an: u16| {
+        let mut h = Vec::new();
+        for v in [id, flags, qd, an, 0, 0] {
+            h.extend(v.to_be_bytes());
+        }
+        h
+    };
+    let mut loop_packet = header(8, 0x0100, 1, 0);
+    loop_packet.extend([0xc0, 12, 0, 1, 0, 1]); // a name that points at itself
+    let mut wrong_counts = header(9, 0x0100, 5, 3);
+    wrong_counts.extend(&good[12..]);
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 3);
+    let mut oversized = good.clone();
+    oversized.extend(std::iter::repeat_n(0xff, 60_000));
+    let mut two_questions = header(10, 0x0100, 2, 0);
+    two_questions.extend(&good[12..]);
+    two_questions.extend(&good[12..]);
+    let mut response_bit = good.clone();
+    response_bit[2] |= 0x80;
+    let mut bad_label = header(11, 0x0100, 1, 0);
+    bad_label.extend([3, b'a', b' ', b'b', 7]);
+    bad_label.extend(b"example");
+    bad_label.extend([0, 0, 1, 0, 1]);
+    // (what, packet, expected reply: Some(rcode), None = dropped without a reply; random bytes may go either way)
+    use ResponseCode::{FormErr, Refused};
+    let hostile: Vec<(&str, Vec<u8>, Option<Option<ResponseCode>>)> = vec![
+        ("empty", vec![], Some(None)),
+        ("five bytes", vec![1, 2, 3, 4, 5], Some(None)),
+        ("compression loop", loop_packet, Some(Some(FormErr))),
+        ("wrong counts", wrong_counts, Some(Some(FormErr))),
+        ("truncated", truncated, Some(Some(FormErr))),
+        ("oversized", oversized, Some(Some(FormErr))),
+        ("two questions", two_questions, Some(Some(FormErr))),
+        ("response bit set", response_bit, Some(None)),
+        ("space in a label", bad_label, Some(Some(Refused))),
+        (
+            "random",
+            (0..512u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+                .collect(),
+            None,
+        ),
+    ];
+    let mut buf = vec![0u8; 65535];
+    for (what, packet, expected) in &hostile {
+        let _ = socket.send_to(packet, gate.dns).await;
+        let got = match tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf))
+            .await
+        {
+            Ok(Ok((n, _))) => {
+                let reply = Message::from_vec(&buf[..n])
+                    .unwrap_or_else(|e| panic!("{what}: unparsable reply: {e}"));
+                assert!(reply.answers.is_empty(), "{what}: {reply:?}");
+                Some(reply.metadata.response_code)
+            }
+            _ => None,
+        };
+        if let Some(expected) = expected {
+            assert_eq!(&got, expected, "{what}");
+        }
+    }
+    // Garbage over TCP as well.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(gate.dns).await.unwrap();
+        tcp.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
+        drop(tcp);
+    }
+    assert!(gate.is_running(), "the gate survived");
+    socket.send_to(&good, gate.dns).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .expect("the next good query is answered")
+        .unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(reply.metadata.id, 7);
+    assert!(matches!(reply.answers[0].data, RData::A(_)));
+    doh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_flood_is_capped_at_max_inflight() {
+    // An upstream that never answers: a UDP socket nobody reads.
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\nmax_inflight = 2\n\n[upstream]\ntimeout_ms = 1500\nstrategy = \"failover\"\n\n[[upstream.servers]]\nurl = \"udp://{}\"\n",
+        sink.local_addr().unwrap()
+    );
+    let gate = Gate::start(&text);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..20u16 {
+        let mut m = Message::new(i, MessageType::Query, OpCode::Query);
+        m.queries.push(Query::query(
+            Name::from_ascii(format!("n{i}.example.")).unwrap(),
+            RecordType::A,
+        ));
+        socket
+            .send_to(&m.to_vec().unwrap(), gate.dns)
+            .await
+            .unwrap();
+    }
+    // Queries beyond the cap get SERVFAIL at once, long before the upstream timeout.
+    let mut buf = vec![0u8; 4096];
+    let mut quick_servfails = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(700) {
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await
+        {
+            let reply = Message::from_vec(&buf[..n]).unwrap();
+            assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+            quick_servfails += 1;
+        }
+    }
+    assert_eq!(
+        quick_servfails, 18,
+        "all but max_inflight queries are refused at once"
+    );
+    let overloaded = gate
+        .logs()
+        .iter()
+        .filter(|l| l.contains("too many queries waiting"))
+        .count();
+    assert_eq!(overloaded, 18);
+    drop(sink);
+}

@@ -1,0 +1,211 @@
+//! Runs the real `portcullis` binary for integration tests and queries it with
+//! real clients (dig from Debian's dnsutils, and hickory-proto over a UDP socket).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running gate. Killed on drop.
+pub struct Gate {
+    child: Child,
+    pub dns: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gate {
+    /// Writes `config` to a temp dir as portcullis.toml and starts the binary on it.
+    /// `config` should listen on 127.0.0.1:0; the bound port is read from the log.
+    pub fn start(config: &str) -> Gate {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gate {
+        Self::start_full(config, &[], env)
+    }
+
+    /// Also writes `files` (name, content) beside the config before starting.
+    pub fn start_full(config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Gate {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write file");
+        }
+        let path = dir.path().join("portcullis.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("--config")
+            .arg(&path)
+            .env("PORTCULLIS_LOG_FORMAT", "json")
+            .env("PORTCULLIS_LOG_LEVEL", "info")
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start portcullis");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening dns/udp")
+                    && let Some(addr) = json_field(&line, "addr")
+                {
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "gate did not start; log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Gate {
+            child,
+            dns: addr.parse().expect("bound address"),
+            logs,
+            dir,
+        }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(line) = self.logs().into_iter().find(|l| l.contains(needle)) {
+                return Some(line);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gate did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A string field of a JSON log line.
+pub fn json_field(line: &str, field: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value.get(field)?.as_str().map(str::to_owned)
+}
+
+/// What dig printed, parsed.
+#[derive(Debug, Default)]
+pub struct Dig {
+    pub status: String,
+    pub answers: Vec<String>,
+    pub authority: Vec<String>,
+    pub ede: Option<String>,
+    pub raw: String,
+}
+
+impl Dig {
+    /// The data of the answer records (last column).
+    pub fn addresses(&self) -> Vec<String> {
+        self.answers
+            .iter()
+            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn ttls(&self) -> Vec<u32> {
+        self.answers
+            .iter()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect()
+    }
+}
+
+/// Runs `dig @addr name type [extra...]` with one try.
+pub fn dig(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> Dig {
+    let output = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args([
+            "-p",
+            &addr.port().to_string(),
+            name,
+            qtype,
+            "+tries=1",
+            "+time=5",
+        ])
+        .args(extra)
+        .output()
+        .expect("dig (Debian package dnsutils) must be installed");
+    let raw = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut dig = Dig {
+        raw: raw.clone(),
+        ..Dig::default()
+    };
+    let mut section = "";
+    for line in raw.lines() {
+        if let Some(rest) = line.split("status: ").nth(1) {
+            dig.status = rest.split(',').next().unwrap_or("").to_owned();
+        }
+        if let Some(rest) = line.strip_prefix("; EDE: ") {
+            dig.ede = Some(rest.to_owned());
+        }
+        if line.starts_with(";; ANSWER SECTION") {
+            section = "answer";
+            continue;
+        }
+        if line.starts_with(";; AUTHORITY SECTION") {
+            section = "authority";
+            continue;
+        }
+        if line.starts_with(";;") || line.trim().is_empty() {
+            section = "";
+            continue;
+        }
+        match section {
+            "answer" => dig.answers.push(line.to_owned()),
+            "authority" => dig.authority.push(line.to_owned()),
+            _ => {}
+        }
+    }
+    dig
+}
