@@ -446,7 +446,7 @@ where
         }
         match Name::parse(text) {
             Ok(name) => {
-                if kind != Kind::Exact && !name.as_str().contains('.') {
+                if kind != Kind::Exact && is_single_label(text, &name) {
                     return self.skip(SkipReason::TopLevelOnly);
                 }
                 self.emit(match kind {
@@ -480,7 +480,7 @@ where
             let regex = if line.len() >= 2 && line.ends_with('/') {
                 line
             } else {
-                strip_inline_comment(line, b"#")
+                strip_inline_comment(line, &['#'])
             };
             if regex.len() >= 2 && regex.ends_with('/') {
                 let pattern = &regex[1..regex.len() - 1];
@@ -493,7 +493,7 @@ where
                 };
             }
         }
-        let content = strip_inline_comment(line, b"#");
+        let content = strip_inline_comment(line, &['#']);
         let mut tokens = content.split_ascii_whitespace();
         let Some(first) = tokens.next() else {
             return self.skip(SkipReason::UnsupportedSyntax);
@@ -516,15 +516,16 @@ where
             .strip_prefix("*.")
             .or_else(|| first.strip_prefix('.'))
             .unwrap_or(first);
-        if name.len() == first.len() && might_be_ip(first) {
-            if let Some(net) = parse_net(first) {
-                return if hosts {
-                    // An address with no names.
-                    self.skip(SkipReason::UnsupportedSyntax)
-                } else {
-                    self.net(net)
-                };
-            }
+        if name.len() == first.len()
+            && might_be_ip(first)
+            && let Some(net) = parse_net(first)
+        {
+            return if hosts {
+                // An address with no names.
+                self.skip(SkipReason::UnsupportedSyntax)
+            } else {
+                self.net(net)
+            };
         }
         self.name(name, Kind::Block, true);
     }
@@ -597,7 +598,7 @@ where
     }
 
     fn ips_line(&mut self, line: &'a str) {
-        let content = strip_inline_comment(line, b"#;");
+        let content = strip_inline_comment(line, &['#', ';']);
         let mut tokens = content.split_ascii_whitespace();
         match (tokens.next().and_then(parse_net), tokens.next()) {
             (Some(net), None) => self.net(net),
@@ -669,10 +670,14 @@ fn dnsmasq_directive(line: &str) -> Option<&str> {
 }
 
 /// Cuts the line at the first of `markers` that follows whitespace.
-fn strip_inline_comment<'s>(line: &'s str, markers: &[u8]) -> &'s str {
+fn strip_inline_comment<'s>(line: &'s str, markers: &[char]) -> &'s str {
     let bytes = line.as_bytes();
     let mut from = 0;
-    while let Some(i) = bytes[from..].iter().position(|b| markers.contains(b)) {
+    // `str::find` with one char is a memchr: most lines have no marker at all.
+    while let Some(i) = match markers {
+        [one] => line[from..].find(*one),
+        many => line[from..].find(many),
+    } {
         let at = from + i;
         if at == 0 || bytes[at - 1].is_ascii_whitespace() {
             return line[..at].trim_ascii_end();
@@ -712,7 +717,24 @@ fn is_boilerplate(name: &str) -> bool {
 
 /// Could this token be an address or CIDR (cheap pre-check before parsing)?
 fn might_be_ip(token: &str) -> bool {
-    token.as_bytes().first().is_some_and(u8::is_ascii_digit) || token.contains(':')
+    match token.as_bytes().first() {
+        Some(b'0'..=b'9') => true,
+        // IPv6 starts with a hex digit or `::`.
+        Some(b'a'..=b'f' | b'A'..=b'F' | b':') => token.contains(':'),
+        _ => false,
+    }
+}
+
+/// Whether the normalised `name` has one label. Normalisation only removes a
+/// trailing dot, so for ASCII input the input text answers without
+/// re-reading the name; IDN input (where `。` becomes `.`) asks the name.
+fn is_single_label(text: &str, name: &Name) -> bool {
+    let text = text.strip_suffix('.').unwrap_or(text);
+    if text.is_ascii() {
+        !text.contains('.')
+    } else {
+        !name.as_str().contains('.')
+    }
 }
 
 /// An address or CIDR; a bare address is a host network (/32, /128).

@@ -223,3 +223,135 @@ impl std::fmt::Display for Explanation {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lists::parse::Entry;
+    use groups::ALL_GROUPS;
+    use rules::{ListInfo, RuleSetBuilder};
+
+    fn n(s: &str) -> Name {
+        Name::parse(s).unwrap()
+    }
+
+    fn allow(host: &str, groups: groups::GroupMask) -> AllowRule {
+        AllowRule {
+            host: host.into(),
+            ports: vec![443],
+            groups,
+            private: false,
+            file: "allowlist.toml".into(),
+            line: 1,
+            comment: None,
+        }
+    }
+
+    /// deny: corp.example (subdomains), bad.cdn.example, `$important` tracker.example;
+    /// list exception: ok.tracker.example, ok.ads.example; allow: *.cdn.example, internal.corp.example.
+    fn policy() -> Policy {
+        let mut b = RuleSetBuilder::new();
+        let list = b
+            .add_list(ListInfo {
+                name: "threats".into(),
+                source: "threats.txt".into(),
+                groups: ALL_GROUPS,
+            })
+            .unwrap();
+        b.add_entry(list, 1, Entry::Block(n("corp.example")))
+            .unwrap();
+        b.add_entry(list, 2, Entry::Block(n("bad.cdn.example")))
+            .unwrap();
+        b.add_entry(list, 3, Entry::BlockImportant(n("tracker.example")))
+            .unwrap();
+        b.add_entry(list, 4, Entry::Allow(n("ok.tracker.example")))
+            .unwrap();
+        b.add_entry(list, 5, Entry::Block(n("ads.example")))
+            .unwrap();
+        b.add_entry(list, 6, Entry::Allow(n("ok.ads.example")))
+            .unwrap();
+        b.add_entry(list, 7, Entry::Block(n("example.internal")))
+            .unwrap();
+        b.add_allow(allow("*.cdn.example", ALL_GROUPS));
+        b.add_allow(allow("internal.corp.example", ALL_GROUPS));
+        b.add_allow(allow("metadata.google.internal", groups::GroupId(1).mask()));
+        Policy {
+            rules: b.build().unwrap(),
+            ..Policy::default()
+        }
+    }
+
+    const G: GroupId = GroupId::DEFAULT;
+
+    #[test]
+    fn an_allowed_wildcard_beats_a_more_specific_deny_inside_it() {
+        let p = policy();
+        // bad.cdn.example is listed, but *.cdn.example is allowed: allow wins, whatever the specificity.
+        assert_eq!(p.decide(&n("bad.cdn.example"), G).outcome(), "allowed");
+        assert_eq!(p.decide(&n("x.bad.cdn.example"), G).outcome(), "allowed");
+        // The wildcard does not cover the bare name.
+        assert_eq!(p.decide(&n("cdn.example"), G).outcome(), "pass");
+    }
+
+    #[test]
+    fn an_allowed_name_inside_a_blocked_parent_is_allowed_and_only_it() {
+        let p = policy();
+        assert_eq!(
+            p.decide(&n("internal.corp.example"), G).outcome(),
+            "allowed"
+        );
+        assert_eq!(p.decide(&n("other.corp.example"), G).outcome(), "blocked");
+        assert_eq!(
+            p.decide(&n("sub.internal.corp.example"), G).outcome(),
+            "blocked"
+        );
+    }
+
+    #[test]
+    fn important_rules_beat_list_exceptions_which_beat_plain_rules() {
+        let p = policy();
+        assert_eq!(p.decide(&n("ok.tracker.example"), G).outcome(), "blocked");
+        assert_eq!(p.decide(&n("ok.ads.example"), G).outcome(), "excepted");
+        assert_eq!(p.decide(&n("x.ok.ads.example"), G).outcome(), "excepted");
+        assert_eq!(p.decide(&n("other.ads.example"), G).outcome(), "blocked");
+    }
+
+    #[test]
+    fn special_use_names_unless_an_allow_rule_names_them() {
+        let p = policy();
+        assert_eq!(
+            p.decide(&n("metadata.google.internal"), G).outcome(),
+            "special_use"
+        );
+        assert_eq!(
+            p.decide(&n("metadata.google.internal"), GroupId(1))
+                .outcome(),
+            "allowed"
+        );
+        // Special-use comes before deny lists: the local answer is already a refusal.
+        assert_eq!(p.decide(&n("example.internal"), G).outcome(), "special_use");
+    }
+
+    #[test]
+    fn bare_names_can_be_forwarded() {
+        let mut p = policy();
+        assert_eq!(p.decide(&n("intranet"), G).outcome(), "special_use");
+        p.bare_names_nxdomain = false;
+        assert_eq!(p.decide(&n("intranet"), G).outcome(), "pass");
+    }
+
+    #[test]
+    fn explain_names_rule_list_and_line() {
+        let p = policy();
+        let ex = p.explain("WWW.Corp.Example.", None);
+        assert_eq!(ex.decision, "blocked");
+        assert_eq!(ex.name.as_deref(), Some("www.corp.example"));
+        assert_eq!(ex.rule.as_deref(), Some("corp.example"));
+        assert_eq!(ex.list.as_deref(), Some("threats"));
+        assert_eq!(ex.source.as_deref(), Some("threats.txt"));
+        assert_eq!(ex.line, Some(1));
+        let ex = p.explain("bad name!", None);
+        assert_eq!(ex.decision, "malformed");
+        assert!(ex.reason.contains("not allowed"));
+    }
+}

@@ -85,6 +85,9 @@ impl Hasher for IdHasher {
 struct NameTable {
     hasher: foldhash::fast::RandomState,
     map: HashMap<u64, u64, BuildHasherDefault<IdHasher>>,
+    /// Lists rarely name a whole top-level domain; when none does, the last
+    /// suffix of every query is not looked up.
+    has_single_label: bool,
 }
 
 /// A name-rule hit: where in the queried name, and the packed metadata.
@@ -99,10 +102,12 @@ impl NameTable {
         NameTable {
             hasher: foldhash::fast::RandomState::default(),
             map: HashMap::default(),
+            has_single_label: false,
         }
     }
 
     fn insert(&mut self, name: &str, meta: u64) {
+        self.has_single_label |= !name.contains('.');
         let key = self.hasher.hash_one(name.as_bytes());
         self.map
             .entry(key)
@@ -121,6 +126,9 @@ impl NameTable {
         }
         let full = name.as_str();
         for (i, suffix) in name.suffixes().enumerate() {
+            if i > 0 && !self.has_single_label && !suffix.contains('.') {
+                break;
+            }
             let key = self.hasher.hash_one(suffix.as_bytes());
             if let Some(&meta) = self.map.get(&key) {
                 let groups = (meta >> GROUP_SHIFT) as GroupMask;
@@ -620,6 +628,17 @@ mod tests {
         let m = set.denied_by(&name("exact.net"), G, false).unwrap();
         assert_eq!((m.kind, m.rule.as_str()), (RuleKind::Exact, "=exact.net"));
         assert!(set.denied_by(&name("sub.exact.net"), G, false).is_none());
+    }
+
+    #[test]
+    fn a_top_level_rule_is_looked_up_only_when_one_exists() {
+        let without = set_with(&[("evil.com", 1)]);
+        assert!(without.denied_by(&name("a.zip"), G, false).is_none());
+        let with = set_with(&[("zip", 1)]);
+        assert_eq!(
+            with.denied_by(&name("a.b.zip"), G, false).unwrap().rule,
+            "zip"
+        );
     }
 
     #[test]

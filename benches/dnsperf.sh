@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# DNS throughput of the gate vs unbound, measured with dnsperf.
+#
+#   benches/dnsperf.sh            # build, run, print a Markdown table
+#
+# Everything stays on loopback: the gate's only upstream is a local unbound that
+# answers the test names from local-data and REFUSES everything else (it never
+# recurses), so no query can leave the machine.
+#
+# Servers are pinned to core 0 and dnsperf to core 1 (needs 2 cores).
+# Knobs (environment): PORTCULLIS_BIN (skip the build), LISTS_DIR, OUT,
+# DURATION (s per run, 20), CLIENTS (10), OUTSTANDING (-q, 200), THREADS (-T, 1),
+# N_CACHED (10000), N_BLOCKED (100000), SYNTHETIC_NAMES (750000),
+# DECISION_LOG=1 (extra gate run with the per-blocked-query log line on, sent to
+# /dev/null), KEEP_WORK=1 (keep the temp dir).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LISTS_DIR=${LISTS_DIR:-$ROOT/../shared/data/blocklists}
+OUT=${OUT:-$ROOT/target/bench-dnsperf}
+DURATION=${DURATION:-20}
+CLIENTS=${CLIENTS:-10}
+OUTSTANDING=${OUTSTANDING:-200}
+THREADS=${THREADS:-1}
+N_CACHED=${N_CACHED:-10000}
+N_BLOCKED=${N_BLOCKED:-100000}
+SYNTHETIC_NAMES=${SYNTHETIC_NAMES:-750000}
+GATE_PORT=5354   # the gate
+UP_PORT=5355     # the gate's local upstream (unbound, local-data only)
+UNB_PORT=5356    # unbound under test (blocklist as local-zones)
+SERVER_CPU=0
+CLIENT_CPU=1
+CLK_TCK=$(getconf CLK_TCK)
+INVOCATION="$0 $*"
+
+for tool in dnsperf unbound unbound-checkconf dig taskset ss; do
+    command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install dnsperf unbound bind9-dnsutils)" >&2; exit 1; }
+done
+[ "$(nproc)" -ge 2 ] || { echo "needs 2 cores (server on core 0, dnsperf on core 1)" >&2; exit 1; }
+for port in $GATE_PORT $UP_PORT $UNB_PORT; do
+    if ss -Hlun "sport = :$port" | grep -q .; then
+        echo "port $port/udp is busy; stop whatever listens there" >&2; exit 1
+    fi
+done
+
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${LOADAVG_START%% *}" 'BEGIN { exit !(l > 0.5) }'; then
+    echo "WARNING: load average $LOADAVG_START: other processes compete for the two cores" >&2
+fi
+
+WORK=$(mktemp -d /tmp/portcullis-dnsperf.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "${KEEP_WORK:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Start "$@" in the background pinned to the server core; PID lands in $STARTED.
+# taskset execs the program, so $! is the server itself (its /proc entry is what we read).
+start_pinned() {
+    local log=$1; shift
+    taskset -c "$SERVER_CPU" "$@" >"$log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+stop() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# utime+stime of the whole process (all threads), in clock ticks.
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+now() { date +%s.%N; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# Poll until $port answers $name with $want (an address or an rcode); fail if $pid dies.
+wait_answer() {
+    local pid=$1 port=$2 name=$3 want=$4 log=$5 i got
+    for ((i = 0; i < 1200; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "server (pid $pid) exited before answering; log tail:" >&2
+            tail -n 30 "$log" >&2
+            exit 1
+        fi
+        got=$(dig @127.0.0.1 -p "$port" +tries=1 +time=1 +noall +answer +comments "$name" A 2>/dev/null || true)
+        if grep -q -- "$want" <<<"$got"; then return 0; fi
+        sleep 0.05
+    done
+    echo "port $port never answered $name with $want; last reply:" >&2
+    echo "$got" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+}
+
+# Distinct blockable names out of hosts / adblock / dnsmasq / plain-domain lists,
+# lower-cased, trailing dot removed. A deliberately simple parser: adblock rules
+# with modifiers, exceptions and wildcards are skipped; IP lists are not names.
+extract_names() {
+    awk '
+        { sub(/\r$/, "") }
+        /^[ \t]*([#!]|\[|$)/ { next }
+        {
+            n = ""
+            if ($0 ~ /^\|\|[^\^$\/]+\^$/) n = substr($0, 3, length($0) - 3)
+            else if ($0 ~ /^(server|address|local)=\/[^\/]+\//) { split($0, p, "/"); n = p[2] }
+            else if ($1 ~ /^(0\.0\.0\.0|127\.0\.0\.1|::|::1)$/) n = $2
+            else n = $1
+            n = tolower(n); sub(/\.$/, "", n)
+            if (n !~ /^[a-z0-9_-]+(\.[a-z0-9_-]+)+$/ || length(n) > 253) next
+            if (n ~ /^[0-9][0-9]?[0-9]?\.[0-9][0-9]?[0-9]?\.[0-9][0-9]?[0-9]?\.[0-9][0-9]?[0-9]?$/) next
+            if (n ~ /^localhost\./) next
+            k = split(n, l, ".")
+            for (i = 1; i <= k; i++) if (length(l[i]) > 63) next
+            print n
+        }' "$@" | LC_ALL=C sort -u
+}
+
+# A deterministic "random" order, so reruns query the same names.
+seeded_shuf() { shuf --random-source=<(yes portcullis-dnsperf) "$@"; }
+
+mkdir -p "$OUT"
+rm -f "$OUT"/*.txt "$OUT"/*.log "$OUT"/*.md "$OUT"/*.tsv "$OUT"/*.conf "$OUT"/*.toml
+echo "results: $OUT" >&2
+
+# ---- 1. the binary -------------------------------------------------------------
+if [ -n "${PORTCULLIS_BIN:-}" ]; then
+    BIN=$PORTCULLIS_BIN
+else
+    echo "building the release binary..." >&2
+    (cd "$ROOT" && cargo build --release --quiet --bin portcullis)
+    BIN=$ROOT/target/release/portcullis
+fi
+[ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }
+
+# ---- 2. lists, names and query files ------------------------------------------
+LIST_FILES=()
+if [ -d "$LISTS_DIR" ] && compgen -G "$LISTS_DIR/*.txt" >/dev/null; then
+    LISTS_ORIGIN="real lists: every *.txt in $(cd "$LISTS_DIR" && pwd)"
+    LIST_FILES=("$(cd "$LISTS_DIR" && pwd)"/*.txt)
+    NAME_FILES=(); DOMAIN_FILES=()
+    for f in "${LIST_FILES[@]}"; do
+        case $(basename "$f") in
+            ips-*) ;;
+            domains-*) NAME_FILES+=("$f"); DOMAIN_FILES+=("$f") ;;
+            *) NAME_FILES+=("$f") ;;
+        esac
+    done
+else
+    LISTS_ORIGIN="SYNTHETIC list of $SYNTHETIC_NAMES names ($LISTS_DIR is absent)"
+    echo "WARNING: $LISTS_DIR is absent; using a synthetic list of $SYNTHETIC_NAMES names" >&2
+    mkdir -p "$WORK/lists"
+    awk -v n="$SYNTHETIC_NAMES" 'BEGIN { srand(7); for (i = 0; i < n; i++)
+        printf "t%x-%d.%s%d.%s\n", int(rand() * 2^31), i, (i % 3 ? "ads" : "track"), i % 9973, (i % 2 ? "com" : "net") }' \
+        >"$WORK/lists/domains-synthetic.txt"
+    LIST_FILES=("$WORK/lists/domains-synthetic.txt")
+    NAME_FILES=("${LIST_FILES[@]}"); DOMAIN_FILES=("${LIST_FILES[@]}")
+fi
+
+echo "extracting names..." >&2
+extract_names "${NAME_FILES[@]}" >"$WORK/blocked-all.txt"
+UNBOUND_NAMES=$(wc -l <"$WORK/blocked-all.txt")
+# Blocked queries: a sample of the plain-domain lists (also in the unbound set).
+extract_names "${DOMAIN_FILES[@]}" | seeded_shuf -n "$N_BLOCKED" | awk '{ print $1, "A" }' >"$WORK/q-blocked.txt"
+# Cached names: answered by the local upstream with public-looking addresses
+# (the gate strips private answers) and a long TTL, so they stay cached.
+awk -v n="$N_CACHED" 'BEGIN { for (i = 1; i <= n; i++) print "c" i ".bench.example A" }' >"$WORK/q-cached.txt"
+
+# A records for the cached names: 93.184.x.y is public space.
+local_data() {
+    awk -v n="$N_CACHED" 'BEGIN { for (i = 1; i <= n; i++)
+        printf "    local-data: \"c%d.bench.example. 3600 IN A 93.184.%d.%d\"\n", i, int(i / 256) % 256, i % 256 }'
+}
+FIRST_CACHED_IP=93.184.0.1
+
+# Common unbound settings. "." refuse + outgoing-interface on loopback: unbound
+# never recurses, and even if it tried it could only send from 127.0.0.1.
+unbound_conf() {
+    local dir=$1 port=$2
+    cat <<EOF
+server:
+    interface: 127.0.0.1
+    port: $port
+    do-ip6: no
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "$dir"
+    pidfile: "$dir/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 0
+    num-threads: 1
+    module-config: "iterator"
+    outgoing-interface: 127.0.0.1
+    access-control: 127.0.0.0/8 allow
+    local-zone: "." refuse
+    local-zone: "bench.example." static
+remote-control:
+    control-enable: no
+server:
+EOF
+    local_data
+}
+
+# ---- 3. local upstream for the gate -------------------------------------------
+mkdir -p "$WORK/up" "$WORK/unb"
+unbound_conf "$WORK/up" "$UP_PORT" >"$WORK/up/unbound.conf"
+unbound-checkconf "$WORK/up/unbound.conf" >/dev/null
+start_pinned "$WORK/up.log" unbound -d -c "$WORK/up/unbound.conf"
+UP_PID=$STARTED
+# The upstream shares core 0 with the gate: it is only busy during warm-up.
+wait_answer "$UP_PID" "$UP_PORT" c1.bench.example "$FIRST_CACHED_IP" "$WORK/up.log"
+
+# ---- measurement helpers ----------------------------------------------------------
+DNSPERF=(taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -l "$DURATION" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING")
+printf 'workload\tserver\tqps\tavg_ms\tmax_ms\tlost_pct\tcpu_per_100k\tserver_cpu_pct\tdnsperf_cpu_pct\tcompleted\trcodes\tupstream_cpu_s\n' >"$OUT/results.tsv"
+
+# Run one dnsperf workload against $port; record throughput, latency, the
+# server's CPU time per 100k completed queries, and how busy the server and
+# dnsperf were (CPU s / wall s: ~100% on the dnsperf side means the client,
+# not the server, was the limit).
+measure() {
+    local server=$1 pid=$2 port=$3 workload=$4 file=$5
+    local raw="$OUT/dnsperf-$server-$workload.txt"
+    local c0 c1 u0 u1 t0 t1 client_cpu
+    c0=$(cpu_ticks "$pid"); u0=$(cpu_ticks "$UP_PID" 2>/dev/null || echo 0)
+    echo "  $server / $workload: ${DNSPERF[*]} -p $port -d $(basename "$file")" >&2
+    t0=$(now)
+    # bash's `time` gives dnsperf's own user+sys seconds.
+    client_cpu=$( { TIMEFORMAT='%U %S'; time "${DNSPERF[@]}" -p "$port" -d "$file" >"$raw" 2>&1 || true; } 2>&1 | awk '{ print $1 + $2 }')
+    t1=$(now)
+    c1=$(cpu_ticks "$pid" 2>/dev/null || echo "$c0"); u1=$(cpu_ticks "$UP_PID" 2>/dev/null || echo "$u0")
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "!! $server died during $workload; log tail:" >&2
+        tail -n 40 "$OUT/$server.log" >&2 || true
+    fi
+    awk -v OFS='\t' -v w="$workload" -v s="$server" -v tck="$CLK_TCK" -v cpu=$((c1 - c0)) -v up=$((u1 - u0)) \
+        -v wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" -v ccpu="$client_cpu" '
+        function after(line, label,   v) { v = line; sub("^.*" label " *", "", v); return v }
+        /Queries completed:/ { done = after($0, ":"); sub(/ .*/, "", done) }
+        /Queries lost:/ { lost = after($0, "\\("); sub(/%.*/, "", lost) }
+        /Response codes:/ { rc = after($0, ":") }
+        /Queries per second:/ { qps = after($0, ":") }
+        /Run time \(s\):/ { run = after($0, ":") }
+        /Average Latency/ { avg = after($0, ":"); sub(/ .*/, "", avg); max = after($0, "max "); sub(/\).*/, "", max) }
+        END {
+            if (done == "") { print w, s, "FAILED", "", "", "", "", "", "", 0, "see raw output", ""; exit }
+            printf "%s\t%s\t%.0f\t%.3f\t%.1f\t%s\t%.3f\t%.0f\t%.0f\t%s\t%s\t%.2f\n", w, s, qps, avg * 1000, max * 1000, lost,
+                (done > 0 ? cpu / tck / done * 100000 : 0), 100 * cpu / tck / run, 100 * ccpu / wall, done, rc, up / tck
+        }' "$raw" >>"$OUT/results.tsv"
+}
+
+# Send every cached name once (warms the gate's cache; harmless for unbound).
+warm() {
+    taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -p "$1" -d "$WORK/q-cached.txt" -n 1 -q 100 >"$OUT/warm-$2.txt" 2>&1
+}
+
+# ---- 4. the gate -------------------------------------------------------------------
+gate_conf() {
+    local level=$1 f
+    cat <<EOF
+# Generated by benches/dnsperf.sh. The only upstream is the local unbound.
+[dns]
+listen = ["127.0.0.1:$GATE_PORT"]
+max_inflight = 4096
+
+[upstream]
+strategy = "failover"
+timeout_ms = 2000
+
+[[upstream.servers]]
+url = "udp://127.0.0.1:$UP_PORT"
+
+[cache]
+max_entries = 200000
+
+[log]
+format = "json"
+allowed_queries = false
+# "policy ready" and "listening" are info lines of the gate; the per-query
+# decision lines (portcullis::decision) are what the hot path would pay for.
+level = "$level"
+EOF
+    for f in "${LIST_FILES[@]}"; do
+        printf '\n[[lists]]\nname = "%s"\npath = "%s"\nformat = "auto"\n' "$(basename "$f" .txt)" "$f"
+    done
+}
+
+# The gate must never see an environment override (e.g. PORTCULLIS_UPSTREAMS)
+# that could point it at a non-local upstream, nor RUST_LOG.
+GATE_ENV=(env -u RUST_LOG)
+while read -r var; do GATE_ENV+=(-u "$var"); done < <(compgen -e | grep '^PORTCULLIS_' || true)
+
+start_gate() {
+    local level=$1 log=$2
+    gate_conf "$level" >"$OUT/portcullis.toml"
+    if grep -E '^url' "$OUT/portcullis.toml" | grep -vq "udp://127.0.0.1:$UP_PORT"; then
+        echo "refusing to start: non-local upstream in the generated config" >&2; exit 1
+    fi
+    GATE_T0=$(now)
+    start_pinned "$log" "${GATE_ENV[@]}" "$BIN" --config "$OUT/portcullis.toml"
+    GATE_PID=$STARTED
+    wait_answer "$GATE_PID" "$GATE_PORT" c1.bench.example "$FIRST_CACHED_IP" "$log"
+    GATE_LOAD_S=$(awk -v a="$GATE_T0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
+}
+
+echo "starting the gate..." >&2
+start_gate "info,portcullis::decision=off" "$OUT/gate.log"
+grep -q '"policy ready"' "$OUT/gate.log" || { echo "no 'policy ready' line in the gate log" >&2; tail "$OUT/gate.log" >&2; exit 1; }
+GATE_NAMES=$(grep '"policy ready"' "$OUT/gate.log" | grep -o '"deny_names":[0-9]*' | cut -d: -f2)
+GATE_BUILD_MS=$(grep '"policy ready"' "$OUT/gate.log" | grep -o '"build_ms":[0-9]*' | cut -d: -f2)
+GATE_RSS_LOAD=$(status_kb "$GATE_PID" VmRSS)
+# Keep only names the gate really blocks: list entries on the shipped allowlist
+# (github.com...) would be forwarded (to the local upstream, which refuses them).
+taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -p "$GATE_PORT" -d "$WORK/q-blocked.txt" -n 1 -q 100 -v 2>&1 |
+    awk '$1 == ">" && $2 != "NXDOMAIN" { print $3, $4 }' >"$OUT/not-blocked-by-gate.txt"
+if [ -s "$OUT/not-blocked-by-gate.txt" ]; then
+    grep -vxF -f "$OUT/not-blocked-by-gate.txt" "$WORK/q-blocked.txt" >"$WORK/q-blocked.tmp" || true
+    mv "$WORK/q-blocked.tmp" "$WORK/q-blocked.txt"
+fi
+N_NOT_BLOCKED=$(wc -l <"$OUT/not-blocked-by-gate.txt")
+N_BLOCKED_Q=$(wc -l <"$WORK/q-blocked.txt")
+[ "$N_BLOCKED_Q" -gt $((N_BLOCKED / 2)) ] || { echo "the gate blocks only $N_BLOCKED_Q of the sampled names" >&2; exit 1; }
+# Mix: alternate lines, half blocked, half cached.
+awk -v n="$N_CACHED" 'NR == FNR { c[FNR] = $0; next } { print; print c[(FNR - 1) % n + 1] }' \
+    "$WORK/q-cached.txt" <(head -n $((N_BLOCKED / 2)) "$WORK/q-blocked.txt") >"$WORK/q-mix.txt"
+warm "$GATE_PORT" gate
+for w in blocked cached mix; do measure gate "$GATE_PID" "$GATE_PORT" "$w" "$WORK/q-$w.txt"; done
+GATE_RSS_END=$(status_kb "$GATE_PID" VmRSS)
+GATE_HWM=$(status_kb "$GATE_PID" VmHWM)
+stop "$GATE_PID"
+
+if [ "${DECISION_LOG:-0}" = 1 ]; then
+    # Same blocked workload with the default per-blocked-query JSON line on.
+    echo "gate with decision logging (to /dev/null)..." >&2
+    start_gate info /dev/null
+    measure gate-decision-log "$GATE_PID" "$GATE_PORT" blocked "$WORK/q-blocked.txt"
+    stop "$GATE_PID"
+fi
+
+# ---- 5. unbound with the same names ---------------------------------------------------
+echo "generating the unbound config ($UNBOUND_NAMES local-zones)..." >&2
+{
+    unbound_conf "$WORK/unb" "$UNB_PORT"
+    awk '{ printf "    local-zone: \"%s.\" always_nxdomain\n", $1 }' "$WORK/blocked-all.txt"
+} >"$WORK/unb/unbound.conf"
+unbound-checkconf "$WORK/unb/unbound.conf" >/dev/null
+UNB_T0=$(now)
+start_pinned "$OUT/unbound.log" unbound -d -c "$WORK/unb/unbound.conf"
+UNB_PID=$STARTED
+wait_answer "$UNB_PID" "$UNB_PORT" c1.bench.example "$FIRST_CACHED_IP" "$OUT/unbound.log"
+UNB_LOAD_S=$(awk -v a="$UNB_T0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
+UNB_RSS_LOAD=$(status_kb "$UNB_PID" VmRSS)
+wait_answer "$UNB_PID" "$UNB_PORT" "$(head -n1 "$WORK/q-blocked.txt" | cut -d' ' -f1)" "NXDOMAIN" "$OUT/unbound.log"
+warm "$UNB_PORT" unbound
+for w in blocked cached mix; do measure unbound "$UNB_PID" "$UNB_PORT" "$w" "$WORK/q-$w.txt"; done
+UNB_RSS_END=$(status_kb "$UNB_PID" VmRSS)
+UNB_HWM=$(status_kb "$UNB_PID" VmHWM)
+stop "$UNB_PID"
+UP_CPU_NOTE=$(awk -F'\t' '$2 == "gate" && $1 == "cached" { print $12 }' "$OUT/results.tsv")
+
+# ---- 6. report ------------------------------------------------------------------------
+{
+    echo "## DNS throughput vs unbound (dnsperf)"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); $(uname -sr)"
+    echo "- $(dnsperf -h 2>&1 | grep -m1 '^Version' || echo dnsperf); unbound $(unbound -V | sed -n 's/^Version //p'); portcullis $("$BIN" --version | awk '{ print $2 }')"
+    echo "- load average before the run: $LOADAVG_START (other work on the machine skews queries/s; CPU s / 100k is less sensitive)"
+    echo "- command: \`$INVOCATION\` (DURATION=$DURATION CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING THREADS=$THREADS)"
+    echo "- each run: \`${DNSPERF[*]} -p PORT -d FILE\`; servers pinned to core $SERVER_CPU (\`taskset -c $SERVER_CPU\`, unbound \`num-threads: 1\`), dnsperf to core $CLIENT_CPU"
+    echo "- lists: $LISTS_ORIGIN"
+    echo "- workloads: blocked = $N_BLOCKED_Q A queries sampled from the plain-domain lists ($N_NOT_BLOCKED sampled names dropped because the gate does not block them: $(awk '{ printf "%s%s", (NR > 1 ? ", " : ""), $1 }' "$OUT/not-blocked-by-gate.txt")); cached = $N_CACHED names \`cN.bench.example\` answered once by a local upstream and then from the gate's cache (unbound serves them as \`local-data\`, its best case); mix = alternating blocked/cached lines"
+    echo
+    echo "| workload | server | queries/s | avg latency ms | max latency ms | lost % | server CPU s / 100k queries | server CPU % | dnsperf CPU % | response codes |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $11 }' "$OUT/results.tsv"
+    echo
+    echo "| server | deny names loaded | start → first answer | RSS after load | RSS after the runs | peak RSS (VmHWM) |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| portcullis | $GATE_NAMES (+ IP rules; build ${GATE_BUILD_MS} ms) | ${GATE_LOAD_S} s | $(mib "$GATE_RSS_LOAD") MiB | $(mib "$GATE_RSS_END") MiB | $(mib "$GATE_HWM") MiB |"
+    echo "| unbound | $UNBOUND_NAMES local-zones (awk-extracted) | ${UNB_LOAD_S} s | $(mib "$UNB_RSS_LOAD") MiB | $(mib "$UNB_RSS_END") MiB | $(mib "$UNB_HWM") MiB |"
+    echo
+    echo "- the gate's local upstream used ${UP_CPU_NOTE} CPU s during the gate's cached run (≈0 means every answer came from the gate's cache)"
+    echo "- raw dnsperf outputs, the generated gate config and logs: \`${OUT#"$ROOT"/}/\`"
+} | tee "$OUT/results.md"
