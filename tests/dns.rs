@@ -529,3 +529,24 @@ async fn a_query_flood_is_capped_at_max_inflight() {
     assert_eq!(overloaded, 18);
     drop(sink);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_answers_are_truncated_over_udp_and_complete_over_tcp() {
+    let mut zone = zone();
+    for i in 1..=60u8 {
+        zone = zone.a("big.example", Ipv4Addr::new(93, 184, 216, i));
+    }
+    let doh = DohServer::start(zone).await;
+    let gate = start(&doh, "");
+    // No EDNS: 512 bytes at most, so the answer comes back truncated (TC).
+    let answer = hickory_query(gate.dns, "big.example.", RecordType::A).await;
+    assert!(answer.metadata.truncation, "{answer:?}");
+    assert!(answer.answers.is_empty(), "{} answers", answer.answers.len());
+    // dig falls back to TCP on TC and gets everything.
+    let full = dig(gate.dns, "big.example", "A", &["+noedns"]).await;
+    assert_eq!(full.addresses().len(), 60, "{}", full.raw);
+    // EDNS version 1 is not supported: BADVERS.
+    let badvers = dig(gate.dns, "fwd.example", "A", &["+edns=1", "+noednsnegotiation"]).await;
+    assert_eq!(badvers.status, "BADVERS", "{}", badvers.raw);
+    doh.stop().await;
+}

@@ -80,7 +80,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn new(rcode: ResponseCode, outcome: Outcome, reason: impl Into<String>) -> Reply {
+    pub(crate) fn new(rcode: ResponseCode, outcome: Outcome, reason: impl Into<String>) -> Reply {
         Reply {
             rcode,
             answers: Vec::new(),
@@ -93,6 +93,22 @@ impl Reply {
             upstream: None,
         }
     }
+}
+
+/// The outcome of [`Filter::begin`]: an answer now, or a question for the upstreams.
+pub enum Step {
+    Done(Reply),
+    Forward(Pending),
+}
+
+/// A question that needs the upstreams, with what the policy said about it.
+pub struct Pending {
+    name: Name,
+    query: Query,
+    group: GroupId,
+    allow_private: bool,
+    allow_host: Option<String>,
+    stale: Option<super::cache::Hit>,
 }
 
 /// Settings of the filter that come from `[dns]`.
@@ -143,124 +159,117 @@ impl Filter {
 
     /// Answers one question from one client.
     pub async fn resolve(&self, client: IpAddr, query: &Query) -> Reply {
+        match self.begin(client, query) {
+            Step::Done(reply) => reply,
+            Step::Forward(pending) => self.finish(pending).await,
+        }
+    }
+
+    /// Everything that needs no upstream, synchronously: checks, the policy
+    /// decision, local answers and fresh cache hits. The UDP loop answers these
+    /// without spawning a task.
+    pub fn begin(&self, client: IpAddr, query: &Query) -> Step {
         if query.query_class() != DNSClass::IN {
-            return Reply::new(
+            return Step::Done(Reply::new(ResponseCode::Refused, Outcome::Refused, "only class IN is served"));
+        }
+        if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR | RecordType::ANY) {
+            return Step::Done(Reply::new(
                 ResponseCode::Refused,
                 Outcome::Refused,
-                "only class IN is served",
-            );
-        }
-        match query.query_type() {
-            RecordType::AXFR | RecordType::IXFR | RecordType::ANY => {
-                return Reply::new(
-                    ResponseCode::Refused,
-                    Outcome::Refused,
-                    format!("query type {} is not served", query.query_type()),
-                );
-            }
-            _ => {}
+                format!("query type {} is not served", query.query_type()),
+            ));
         }
         let qname = query.name();
         let name = match Name::from_labels(qname.iter()) {
             Ok(name) => name,
             Err(e) => {
-                let mut reply = Reply::new(
-                    ResponseCode::Refused,
-                    Outcome::Refused,
-                    format!("malformed name: {e}"),
-                );
-                reply.ede = Some((ede::BLOCKED, format!("malformed name: {e}")));
-                return reply;
+                let why = format!("malformed name: {e}");
+                let mut reply = Reply::new(ResponseCode::Refused, Outcome::Refused, why.clone());
+                reply.ede = Some((ede::BLOCKED, why));
+                return Step::Done(reply);
             }
         };
         let policy = self.policy.load();
         let settings = self.settings.load();
         let group = policy.groups.of(client);
         let verdict = policy.decide(&name, group);
-        let allow_private = match &verdict {
+        let (allow_private, allow_host) = match &verdict {
             Verdict::Blocked(m) => {
                 let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
-                let reason = format!(
-                    "{} rule {} of list {}",
-                    m.kind.as_str(),
-                    m.rule,
-                    list.as_deref().unwrap_or("?")
-                );
-                let mut reply =
-                    block_reply(&settings, qname, query.query_type(), Some(&m.rule), &reason);
+                let reason = format!("{} rule {} of list {}", m.kind.as_str(), m.rule, list.as_deref().unwrap_or("?"));
+                let mut reply = block_reply(&settings, qname, query.query_type(), Some(&m.rule), &reason);
                 reply.list = list;
                 reply.rule = Some(m.rule.clone());
-                return reply;
+                return Step::Done(reply);
             }
-            Verdict::Special(kind) => {
-                return special_reply(*kind, qname, query.query_type(), &settings);
-            }
+            Verdict::Special(kind) => return Step::Done(special_reply(*kind, qname, query.query_type(), &settings)),
             Verdict::Malformed(e) => {
-                return Reply::new(
-                    ResponseCode::Refused,
-                    Outcome::Refused,
-                    format!("malformed name: {e}"),
-                );
+                return Step::Done(Reply::new(ResponseCode::Refused, Outcome::Refused, format!("malformed name: {e}")));
             }
-            Verdict::Allowed(rule) => rule.private,
-            Verdict::Excepted(_) | Verdict::Pass => false,
+            Verdict::Allowed(rule) => (rule.private, Some(rule.host.clone())),
+            Verdict::Excepted(_) | Verdict::Pass => (false, None),
         };
-        let mut reply = self.forward(&name, query).await;
-        if matches!(
-            reply.outcome,
-            Outcome::Forwarded | Outcome::Cached | Outcome::Stale
-        ) {
+        let pending = Pending {
+            name,
+            query: query.clone(),
+            group,
+            allow_private,
+            allow_host,
+            stale: None,
+        };
+        match self.cache.get(pending.name.as_str(), query.query_type()) {
+            Some(hit) if !hit.stale => {
+                let reply = from_cache(&hit, Outcome::Cached);
+                Step::Done(self.checked(&policy, &settings, &pending, reply))
+            }
+            stale => Step::Forward(Pending { stale, ..pending }),
+        }
+    }
+
+    /// Asks the upstreams (or falls back to a stale answer) and inspects the answer.
+    pub async fn finish(&self, pending: Pending) -> Reply {
+        let reply = self.forward(&pending).await;
+        let policy = self.policy.load();
+        let settings = self.settings.load();
+        self.checked(&policy, &settings, &pending, reply)
+    }
+
+    fn checked(&self, policy: &Policy, settings: &FilterSettings, pending: &Pending, mut reply: Reply) -> Reply {
+        if matches!(reply.outcome, Outcome::Forwarded | Outcome::Cached | Outcome::Stale) {
             self.inspect(
-                &policy,
-                &settings,
-                group,
-                allow_private,
-                qname,
-                query.query_type(),
+                policy,
+                settings,
+                pending.group,
+                pending.allow_private,
+                pending.query.name(),
+                pending.query.query_type(),
                 &mut reply,
             );
         }
-        if let Verdict::Allowed(rule) = &verdict
-            && reply.outcome != Outcome::Blocked
-        {
-            reply.rule = Some(rule.host.clone());
+        if reply.outcome != Outcome::Blocked && pending.allow_host.is_some() {
+            reply.rule.clone_from(&pending.allow_host);
         }
         reply
     }
 
-    /// Cache, then upstream, then stale cache.
-    async fn forward(&self, name: &Name, query: &Query) -> Reply {
-        let qtype = query.query_type();
-        let cached = self.cache.get(name.as_str(), qtype);
-        if let Some(hit) = &cached
-            && !hit.stale
-        {
-            return from_cache(hit, Outcome::Cached);
-        }
+    /// Upstream, then the stale cache entry.
+    async fn forward(&self, pending: &Pending) -> Reply {
         let Ok(_permit) = self.inflight.clone().try_acquire_owned() else {
-            let mut reply = Reply::new(
-                ResponseCode::ServFail,
-                Outcome::Error,
-                "too many queries waiting on upstreams",
-            );
+            let mut reply = Reply::new(ResponseCode::ServFail, Outcome::Error, "too many queries waiting on upstreams");
             reply.ede = Some((ede::NOT_READY, "overloaded".into()));
             return reply;
         };
+        let qtype = pending.query.query_type();
         let mut request = Message::new(0, MessageType::Query, OpCode::Query);
         request.metadata.recursion_desired = true;
-        request.queries.push(query.clone());
+        request.queries.push(pending.query.clone());
         let mut edns = Edns::new();
         edns.set_max_payload(1232);
         request.edns = Some(edns);
         match self.upstream.resolve_named(&request).await {
             Ok((response, upstream)) if is_usable(&response) => {
-                self.cache
-                    .insert(name.as_str(), qtype, &response, upstream.clone());
-                let mut reply = Reply::new(
-                    response.metadata.response_code,
-                    Outcome::Forwarded,
-                    "forwarded",
-                );
+                self.cache.insert(pending.name.as_str(), qtype, &response, upstream.clone());
+                let mut reply = Reply::new(response.metadata.response_code, Outcome::Forwarded, "forwarded");
                 reply.answers = response.answers;
                 reply.authorities = response.authorities;
                 reply.upstream = Some(upstream);
@@ -268,12 +277,10 @@ impl Filter {
             }
             result => {
                 let why = match result {
-                    Ok((r, upstream)) => {
-                        format!("{upstream} answered {}", r.metadata.response_code)
-                    }
+                    Ok((r, upstream)) => format!("{upstream} answered {}", r.metadata.response_code),
                     Err(e) => e.to_string(),
                 };
-                if let Some(hit) = &cached {
+                if let Some(hit) = &pending.stale {
                     let mut reply = from_cache(hit, Outcome::Stale);
                     reply.reason = format!("stale answer: {why}");
                     return reply;
@@ -431,8 +438,13 @@ fn from_cache(hit: &super::cache::Hit, outcome: Outcome) -> Reply {
 
 /// The SOA that makes clients cache a block (RFC 2308).
 fn block_soa(owner: &DnsName, ttl: u32) -> Record {
-    let mname = DnsName::from_ascii("portcullis.").expect("valid literal");
-    let rname = DnsName::from_ascii("blocked.portcullis.").expect("valid literal");
+    static NAMES: std::sync::LazyLock<(DnsName, DnsName)> = std::sync::LazyLock::new(|| {
+        (
+            DnsName::from_ascii("portcullis.").expect("valid literal"),
+            DnsName::from_ascii("blocked.portcullis.").expect("valid literal"),
+        )
+    });
+    let (mname, rname) = NAMES.clone();
     Record::from_rdata(
         owner.clone(),
         ttl,
@@ -449,10 +461,13 @@ fn block_reply(
 ) -> Reply {
     let ttl = settings.block_ttl;
     // The SOA owner is the blocked zone when the rule names one, else the query name.
-    let owner = rule
-        .filter(|r| !r.starts_with('/') && !r.starts_with('='))
-        .and_then(|r| DnsName::from_ascii(format!("{r}.")).ok())
-        .unwrap_or_else(|| qname.clone());
+    let owner = match rule.filter(|r| !r.starts_with('/') && !r.starts_with('=')) {
+        Some(r) => {
+            let labels = r.bytes().filter(|&b| b == b'.').count() + 1;
+            qname.trim_to(labels)
+        }
+        None => qname.clone(),
+    };
     let mut reply = match settings.block_answer {
         BlockAnswer::Nxdomain => {
             let mut r = Reply::new(ResponseCode::NXDomain, Outcome::Blocked, reason);

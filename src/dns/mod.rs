@@ -2,4 +2,5 @@
 pub mod cache;
 pub mod filter;
 pub mod server;
+pub mod udp;
 pub mod upstream;

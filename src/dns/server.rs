@@ -19,7 +19,7 @@ use super::filter::{Filter, Outcome, Reply};
 
 /// No single-question query is longer: 12 header + 255 name + 4 + OPT with options
 /// (cookies, padding). Anything longer is malformed (FORMERR).
-const MAX_QUERY_LEN: usize = 1232;
+pub(crate) const MAX_QUERY_LEN: usize = 1232;
 
 /// Bound DNS sockets: one UDP socket and one TCP listener per configured address.
 pub struct DnsSockets {
@@ -72,20 +72,22 @@ pub async fn serve(
     log_allowed: bool,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut server = Server::new(Handler {
-        filter,
-        log_allowed,
-    });
+    // UDP: our own loop (see udp.rs); TCP: hickory-server.
+    let stop_udp = tokio_util::sync::CancellationToken::new();
+    let mut udp_loops = tokio::task::JoinSet::new();
     for udp in sockets.udp {
         tracing::info!(addr = %udp.local_addr()?, "listening dns/udp");
-        server.register_socket(udp);
+        udp_loops.spawn(super::udp::serve_udp(udp, filter.clone(), log_allowed, stop_udp.clone()));
     }
+    let mut server = Server::new(Handler { filter, log_allowed });
     for tcp in sockets.tcp {
         tracing::info!(addr = %tcp.local_addr()?, "listening dns/tcp");
         server.register_listener(tcp, tcp_idle, 64);
     }
     shutdown.await;
+    stop_udp.cancel();
     server.shutdown_gracefully().await?;
+    while udp_loops.join_next().await.is_some() {}
     Ok(())
 }
 
@@ -209,7 +211,7 @@ async fn send<'a, R: ResponseHandler>(
 }
 
 /// One JSON line per query that says why.
-fn log_decision(
+pub(crate) fn log_decision(
     reply: &Reply,
     client: SocketAddr,
     query: &hickory_proto::op::Query,
@@ -217,7 +219,9 @@ fn log_decision(
     log_allowed: bool,
 ) {
     let quiet = matches!(reply.outcome, Outcome::Forwarded | Outcome::Cached);
-    if quiet && !log_allowed {
+    if (quiet && !log_allowed)
+        || !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO)
+    {
         return;
     }
     let mut name = query.name().to_ascii();

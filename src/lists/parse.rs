@@ -290,7 +290,7 @@ pub fn parse_list_with_skips<'a>(
         line_entries: 0,
         line_skips: 0,
     };
-    for raw in text.lines() {
+    for raw in Lines(text) {
         run.line_no += 1;
         run.report.lines += 1;
         let line = trim(raw);
@@ -493,6 +493,10 @@ where
                 };
             }
         }
+        // Fast path: a line without blanks (most of them) has one token and no inline comment.
+        if !line.bytes().any(|b| b.is_ascii_whitespace()) {
+            return self.single_token(line, hosts);
+        }
         let content = strip_inline_comment(line, &['#']);
         let mut tokens = content.split_ascii_whitespace();
         let Some(first) = tokens.next() else {
@@ -509,6 +513,11 @@ where
             }
             return;
         }
+        self.single_token(first, hosts);
+    }
+
+    /// A `domains` entry: `name`, `*.name`, `.name`, `=name` or an address.
+    fn single_token(&mut self, first: &'a str, hosts: bool) {
         if let Some(rest) = first.strip_prefix('=') {
             return self.name(rest, Kind::Exact, false);
         }
@@ -604,6 +613,27 @@ where
             (Some(net), None) => self.net(net),
             _ => self.skip(SkipReason::NotAnAddress),
         }
+    }
+}
+
+/// `str::lines` without the `\r` handling ([`trim`] does that) and without
+/// the general-purpose searcher: list lines are short, and a plain byte loop
+/// beats a memchr call per line.
+struct Lines<'a>(&'a str);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let (line, rest) = match self.0.bytes().position(|b| b == b'\n') {
+            Some(i) => (&self.0[..i], &self.0[i + 1..]),
+            None => (self.0, ""),
+        };
+        self.0 = rest;
+        Some(line)
     }
 }
 
@@ -730,11 +760,10 @@ fn might_be_ip(token: &str) -> bool {
 /// re-reading the name; IDN input (where `。` becomes `.`) asks the name.
 fn is_single_label(text: &str, name: &Name) -> bool {
     let text = text.strip_suffix('.').unwrap_or(text);
-    if text.is_ascii() {
-        !text.contains('.')
-    } else {
-        !name.as_str().contains('.')
+    if text.bytes().any(|b| b == b'.') {
+        return false;
     }
+    text.is_ascii() || !name.as_str().contains('.')
 }
 
 /// An address or CIDR; a bare address is a host network (/32, /128).
@@ -1256,6 +1285,19 @@ mod tests {
         let mut text = "a.example\n".repeat(DETECT_LINES);
         text.push_str(&"0.0.0.0 b.example\n".repeat(100));
         assert_eq!(detect_format(&text), Format::Domains);
+    }
+
+    #[test]
+    fn line_splitting_matches_str_lines() {
+        for text in [
+            "", "a", "a\n", "a\n\n", "\n", "\n\n", "a\r\nb", "a\nb\r\n", "\r\n", "é\nü",
+        ] {
+            let ours: Vec<&str> = Lines(text)
+                .map(|l| l.strip_suffix('\r').unwrap_or(l))
+                .collect();
+            let std: Vec<&str> = text.lines().collect();
+            assert_eq!(ours, std, "{text:?}");
+        }
     }
 
     #[test]

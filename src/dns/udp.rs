@@ -1,0 +1,250 @@
+//! The DNS-over-UDP listener.
+//!
+//! hickory-server's UDP loop spawns a task and allocates a buffer for every
+//! datagram, with no bound; on the per-query hot path that cost more than the
+//! filtering itself (see BENCHMARKS.md). This loop parses and encodes with
+//! hickory-proto, answers everything that needs no upstream (blocks, local
+//! names, fresh cache hits, malformed packets) inline from one reused buffer,
+//! and spawns a task only for questions that go upstream; those are capped by
+//! the filter's in-flight limit. DNS over TCP stays on hickory-server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::filter::{Filter, Reply, Step};
+use super::server::{MAX_QUERY_LEN, log_decision};
+
+/// What a parsed request needs for its response.
+struct Request {
+    id: u16,
+    recursion_desired: bool,
+    checking_disabled: bool,
+    query: Query,
+    /// The client's advertised UDP payload size, when it sent EDNS.
+    edns_payload: Option<u16>,
+}
+
+enum Parsed {
+    /// Not worth an answer: too short for a header, or a response (reflection).
+    Drop,
+    /// Answer with this code and no question.
+    Error { header: Header, rcode: ResponseCode, edns: bool },
+    Query(Request),
+}
+
+fn parse(bytes: &[u8]) -> Parsed {
+    let Ok(header) = Header::read(&mut BinDecoder::new(bytes)) else {
+        return Parsed::Drop;
+    };
+    if header.metadata.message_type == MessageType::Response {
+        return Parsed::Drop;
+    }
+    let error = |rcode, edns| Parsed::Error { header, rcode, edns };
+    if header.metadata.op_code != OpCode::Query {
+        return error(ResponseCode::NotImp, false);
+    }
+    if bytes.len() > MAX_QUERY_LEN {
+        return error(ResponseCode::FormErr, false);
+    }
+    let Ok(message) = Message::from_vec(bytes) else {
+        return error(ResponseCode::FormErr, false);
+    };
+    let edns = message.edns.is_some();
+    // Exactly one question and nothing else is what every resolver sends (RFC 9619).
+    if message.queries.len() != 1 || !message.answers.is_empty() || !message.authorities.is_empty() {
+        return error(ResponseCode::FormErr, edns);
+    }
+    if message.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        return error(ResponseCode::BADVERS, true);
+    }
+    let mut message = message;
+    Parsed::Query(Request {
+        id: message.metadata.id,
+        recursion_desired: message.metadata.recursion_desired,
+        checking_disabled: message.metadata.checking_disabled,
+        query: message.queries.swap_remove(0),
+        edns_payload: message.edns.as_ref().map(Edns::max_payload),
+    })
+}
+
+fn response_edns(rcode: ResponseCode, ede: Option<&(u16, String)>) -> Edns {
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    edns.set_rcode_high(rcode.high());
+    if let Some((code, text)) = ede {
+        let mut data = code.to_be_bytes().to_vec();
+        // Keep the text short enough for a 512-byte answer.
+        data.extend(text.bytes().take(200));
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(u16::from(EdnsCode::Unknown(15)), data));
+    }
+    edns
+}
+
+fn encode_error(header: &Header, rcode: ResponseCode, edns: bool) -> Option<Vec<u8>> {
+    let mut m = Message::new(header.metadata.id, MessageType::Response, header.metadata.op_code);
+    m.metadata.recursion_desired = header.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.metadata.response_code = rcode;
+    if edns {
+        m.edns = Some(response_edns(rcode, None));
+    }
+    m.to_vec().ok()
+}
+
+/// Encodes a reply, truncating (TC) to what the client can take over UDP.
+fn encode(request: &Request, reply: Reply) -> Option<Vec<u8>> {
+    let mut m = Message::new(request.id, MessageType::Response, OpCode::Query);
+    m.metadata.recursion_desired = request.recursion_desired;
+    m.metadata.checking_disabled = request.checking_disabled;
+    m.metadata.recursion_available = true;
+    m.metadata.response_code = reply.rcode;
+    m.queries.push(request.query.clone());
+    m.answers = reply.answers;
+    m.authorities = reply.authorities;
+    if request.edns_payload.is_some() {
+        m.edns = Some(response_edns(reply.rcode, reply.ede.as_ref()));
+    }
+    let limit = usize::from(request.edns_payload.unwrap_or(512).clamp(512, 4096));
+    let bytes = m.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    m.answers.clear();
+    m.authorities.clear();
+    m.metadata.truncation = true;
+    m.to_vec().ok()
+}
+
+/// Serves DNS over UDP on `socket` until `shutdown` is cancelled, then waits for
+/// the queries already sent upstream.
+pub async fn serve_udp(socket: UdpSocket, filter: Arc<Filter>, log_allowed: bool, shutdown: CancellationToken) {
+    let socket = Arc::new(socket);
+    let tasks = TaskTracker::new();
+    // Larger datagrams arrive cut to this size, which is past MAX_QUERY_LEN: FORMERR.
+    let mut buf = vec![0u8; MAX_QUERY_LEN + 1];
+    loop {
+        let (len, client) = tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                // ICMP errors from earlier sends surface here on Linux: not fatal.
+                Err(error) => {
+                    tracing::debug!(%error, "dns/udp receive error");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let started = Instant::now();
+        let request = match parse(&buf[..len]) {
+            Parsed::Drop => continue,
+            Parsed::Error { header, rcode, edns } => {
+                tracing::debug!(%client, %rcode, "refused a malformed request");
+                if let Some(bytes) = encode_error(&header, rcode, edns) {
+                    send(&socket, &bytes, client).await;
+                }
+                continue;
+            }
+            Parsed::Query(request) => request,
+        };
+        match filter.begin(client.ip(), &request.query) {
+            Step::Done(reply) => {
+                log_decision(&reply, client, &request.query, started, log_allowed);
+                if let Some(bytes) = encode(&request, reply) {
+                    send(&socket, &bytes, client).await;
+                }
+            }
+            Step::Forward(pending) => {
+                let (filter, socket) = (filter.clone(), socket.clone());
+                tasks.spawn(async move {
+                    let reply = filter.finish(pending).await;
+                    log_decision(&reply, client, &request.query, started, log_allowed);
+                    if let Some(bytes) = encode(&request, reply) {
+                        send(&socket, &bytes, client).await;
+                    }
+                });
+            }
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+async fn send(socket: &UdpSocket, bytes: &[u8], client: SocketAddr) {
+    // Non-blocking first: the common case needs no await.
+    match socket.try_send_to(bytes, client) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            if let Err(error) = socket.send_to(bytes, client).await {
+                tracing::debug!(%error, %client, "dns/udp send failed");
+            }
+        }
+        Err(error) => tracing::debug!(%error, %client, "dns/udp send failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::filter::Outcome;
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn request(edns_payload: Option<u16>) -> Request {
+        Request {
+            id: 9,
+            recursion_desired: true,
+            checking_disabled: false,
+            query: Query::query(Name::from_ascii("big.example.").unwrap(), RecordType::A),
+            edns_payload,
+        }
+    }
+
+    fn big_reply() -> Reply {
+        let mut reply = Reply::new(ResponseCode::NoError, Outcome::Forwarded, "forwarded");
+        for i in 1..=60u8 {
+            reply.answers.push(Record::from_rdata(
+                Name::from_ascii("big.example.").unwrap(),
+                60,
+                RData::A(A::new(93, 184, 216, i)),
+            ));
+        }
+        reply
+    }
+
+    #[test]
+    fn answers_too_big_for_the_client_are_truncated_whole() {
+        let bytes = encode(&request(None), big_reply()).unwrap();
+        assert!(bytes.len() <= 512);
+        let m = Message::from_vec(&bytes).unwrap();
+        assert!(m.metadata.truncation);
+        assert!(m.answers.is_empty(), "{} answers", m.answers.len());
+        let bytes = encode(&request(Some(4096)), big_reply()).unwrap();
+        let m = Message::from_vec(&bytes).unwrap();
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 60);
+    }
+
+    #[test]
+    fn malformed_requests_are_classified() {
+        assert!(matches!(parse(&[0; 5]), Parsed::Drop));
+        let mut q = Message::new(1, MessageType::Query, OpCode::Query);
+        q.queries.push(Query::query(Name::from_ascii("a.example.").unwrap(), RecordType::A));
+        let good = q.to_vec().unwrap();
+        assert!(matches!(parse(&good), Parsed::Query(_)));
+        let mut notify = good.clone();
+        notify[2] |= 4 << 3; // opcode NOTIFY
+        assert!(matches!(parse(&notify), Parsed::Error { rcode: ResponseCode::NotImp, .. }));
+        let mut response = good.clone();
+        response[2] |= 0x80;
+        assert!(matches!(parse(&response), Parsed::Drop));
+    }
+}
