@@ -541,12 +541,22 @@ async fn large_answers_are_truncated_over_udp_and_complete_over_tcp() {
     // No EDNS: 512 bytes at most, so the answer comes back truncated (TC).
     let answer = hickory_query(gate.dns, "big.example.", RecordType::A).await;
     assert!(answer.metadata.truncation, "{answer:?}");
-    assert!(answer.answers.is_empty(), "{} answers", answer.answers.len());
+    assert!(
+        answer.answers.is_empty(),
+        "{} answers",
+        answer.answers.len()
+    );
     // dig falls back to TCP on TC and gets everything.
     let full = dig(gate.dns, "big.example", "A", &["+noedns"]).await;
     assert_eq!(full.addresses().len(), 60, "{}", full.raw);
     // EDNS version 1 is not supported: BADVERS.
-    let badvers = dig(gate.dns, "fwd.example", "A", &["+edns=1", "+noednsnegotiation"]).await;
+    let badvers = dig(
+        gate.dns,
+        "fwd.example",
+        "A",
+        &["+edns=1", "+noednsnegotiation"],
+    )
+    .await;
     assert_eq!(badvers.status, "BADVERS", "{}", badvers.raw);
     doh.stop().await;
 }

@@ -170,9 +170,16 @@ impl Filter {
     /// without spawning a task.
     pub fn begin(&self, client: IpAddr, query: &Query) -> Step {
         if query.query_class() != DNSClass::IN {
-            return Step::Done(Reply::new(ResponseCode::Refused, Outcome::Refused, "only class IN is served"));
+            return Step::Done(Reply::new(
+                ResponseCode::Refused,
+                Outcome::Refused,
+                "only class IN is served",
+            ));
         }
-        if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR | RecordType::ANY) {
+        if matches!(
+            query.query_type(),
+            RecordType::AXFR | RecordType::IXFR | RecordType::ANY
+        ) {
             return Step::Done(Reply::new(
                 ResponseCode::Refused,
                 Outcome::Refused,
@@ -196,15 +203,27 @@ impl Filter {
         let (allow_private, allow_host) = match &verdict {
             Verdict::Blocked(m) => {
                 let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
-                let reason = format!("{} rule {} of list {}", m.kind.as_str(), m.rule, list.as_deref().unwrap_or("?"));
-                let mut reply = block_reply(&settings, qname, query.query_type(), Some(&m.rule), &reason);
+                let reason = format!(
+                    "{} rule {} of list {}",
+                    m.kind.as_str(),
+                    m.rule,
+                    list.as_deref().unwrap_or("?")
+                );
+                let mut reply =
+                    block_reply(&settings, qname, query.query_type(), Some(&m.rule), &reason);
                 reply.list = list;
                 reply.rule = Some(m.rule.clone());
                 return Step::Done(reply);
             }
-            Verdict::Special(kind) => return Step::Done(special_reply(*kind, qname, query.query_type(), &settings)),
+            Verdict::Special(kind) => {
+                return Step::Done(special_reply(*kind, qname, query.query_type(), &settings));
+            }
             Verdict::Malformed(e) => {
-                return Step::Done(Reply::new(ResponseCode::Refused, Outcome::Refused, format!("malformed name: {e}")));
+                return Step::Done(Reply::new(
+                    ResponseCode::Refused,
+                    Outcome::Refused,
+                    format!("malformed name: {e}"),
+                ));
             }
             Verdict::Allowed(rule) => (rule.private, Some(rule.host.clone())),
             Verdict::Excepted(_) | Verdict::Pass => (false, None),
@@ -234,8 +253,17 @@ impl Filter {
         self.checked(&policy, &settings, &pending, reply)
     }
 
-    fn checked(&self, policy: &Policy, settings: &FilterSettings, pending: &Pending, mut reply: Reply) -> Reply {
-        if matches!(reply.outcome, Outcome::Forwarded | Outcome::Cached | Outcome::Stale) {
+    fn checked(
+        &self,
+        policy: &Policy,
+        settings: &FilterSettings,
+        pending: &Pending,
+        mut reply: Reply,
+    ) -> Reply {
+        if matches!(
+            reply.outcome,
+            Outcome::Forwarded | Outcome::Cached | Outcome::Stale
+        ) {
             self.inspect(
                 policy,
                 settings,
@@ -255,7 +283,11 @@ impl Filter {
     /// Upstream, then the stale cache entry.
     async fn forward(&self, pending: &Pending) -> Reply {
         let Ok(_permit) = self.inflight.clone().try_acquire_owned() else {
-            let mut reply = Reply::new(ResponseCode::ServFail, Outcome::Error, "too many queries waiting on upstreams");
+            let mut reply = Reply::new(
+                ResponseCode::ServFail,
+                Outcome::Error,
+                "too many queries waiting on upstreams",
+            );
             reply.ede = Some((ede::NOT_READY, "overloaded".into()));
             return reply;
         };
@@ -268,8 +300,13 @@ impl Filter {
         request.edns = Some(edns);
         match self.upstream.resolve_named(&request).await {
             Ok((response, upstream)) if is_usable(&response) => {
-                self.cache.insert(pending.name.as_str(), qtype, &response, upstream.clone());
-                let mut reply = Reply::new(response.metadata.response_code, Outcome::Forwarded, "forwarded");
+                self.cache
+                    .insert(pending.name.as_str(), qtype, &response, upstream.clone());
+                let mut reply = Reply::new(
+                    response.metadata.response_code,
+                    Outcome::Forwarded,
+                    "forwarded",
+                );
                 reply.answers = response.answers;
                 reply.authorities = response.authorities;
                 reply.upstream = Some(upstream);
@@ -277,7 +314,9 @@ impl Filter {
             }
             result => {
                 let why = match result {
-                    Ok((r, upstream)) => format!("{upstream} answered {}", r.metadata.response_code),
+                    Ok((r, upstream)) => {
+                        format!("{upstream} answered {}", r.metadata.response_code)
+                    }
                     Err(e) => e.to_string(),
                 };
                 if let Some(hit) = &pending.stale {

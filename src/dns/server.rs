@@ -77,9 +77,17 @@ pub async fn serve(
     let mut udp_loops = tokio::task::JoinSet::new();
     for udp in sockets.udp {
         tracing::info!(addr = %udp.local_addr()?, "listening dns/udp");
-        udp_loops.spawn(super::udp::serve_udp(udp, filter.clone(), log_allowed, stop_udp.clone()));
+        udp_loops.spawn(super::udp::serve_udp(
+            udp,
+            filter.clone(),
+            log_allowed,
+            stop_udp.clone(),
+        ));
     }
-    let mut server = Server::new(Handler { filter, log_allowed });
+    let mut server = Server::new(Handler {
+        filter,
+        log_allowed,
+    });
     for tcp in sockets.tcp {
         tracing::info!(addr = %tcp.local_addr()?, "listening dns/tcp");
         server.register_listener(tcp, tcp_idle, 64);

@@ -36,7 +36,11 @@ enum Parsed {
     /// Not worth an answer: too short for a header, or a response (reflection).
     Drop,
     /// Answer with this code and no question.
-    Error { header: Header, rcode: ResponseCode, edns: bool },
+    Error {
+        header: Header,
+        rcode: ResponseCode,
+        edns: bool,
+    },
     Query(Request),
 }
 
@@ -47,7 +51,11 @@ fn parse(bytes: &[u8]) -> Parsed {
     if header.metadata.message_type == MessageType::Response {
         return Parsed::Drop;
     }
-    let error = |rcode, edns| Parsed::Error { header, rcode, edns };
+    let error = |rcode, edns| Parsed::Error {
+        header,
+        rcode,
+        edns,
+    };
     if header.metadata.op_code != OpCode::Query {
         return error(ResponseCode::NotImp, false);
     }
@@ -59,7 +67,8 @@ fn parse(bytes: &[u8]) -> Parsed {
     };
     let edns = message.edns.is_some();
     // Exactly one question and nothing else is what every resolver sends (RFC 9619).
-    if message.queries.len() != 1 || !message.answers.is_empty() || !message.authorities.is_empty() {
+    if message.queries.len() != 1 || !message.answers.is_empty() || !message.authorities.is_empty()
+    {
         return error(ResponseCode::FormErr, edns);
     }
     if message.edns.as_ref().is_some_and(|e| e.version() > 0) {
@@ -90,7 +99,11 @@ fn response_edns(rcode: ResponseCode, ede: Option<&(u16, String)>) -> Edns {
 }
 
 fn encode_error(header: &Header, rcode: ResponseCode, edns: bool) -> Option<Vec<u8>> {
-    let mut m = Message::new(header.metadata.id, MessageType::Response, header.metadata.op_code);
+    let mut m = Message::new(
+        header.metadata.id,
+        MessageType::Response,
+        header.metadata.op_code,
+    );
     m.metadata.recursion_desired = header.metadata.recursion_desired;
     m.metadata.recursion_available = true;
     m.metadata.response_code = rcode;
@@ -126,7 +139,12 @@ fn encode(request: &Request, reply: Reply) -> Option<Vec<u8>> {
 
 /// Serves DNS over UDP on `socket` until `shutdown` is cancelled, then waits for
 /// the queries already sent upstream.
-pub async fn serve_udp(socket: UdpSocket, filter: Arc<Filter>, log_allowed: bool, shutdown: CancellationToken) {
+pub async fn serve_udp(
+    socket: UdpSocket,
+    filter: Arc<Filter>,
+    log_allowed: bool,
+    shutdown: CancellationToken,
+) {
     let socket = Arc::new(socket);
     let tasks = TaskTracker::new();
     // Larger datagrams arrive cut to this size, which is past MAX_QUERY_LEN: FORMERR.
@@ -146,7 +164,11 @@ pub async fn serve_udp(socket: UdpSocket, filter: Arc<Filter>, log_allowed: bool
         let started = Instant::now();
         let request = match parse(&buf[..len]) {
             Parsed::Drop => continue,
-            Parsed::Error { header, rcode, edns } => {
+            Parsed::Error {
+                header,
+                rcode,
+                edns,
+            } => {
                 tracing::debug!(%client, %rcode, "refused a malformed request");
                 if let Some(bytes) = encode_error(&header, rcode, edns) {
                     send(&socket, &bytes, client).await;
@@ -237,12 +259,21 @@ mod tests {
     fn malformed_requests_are_classified() {
         assert!(matches!(parse(&[0; 5]), Parsed::Drop));
         let mut q = Message::new(1, MessageType::Query, OpCode::Query);
-        q.queries.push(Query::query(Name::from_ascii("a.example.").unwrap(), RecordType::A));
+        q.queries.push(Query::query(
+            Name::from_ascii("a.example.").unwrap(),
+            RecordType::A,
+        ));
         let good = q.to_vec().unwrap();
         assert!(matches!(parse(&good), Parsed::Query(_)));
         let mut notify = good.clone();
         notify[2] |= 4 << 3; // opcode NOTIFY
-        assert!(matches!(parse(&notify), Parsed::Error { rcode: ResponseCode::NotImp, .. }));
+        assert!(matches!(
+            parse(&notify),
+            Parsed::Error {
+                rcode: ResponseCode::NotImp,
+                ..
+            }
+        ));
         let mut response = good.clone();
         response[2] |= 0x80;
         assert!(matches!(parse(&response), Parsed::Drop));
