@@ -271,6 +271,25 @@ impl AllowSet {
             .skip(1)
             .find_map(|parent| pick(self.wildcard.get(parent)))
     }
+
+    /// Every rule naming `name` for `group`: exact rules first, then wildcards from the
+    /// most specific parent. The proxy picks the one that allows its port.
+    fn matching<'a>(
+        &'a self,
+        name: &'a Name,
+        group: GroupMask,
+    ) -> impl Iterator<Item = &'a AllowRule> + 'a {
+        let exact = self.exact.get(name.as_str()).into_iter().flatten();
+        let wild = name
+            .suffixes()
+            .skip(1)
+            .filter_map(|p| self.wildcard.get(p))
+            .flatten();
+        exact
+            .chain(wild)
+            .map(|&i| &self.rules[i as usize])
+            .filter(move |r| r.groups & group != 0)
+    }
 }
 
 /// Sorted single addresses plus a short list of wider networks, from `ips` lists.
@@ -342,6 +361,15 @@ impl RuleSet {
     /// The operator allow rule that names `name` for `group`, if any.
     pub fn allowed_by(&self, name: &Name, group: GroupId) -> Option<&AllowRule> {
         self.allow.lookup(name, group.mask())
+    }
+
+    /// Every operator allow rule that names `name` for `group`, most specific first.
+    pub fn allow_rules_for<'a>(
+        &'a self,
+        name: &'a Name,
+        group: GroupId,
+    ) -> impl Iterator<Item = &'a AllowRule> + 'a {
+        self.allow.matching(name, group.mask())
     }
 
     /// A list `@@` exception covering `name`.
@@ -752,5 +780,11 @@ mod tests {
         assert!(set.allowed_by(&name("a.b.cdn.example"), G).is_some());
         assert!(set.allowed_by(&name("cdn.example"), G).is_none());
         assert!(set.allowed_by(&name("evilcdn.example"), G).is_none());
+        let n = name("x.cdn.example");
+        let hosts: Vec<_> = set
+            .allow_rules_for(&n, G)
+            .map(|r| r.host.as_str())
+            .collect();
+        assert_eq!(hosts, ["*.cdn.example"]);
     }
 }
