@@ -58,9 +58,20 @@ pub fn lists_or_synthetic() -> (Vec<(String, String)>, &'static str) {
     }
 }
 
-/// Builds a rule set from every list; returns it and the number of parsed entries.
+/// Builds a rule set from every list plus the shipped allowlist; returns it and the
+/// number of parsed entries.
 pub fn build(lists: &[(String, String)]) -> (portcullis::policy::rules::RuleSet, u64) {
     let mut builder = RuleSetBuilder::new();
+    let groups = portcullis::policy::groups::Groups::default();
+    for rule in portcullis::config::allowlist::parse(
+        portcullis::config::allowlist::BUILTIN_ALLOWLIST,
+        "allowlist.toml",
+        &groups,
+    )
+    .expect("shipped allowlist")
+    {
+        builder.add_allow(rule);
+    }
     let mut entries = 0u64;
     for (name, text) in lists {
         let id = builder

@@ -152,8 +152,12 @@ impl Name {
 
     /// The normalised name.
     pub fn as_str(&self) -> &str {
-        // SAFETY-free: only ASCII bytes are ever written into `buf`.
-        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+        let bytes = &self.buf[..usize::from(self.len)];
+        debug_assert!(bytes.is_ascii());
+        // SAFETY: every constructor writes only ASCII bytes (`[a-z0-9._-]`) into
+        // `buf[..len]`, and ASCII is valid UTF-8. This runs several times per
+        // query, so the check is worth skipping.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     /// Number of labels.
@@ -195,7 +199,10 @@ impl<'a> Iterator for Suffixes<'a> {
     type Item = &'a str;
     fn next(&mut self) -> Option<&'a str> {
         let current = self.rest?;
-        self.rest = current.find('.').map(|i| &current[i + 1..]);
+        self.rest = current
+            .bytes()
+            .position(|b| b == b'.')
+            .map(|i| &current[i + 1..]);
         Some(current)
     }
 }
