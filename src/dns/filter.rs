@@ -516,45 +516,44 @@ fn block_reply(
         BlockAnswer::Refused => Reply::new(ResponseCode::Refused, Outcome::Blocked, reason),
         BlockAnswer::ZeroIp => {
             let mut r = Reply::new(ResponseCode::NoError, Outcome::Blocked, reason);
-            match qtype {
-                RecordType::A => r.answers.push(Record::from_rdata(
-                    qname.clone(),
-                    ttl,
-                    RData::A(A(Ipv4Addr::UNSPECIFIED)),
-                )),
-                RecordType::AAAA => r.answers.push(Record::from_rdata(
-                    qname.clone(),
-                    ttl,
-                    RData::AAAA(AAAA(Ipv6Addr::UNSPECIFIED)),
-                )),
-                _ => r.authorities.push(block_soa(&owner, ttl)),
-            }
+            let zero = [
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            ];
+            push_addresses(&mut r, qname, qtype, &zero, &owner, ttl);
             r
         }
         BlockAnswer::Addresses => {
             let mut r = Reply::new(ResponseCode::NoError, Outcome::Blocked, reason);
-            for ip in &settings.block_addresses {
-                match (qtype, ip) {
-                    (RecordType::A, IpAddr::V4(v4)) => {
-                        r.answers
-                            .push(Record::from_rdata(qname.clone(), ttl, RData::A(A(*v4))))
-                    }
-                    (RecordType::AAAA, IpAddr::V6(v6)) => r.answers.push(Record::from_rdata(
-                        qname.clone(),
-                        ttl,
-                        RData::AAAA(AAAA(*v6)),
-                    )),
-                    _ => {}
-                }
-            }
-            if r.answers.is_empty() {
-                r.authorities.push(block_soa(&owner, ttl));
-            }
+            push_addresses(&mut r, qname, qtype, &settings.block_addresses, &owner, ttl);
             r
         }
     };
     reply.ede = Some((ede::BLOCKED, reason.to_owned()));
     reply
+}
+
+/// Answers an A or AAAA question with the matching addresses of `ips`; any other
+/// question (or no matching address) gets no data, with an SOA for negative caching.
+fn push_addresses(
+    r: &mut Reply,
+    qname: &DnsName,
+    qtype: RecordType,
+    ips: &[IpAddr],
+    soa_owner: &DnsName,
+    ttl: u32,
+) {
+    for ip in ips {
+        let data = match (qtype, ip) {
+            (RecordType::A, IpAddr::V4(v4)) => RData::A(A(*v4)),
+            (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(*v6)),
+            _ => continue,
+        };
+        r.answers.push(Record::from_rdata(qname.clone(), ttl, data));
+    }
+    if r.answers.is_empty() {
+        r.authorities.push(block_soa(soa_owner, ttl));
+    }
 }
 
 fn special_reply(
@@ -571,19 +570,11 @@ fn special_reply(
                 Outcome::Local,
                 "localhost is loopback (RFC 6761)",
             );
-            match qtype {
-                RecordType::A => r.answers.push(Record::from_rdata(
-                    qname.clone(),
-                    ttl,
-                    RData::A(A(Ipv4Addr::LOCALHOST)),
-                )),
-                RecordType::AAAA => r.answers.push(Record::from_rdata(
-                    qname.clone(),
-                    ttl,
-                    RData::AAAA(AAAA(Ipv6Addr::LOCALHOST)),
-                )),
-                _ => r.authorities.push(block_soa(qname, ttl)),
-            }
+            let loopback = [
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ];
+            push_addresses(&mut r, qname, qtype, &loopback, qname, ttl);
             r
         }
         SpecialUse::LocalOnly | SpecialUse::BareName => {
