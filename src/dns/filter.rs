@@ -98,7 +98,7 @@ impl Reply {
 /// The outcome of [`Filter::begin`]: an answer now, or a question for the upstreams.
 pub enum Step {
     Done(Reply),
-    Forward(Pending),
+    Forward(Box<Pending>),
 }
 
 /// A question that needs the upstreams, with what the policy said about it.
@@ -241,12 +241,12 @@ impl Filter {
                 let reply = from_cache(&hit, Outcome::Cached);
                 Step::Done(self.checked(&policy, &settings, &pending, reply))
             }
-            stale => Step::Forward(Pending { stale, ..pending }),
+            stale => Step::Forward(Box::new(Pending { stale, ..pending })),
         }
     }
 
     /// Asks the upstreams (or falls back to a stale answer) and inspects the answer.
-    pub async fn finish(&self, pending: Pending) -> Reply {
+    pub async fn finish(&self, pending: Box<Pending>) -> Reply {
         let reply = self.forward(&pending).await;
         let policy = self.policy.load();
         let settings = self.settings.load();
