@@ -292,27 +292,93 @@ impl AllowSet {
     }
 }
 
-/// Sorted single addresses plus a short list of wider networks, from `ips` lists.
+/// Addresses and networks from `ips` lists: one hash map per prefix length present,
+/// most specific first, so a lookup costs one probe per distinct prefix length
+/// (real lists: a handful) instead of a scan over every network.
 #[derive(Debug, Default)]
 struct IpTable {
-    v4: Vec<(u32, Origin, GroupMask)>,
-    nets: Vec<(IpNet, Origin, GroupMask)>,
+    v4: Vec<(u8, IpMap<u32>)>,
+    v6: Vec<(u8, IpMap<u128>)>,
+}
+
+type IpMap<K> = HashMap<K, (Origin, GroupMask), foldhash::fast::RandomState>;
+
+fn mask_v4(addr: u32, len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        addr & (u32::MAX << (32 - u32::from(len)))
+    }
+}
+
+fn mask_v6(addr: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        addr & (u128::MAX << (128 - u32::from(len)))
+    }
 }
 
 impl IpTable {
+    fn insert(&mut self, net: IpNet, origin: Origin, groups: GroupMask) {
+        fn add<K: std::hash::Hash + Eq>(
+            maps: &mut Vec<(u8, IpMap<K>)>,
+            len: u8,
+            key: K,
+            origin: Origin,
+            groups: GroupMask,
+        ) {
+            let at = match maps.iter().position(|(l, _)| *l == len) {
+                Some(at) => at,
+                None => {
+                    maps.push((len, IpMap::default()));
+                    maps.sort_by_key(|(l, _)| std::cmp::Reverse(*l));
+                    maps.iter()
+                        .position(|(l, _)| *l == len)
+                        .expect("just added")
+                }
+            };
+            // Keep the first origin of a duplicate and widen its groups.
+            maps[at]
+                .1
+                .entry(key)
+                .and_modify(|e| e.1 |= groups)
+                .or_insert((origin, groups));
+        }
+        match net.trunc() {
+            IpNet::V4(n) => add(
+                &mut self.v4,
+                n.prefix_len(),
+                u32::from(n.addr()),
+                origin,
+                groups,
+            ),
+            IpNet::V6(n) => add(
+                &mut self.v6,
+                n.prefix_len(),
+                u128::from(n.addr()),
+                origin,
+                groups,
+            ),
+        }
+    }
+
     fn lookup(&self, ip: IpAddr, group: GroupMask) -> Option<Origin> {
-        if let IpAddr::V4(v4) = ip {
-            let key = u32::from(v4);
-            if let Ok(i) = self.v4.binary_search_by_key(&key, |&(k, _, _)| k)
-                && self.v4[i].2 & group != 0
-            {
-                return Some(self.v4[i].1);
+        let hit = |&(origin, groups): &(Origin, GroupMask)| (groups & group != 0).then_some(origin);
+        match ip {
+            IpAddr::V4(v4) => {
+                let addr = u32::from(v4);
+                self.v4
+                    .iter()
+                    .find_map(|(len, map)| map.get(&mask_v4(addr, *len)).and_then(hit))
+            }
+            IpAddr::V6(v6) => {
+                let addr = u128::from(v6);
+                self.v6
+                    .iter()
+                    .find_map(|(len, map)| map.get(&mask_v6(addr, *len)).and_then(hit))
             }
         }
-        self.nets
-            .iter()
-            .find(|(net, _, g)| g & group != 0 && net.contains(&ip))
-            .map(|&(_, origin, _)| origin)
     }
 }
 
@@ -575,22 +641,8 @@ impl RuleSetBuilder {
         };
         let mut ips = IpTable::default();
         for (net, origin, groups) in self.ips {
-            match net {
-                IpNet::V4(v4) if v4.prefix_len() == 32 => {
-                    ips.v4.push((u32::from(v4.addr()), origin, groups))
-                }
-                _ => ips.nets.push((net, origin, groups)),
-            }
+            ips.insert(net, origin, groups);
         }
-        // Keep the first origin of a duplicated address and widen its groups.
-        ips.v4.sort_by_key(|&(k, o, _)| (k, o.list, o.line));
-        ips.v4.dedup_by(|dup, kept| {
-            let same = kept.0 == dup.0;
-            if same {
-                kept.2 |= dup.2;
-            }
-            same
-        });
         let mut deny = self.deny;
         deny.map.shrink_to_fit();
         Ok(RuleSet {
@@ -746,6 +798,14 @@ mod tests {
             .unwrap();
         b.add_entry(agent_only, 2, Entry::Ip("203.0.113.9/32".parse().unwrap()))
             .unwrap();
+        b.add_entry(agent_only, 3, Entry::Ip("198.51.100.0/24".parse().unwrap()))
+            .unwrap();
+        b.add_entry(
+            agent_only,
+            4,
+            Entry::Ip("2001:db8:bad::/48".parse().unwrap()),
+        )
+        .unwrap();
         let set = b.build().unwrap();
         assert!(
             set.denied_by(&name("scoped.com"), GroupId(1), false)
@@ -758,6 +818,22 @@ mod tests {
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
         assert!(set.denied_ip(ip, GroupId(1)).is_some());
         assert!(set.denied_ip(ip, GroupId(2)).is_none());
+        let in_net: IpAddr = "198.51.100.77".parse().unwrap();
+        assert_eq!(set.denied_ip(in_net, GroupId(1)).unwrap().line, 3);
+        assert!(
+            set.denied_ip("198.51.101.1".parse().unwrap(), GroupId(1))
+                .is_none()
+        );
+        assert_eq!(
+            set.denied_ip("2001:db8:bad:1::5".parse().unwrap(), GroupId(1))
+                .unwrap()
+                .line,
+            4
+        );
+        assert!(
+            set.denied_ip("2001:db8:bae::1".parse().unwrap(), GroupId(1))
+                .is_none()
+        );
     }
 
     #[test]
