@@ -16,6 +16,7 @@ use portcullis::dns::filter::{Filter, FilterSettings};
 use portcullis::dns::server::{self, DnsSockets};
 use portcullis::dns::upstream::UpstreamPool;
 use portcullis::lists::load::{Loaded, build_policy};
+use portcullis::lists::refresh::{Lists, fetch_into_cache, tune_allocator};
 
 #[derive(Parser)]
 #[command(
@@ -45,11 +46,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every list source's status: entries, skipped lines, downloads, last error.
+    Lists {
+        #[command(subcommand)]
+        command: Option<ListsCommand>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ListsCommand {
+    /// Download every url list into the cache now; exit 1 if any failed.
+    Fetch,
 }
 
 #[derive(Subcommand)]
@@ -59,10 +74,19 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config.as_deref()),
         Command::Check { name, client, json } => check(cli.config.as_deref(), &name, client, json),
+        Command::Lists {
+            command: None,
+            json,
+        } => lists_status(cli.config.as_deref(), json),
+        Command::Lists {
+            command: Some(ListsCommand::Fetch),
+            json,
+        } => lists_fetch(cli.config.as_deref(), json),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(file.as_deref().or(cli.config.as_deref())),
@@ -129,6 +153,52 @@ fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn lists_status(path: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let (_, loaded) = load_all(path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&loaded.lists)?);
+    } else {
+        for list in &loaded.lists {
+            print!("{list}");
+        }
+        if !loaded.ready() {
+            println!("NOT READY: some url lists have no copy yet (`portcullis lists fetch`)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lists_fetch(path: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let config = load_config(path)?;
+    portcullis::telemetry::init(config.log.format, &config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let pool = Arc::new(UpstreamPool::new(
+            &config.upstream.servers,
+            config.upstream.strategy,
+            Duration::from_millis(config.upstream.timeout_ms),
+        )?);
+        let (report, statuses) = fetch_into_cache(&config, pool).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&statuses)?);
+        } else {
+            statuses.iter().for_each(|s| print!("{s}"));
+        }
+        let mut failed = false;
+        for error in report.failures() {
+            eprintln!("portcullis: {error}");
+            failed = true;
+        }
+        Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}
+
 fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_config(path)?;
     portcullis::telemetry::init(config.log.format, &config.log.level);
@@ -171,12 +241,20 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     })
     .await??;
     log_loaded(&loaded);
+    if !loaded.ready() {
+        tracing::warn!(
+            "some lists have no copy yet: serving the allowlist and the others, downloading in the background"
+        );
+    }
+    let statuses = loaded.lists.clone();
     let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
     let upstream = Arc::new(UpstreamPool::new(
         &config.upstream.servers,
         config.upstream.strategy,
         Duration::from_millis(config.upstream.timeout_ms),
     )?);
+    let lists = Lists::new(config.clone(), policy.clone(), statuses, upstream.clone())?;
+    let _refresher = lists.spawn();
     let filter = Arc::new(Filter::new(
         policy.clone(),
         upstream,
@@ -189,7 +267,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         .with_context(|| format!("binding DNS on {:?}", config.dns.listen))?;
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(reload_on_sighup(path, policy, filter.clone()));
+    tokio::spawn(reload_on_sighup(path, lists.clone(), filter.clone()));
     tokio::spawn(async move {
         wait_for_stop().await;
         let _ = stop_tx.send(true);
@@ -221,11 +299,7 @@ async fn wait_for_stop() {
 
 /// SIGHUP rebuilds the policy from the config files; a bad file is refused and the
 /// running policy keeps serving.
-async fn reload_on_sighup(
-    path: Option<PathBuf>,
-    policy: Arc<ArcSwap<portcullis::policy::Policy>>,
-    filter: Arc<Filter>,
-) {
+async fn reload_on_sighup(path: Option<PathBuf>, lists: Lists, filter: Arc<Filter>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -236,10 +310,10 @@ async fn reload_on_sighup(
         match result {
             Ok(Ok((config, loaded))) => {
                 log_loaded(&loaded);
-                policy.store(Arc::new(loaded.policy));
                 filter
                     .settings
                     .store(Arc::new(FilterSettings::from(&config.dns)));
+                lists.publish(config, loaded).await;
                 tracing::info!("configuration reloaded");
             }
             Ok(Err(error)) => {

@@ -186,9 +186,20 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields)]
 pub struct ListConfig {
     pub name: Spanned<String>,
-    /// A file, relative to the config file's directory.
+    /// A file, relative to the config file's directory, read as it is (the operator's own list).
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// A subscribed list: `https://...`, `http://...` or `file:///...`. Downloaded in the
+    /// background, checked by the sanity guard and kept in `[sources] cache_dir`.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    /// Seconds between refreshes of a `url` list (jittered); `[sources] refresh_secs` when absent.
+    #[serde(default)]
+    pub refresh_secs: Option<u64>,
+    /// A download with fewer entries than this share of the list it replaces is rejected;
+    /// `[sources] min_ratio` when absent.
+    #[serde(default)]
+    pub min_ratio: Option<f64>,
     /// Rules written in the config itself.
     #[serde(default)]
     pub inline: Option<Spanned<String>>,
@@ -205,6 +216,113 @@ pub struct ListConfig {
     pub optional: bool,
 }
 
+/// How `url` lists are downloaded, checked and cached (`[sources]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// Last-known-good copies of `url` lists and their metadata: the only place the gate
+    /// writes. Relative to the config file's directory.
+    pub cache_dir: PathBuf,
+    /// Default seconds between refreshes of a `url` list.
+    pub refresh_secs: u64,
+    /// Each wait is spread by up to this share either way (0.1 = ±10%).
+    pub jitter: f64,
+    /// Whole-download timeout (connect, headers and body), seconds.
+    pub timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    /// Extra attempts after a failed download (timeouts, resets, 5xx, 429), with doubling back-off.
+    pub retries: u32,
+    /// Back-off before the first retry, milliseconds.
+    pub retry_backoff_ms: u64,
+    /// After a failed refresh the source is tried again after this many seconds, doubling up
+    /// to its refresh interval.
+    pub retry_secs: u64,
+    /// Largest accepted body, in bytes, after decompression.
+    pub max_bytes: u64,
+    /// Downloads at once.
+    pub max_concurrent: usize,
+    /// Default for `min_ratio` on each list.
+    pub min_ratio: f64,
+    /// Extra PEM CA bundle to trust for list servers (private mirrors, tests). Default trust:
+    /// webpki-roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for SourcesConfig {
+    fn default() -> Self {
+        SourcesConfig {
+            cache_dir: PathBuf::from("cache/lists"),
+            refresh_secs: 4 * 3600,
+            jitter: 0.1,
+            timeout_secs: 60,
+            connect_timeout_secs: 10,
+            retries: 2,
+            retry_backoff_ms: 1000,
+            retry_secs: 60,
+            max_bytes: 64 << 20,
+            max_concurrent: 2,
+            min_ratio: 0.5,
+            ca_file: None,
+        }
+    }
+}
+
+impl ListConfig {
+    /// Exactly one of `path`, `url` and `inline`; a URL of a scheme the fetcher speaks.
+    fn validate_source(&self, o: &ConfigOrigin) -> Result<(), ConfigError> {
+        let name = self.name.get_ref();
+        let at = self.name.span().start;
+        let given = usize::from(self.path.is_some())
+            + usize::from(self.inline.is_some())
+            + usize::from(self.url.is_some());
+        if given != 1 {
+            let what = if given == 0 {
+                "needs"
+            } else {
+                "give only one of"
+            };
+            return Err(o.invalid(
+                at,
+                "lists",
+                format!("list `{name}`: {what} `path`, `url` or `inline`"),
+            ));
+        }
+        if let Some(url) = &self.url {
+            let u = url.get_ref();
+            let scheme_ok = ["https://", "http://", "file://"]
+                .iter()
+                .any(|p| u.len() > p.len() && u[..p.len()].eq_ignore_ascii_case(p));
+            if !scheme_ok {
+                return Err(o.invalid(
+                    url.span().start,
+                    "lists.url",
+                    format!("list `{name}`: `{u}`: expected an https://, http:// or file:// URL"),
+                ));
+            }
+        }
+        if self.refresh_secs.is_some_and(|s| s < 60) {
+            return Err(o.invalid(
+                at,
+                "lists.refresh_secs",
+                format!("list `{name}`: must be at least 60"),
+            ));
+        }
+        if self.min_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err(o.invalid(
+                at,
+                "lists.min_ratio",
+                format!("list `{name}`: must be between 0 and 1"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The refresh interval of a `url` list.
+    pub fn refresh_interval(&self, sources: &SourcesConfig) -> std::time::Duration {
+        std::time::Duration::from_secs(self.refresh_secs.unwrap_or(sources.refresh_secs))
+    }
+}
+
 /// The whole configuration, as read from `portcullis.toml`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -218,6 +336,7 @@ pub struct Config {
     /// Path of the allowlist; the shipped allowlist (built in) when absent.
     pub allowlist: Option<PathBuf>,
     pub lists: Vec<ListConfig>,
+    pub sources: SourcesConfig,
     /// Where the file came from (not a TOML key).
     #[serde(skip)]
     pub origin: ConfigOrigin,
@@ -421,26 +540,7 @@ impl Config {
                     format!("duplicate list name `{}`", list.name.get_ref()),
                 ));
             }
-            match (&list.path, &list.inline) {
-                (Some(_), Some(_)) => {
-                    return Err(o.invalid(
-                        at,
-                        "lists",
-                        format!(
-                            "list `{}`: give `path` or `inline`, not both",
-                            list.name.get_ref()
-                        ),
-                    ));
-                }
-                (None, None) => {
-                    return Err(o.invalid(
-                        at,
-                        "lists",
-                        format!("list `{}`: needs `path` or `inline`", list.name.get_ref()),
-                    ));
-                }
-                _ => {}
-            }
+            list.validate_source(o)?;
             for group in list.groups.iter().flatten() {
                 if group.get_ref() != "default" && !self.groups.contains_key(group.get_ref()) {
                     return Err(o.invalid(
@@ -453,6 +553,42 @@ impl Config {
                     ));
                 }
             }
+        }
+        self.validate_sources()?;
+        Ok(())
+    }
+
+    /// The `[sources]` keys `serde` cannot check.
+    fn validate_sources(&self) -> Result<(), ConfigError> {
+        let o = &self.origin;
+        let key_line = |key: &str| o.source.find(key).map_or(0, |off| o.line_of(off));
+        let s = &self.sources;
+        let bad = |key: &str, message: &str| ConfigError::Invalid {
+            file: o.file.clone(),
+            line: key_line(key),
+            key: format!("sources.{key}"),
+            message: message.to_owned(),
+        };
+        if s.refresh_secs < 60 {
+            return Err(bad("refresh_secs", "must be at least 60"));
+        }
+        if !(0.0..=0.5).contains(&s.jitter) {
+            return Err(bad("jitter", "must be between 0 and 0.5"));
+        }
+        if s.timeout_secs == 0 || s.connect_timeout_secs == 0 {
+            return Err(bad("timeout_secs", "timeouts must be at least 1 second"));
+        }
+        if s.max_concurrent == 0 {
+            return Err(bad("max_concurrent", "must be at least 1"));
+        }
+        if s.max_bytes < 1024 {
+            return Err(bad("max_bytes", "must be at least 1024"));
+        }
+        if s.retry_secs == 0 {
+            return Err(bad("retry_secs", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&s.min_ratio) {
+            return Err(bad("min_ratio", "must be between 0 and 1"));
         }
         Ok(())
     }

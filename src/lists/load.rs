@@ -2,28 +2,70 @@
 //!
 //! Everything is built beside the running policy; the caller publishes the result
 //! with one atomic swap, or keeps the old one when this returns an error.
+//!
+//! Building never touches the network: `path` lists are read from their files, `inline` lists
+//! from the config, and `url` lists from the last-known-good cache
+//! ([`super::store`]); a `url` list with no cached copy yet is reported not ready and
+//! contributes nothing until the refresher ([`super::refresh`]) has downloaded it. List texts
+//! are read one at a time and dropped once parsed, so building holds at most one list text
+//! beside the rule sets.
 
 use std::time::Instant;
 
-use crate::config::{BareNames, Config, ConfigError, allowlist};
+use crate::config::{BareNames, Config, ConfigError, ListConfig, allowlist};
 use crate::policy::Policy;
 use crate::policy::groups::{ALL_GROUPS, GroupMask, Groups};
 use crate::policy::rules::{ListInfo, RuleSetBuilder};
 
 use super::parse::{ParseReport, SkipReason, Skipped, parse_list};
+use super::store::{Meta, Store};
 
-/// What loading one list produced.
+/// Where a list comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// `path`: a local file, read as it is at every build.
+    File,
+    /// `inline`: rules in the config.
+    Inline,
+    /// `url`: downloaded, checked and cached.
+    Url,
+}
+
+/// The status of one list source: what is served from it, and how its downloads went.
+/// `portcullis lists` prints it; `/api/lists` will serve it as JSON.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ListStatus {
     pub name: String,
+    pub kind: SourceKind,
+    /// Path, URL, or the config file for inline rules.
     pub source: String,
+    /// The format used (the detected one for `auto`).
     pub format: String,
+    /// Client groups the list applies to; empty = all.
+    pub groups: Vec<String>,
+    /// Something of this list is served (a local list was read, or a `url` list has a copy).
+    pub ready: bool,
     pub lines: u32,
     pub entries: u32,
     pub skipped: u32,
     pub skipped_by_reason: Vec<(String, u32)>,
+    /// The first few skipped lines of each reason.
     pub examples: Vec<SkipExample>,
+    /// Why nothing of this list is served (missing file, no cached copy yet).
     pub error: Option<String>,
+    /// `url` lists: Unix seconds of the last successful check (200 accepted, 304, unchanged).
+    pub last_success: Option<u64>,
+    /// `url` lists: Unix seconds of the last download attempt.
+    pub last_attempt: Option<u64>,
+    /// `url` lists: why the last attempt failed or was rejected (the older copy keeps serving).
+    pub last_error: Option<String>,
+    /// `url` lists: Unix seconds when the served copy was downloaded.
+    pub fetched_at: Option<u64>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// `url` lists: seconds between refreshes.
+    pub refresh_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,8 +83,33 @@ pub struct Loaded {
     pub build_time: std::time::Duration,
 }
 
-/// Builds the policy a configuration describes. Any error leaves nothing half-built.
+impl Loaded {
+    /// Every list has something served: `url` lists have a cached or downloaded copy.
+    pub fn ready(&self) -> bool {
+        all_ready(&self.lists)
+    }
+}
+
+/// True when every source is ready (an optional local file that is absent counts as ready).
+pub fn all_ready(lists: &[ListStatus]) -> bool {
+    lists.iter().all(|l| l.ready)
+}
+
+/// The cache directory a configuration names.
+pub fn store_for(config: &Config) -> Store {
+    Store::new(config.resolve(&config.sources.cache_dir))
+}
+
+/// Builds the policy a configuration describes, from local files, inline rules and the list
+/// cache; never the network. Any error leaves nothing half-built.
 pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
+    build_policy_sized(config, 0)
+}
+
+/// [`build_policy`], reserving room for about `expected_names` deny names first (the
+/// refresher passes the running policy's count, so the table is allocated once at its final
+/// size instead of doubling while it fills, which briefly holds both halves).
+pub fn build_policy_sized(config: &Config, expected_names: usize) -> Result<Loaded, ConfigError> {
     let started = Instant::now();
     let mut groups = Groups::default();
     for (name, nets) in &config.groups {
@@ -55,6 +122,9 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
     }
 
     let mut builder = RuleSetBuilder::new();
+    if expected_names > 0 {
+        builder.reserve(expected_names);
+    }
     let (allow_text, allow_file) = match &config.allowlist {
         Some(path) => {
             let path = config.resolve(path);
@@ -75,6 +145,7 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
         builder.add_allow(rule);
     }
 
+    let store = store_for(config);
     let mut statuses = Vec::with_capacity(config.lists.len());
     for list in &config.lists {
         let name = list.name.get_ref().clone();
@@ -85,23 +156,20 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
                 .map(|g| groups.id(g.get_ref()).map_or(0, |id| id.mask()))
                 .fold(0, |a, b| a | b),
         };
+        let mut status = ListStatus::new(config, list);
         // Inline rules report lines of the config file itself.
         let mut line_base = 0u32;
-        let (text, source) = match (&list.path, &list.inline) {
-            (Some(path), _) => {
+        let text = match (&list.path, &list.url, &list.inline) {
+            (Some(path), _, _) => {
                 let path = config.resolve(path);
                 match std::fs::read(&path) {
-                    Ok(bytes) => (
-                        String::from_utf8_lossy(&bytes).into_owned(),
-                        path.display().to_string(),
-                    ),
+                    Ok(bytes) => into_text(bytes),
                     Err(e) if list.optional && e.kind() == std::io::ErrorKind::NotFound => {
                         tracing::warn!(list = %name, path = %path.display(), "optional list file not found; skipped");
-                        statuses.push(ListStatus::failed(
-                            &name,
-                            &path.display().to_string(),
-                            "file not found (optional)",
-                        ));
+                        status.error = Some("file not found (optional)".into());
+                        // Nothing is missing that the operator asked for.
+                        status.ready = true;
+                        statuses.push(status);
                         continue;
                     }
                     Err(source) => {
@@ -112,7 +180,32 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
                     }
                 }
             }
-            (None, Some(inline)) => {
+            (None, Some(url), _) => {
+                let meta = store.read_meta(&name, url.get_ref());
+                status.apply_meta(meta.as_ref());
+                let cached = meta
+                    .as_ref()
+                    .filter(|m| m.has_body())
+                    .map(|_| store.read_list(&name));
+                match cached {
+                    Some(Ok(bytes)) => into_text(bytes),
+                    Some(Err(e)) => {
+                        tracing::warn!(list = %name, error = %e, "cached copy unreadable; the list waits for a download");
+                        status.error = Some(format!(
+                            "cached copy unreadable ({e}); not served until downloaded"
+                        ));
+                        statuses.push(status);
+                        continue;
+                    }
+                    None => {
+                        status.error =
+                            Some("no cached copy yet; not served until downloaded".into());
+                        statuses.push(status);
+                        continue;
+                    }
+                }
+            }
+            (None, None, Some(inline)) => {
                 let opening = inline.span().start;
                 line_base = config.origin.line_of(opening) as u32;
                 // A multi-line string starting with a newline begins on the next line.
@@ -121,14 +214,14 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
                     line_base += 1;
                 }
                 line_base -= 1;
-                (inline.get_ref().clone(), config.origin.file.clone())
+                inline.get_ref().clone()
             }
-            (None, None) => unreachable!("validated: a list has a path or inline rules"),
+            (None, None, None) => unreachable!("validated: a list has a path, url or inline rules"),
         };
         let id = builder
             .add_list(ListInfo {
                 name: name.clone(),
-                source: source.clone(),
+                source: status.source.clone(),
                 groups: mask,
             })
             .map_err(|e| {
@@ -147,6 +240,7 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
                 });
             }
         });
+        drop(text);
         for word in &list.keywords {
             builder.add_keyword(id, 0, word);
         }
@@ -157,7 +251,9 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
             *report.skipped_by_reason.entry(skipped.reason).or_default() += 1;
             report.examples.push(skipped);
         }
-        statuses.push(ListStatus::from_report(&name, &source, &report));
+        status.apply_report(&report);
+        status.ready = true;
+        statuses.push(status);
     }
 
     let rules = builder
@@ -175,44 +271,163 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
     })
 }
 
-impl ListStatus {
-    fn from_report(name: &str, source: &str, report: &ParseReport) -> ListStatus {
-        ListStatus {
-            name: name.to_owned(),
-            source: source.to_owned(),
-            format: format!("{:?}", report.format).to_lowercase(),
-            lines: report.lines,
-            entries: report.entries,
-            skipped: report.skipped,
-            skipped_by_reason: report
-                .skipped_by_reason
-                .iter()
-                .map(|(r, n)| (r.as_str().to_owned(), *n))
-                .collect(),
-            examples: report
-                .examples
-                .iter()
-                .map(|s| SkipExample {
-                    line: s.line,
-                    text: s.text.clone(),
-                    reason: s.reason.as_str().to_owned(),
-                })
-                .collect(),
-            error: None,
-        }
+/// UTF-8 without a copy when it is valid (it nearly always is); lossy otherwise.
+fn into_text(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
+}
 
-    fn failed(name: &str, source: &str, error: &str) -> ListStatus {
+impl ListStatus {
+    /// The status of a source before anything is known about its contents.
+    pub fn new(config: &Config, list: &ListConfig) -> ListStatus {
+        let (kind, source) = match (&list.path, &list.url) {
+            (Some(path), _) => (SourceKind::File, config.resolve(path).display().to_string()),
+            (None, Some(url)) => (SourceKind::Url, url.get_ref().clone()),
+            (None, None) => (SourceKind::Inline, config.origin.file.clone()),
+        };
         ListStatus {
-            name: name.to_owned(),
-            source: source.to_owned(),
-            format: String::new(),
+            name: list.name.get_ref().clone(),
+            kind,
+            source,
+            format: list.format.as_str().to_owned(),
+            groups: list
+                .groups
+                .iter()
+                .flatten()
+                .map(|g| g.get_ref().clone())
+                .collect(),
+            ready: false,
             lines: 0,
             entries: 0,
             skipped: 0,
             skipped_by_reason: Vec::new(),
             examples: Vec::new(),
-            error: Some(error.to_owned()),
+            error: None,
+            last_success: None,
+            last_attempt: None,
+            last_error: None,
+            fetched_at: None,
+            etag: None,
+            last_modified: None,
+            refresh_secs: list
+                .url
+                .is_some()
+                .then(|| list.refresh_interval(&config.sources).as_secs()),
         }
+    }
+
+    /// Copies what the cache metadata knows (validators, attempts, last error).
+    pub fn apply_meta(&mut self, meta: Option<&Meta>) {
+        let Some(meta) = meta else {
+            return;
+        };
+        self.last_success = meta.last_success;
+        self.last_attempt = meta.last_attempt;
+        self.last_error = meta.last_error.clone();
+        self.fetched_at = meta.fetched_at;
+        self.etag = meta.etag.clone();
+        self.last_modified = meta.last_modified.clone();
+    }
+
+    fn apply_report(&mut self, report: &ParseReport) {
+        self.format = report.format.as_str().to_owned();
+        self.lines = report.lines;
+        self.entries = report.entries;
+        self.skipped = report.skipped;
+        self.skipped_by_reason = report
+            .skipped_by_reason
+            .iter()
+            .map(|(r, n)| (r.as_str().to_owned(), *n))
+            .collect();
+        self.examples = report
+            .examples
+            .iter()
+            .map(|s| SkipExample {
+                line: s.line,
+                text: s.text.clone(),
+                reason: s.reason.as_str().to_owned(),
+            })
+            .collect();
+    }
+}
+
+impl std::fmt::Display for ListStatus {
+    /// The `portcullis lists` text block of one source.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use super::store::format_unix;
+        let state = if !self.ready {
+            "NOT READY"
+        } else if self.error.is_some() {
+            "absent"
+        } else {
+            "ready"
+        };
+        writeln!(
+            f,
+            "{} [{}] {}",
+            self.name,
+            state,
+            match self.kind {
+                SourceKind::File => "file",
+                SourceKind::Inline => "inline",
+                SourceKind::Url => "url",
+            }
+        )?;
+        writeln!(f, "  source:   {}", self.source)?;
+        let groups = if self.groups.is_empty() {
+            "all".to_owned()
+        } else {
+            self.groups.join(", ")
+        };
+        writeln!(f, "  format:   {}    groups: {groups}", self.format)?;
+        writeln!(
+            f,
+            "  entries:  {}    skipped: {}    lines: {}",
+            self.entries, self.skipped, self.lines
+        )?;
+        for (reason, n) in &self.skipped_by_reason {
+            write!(f, "    {n} {reason}")?;
+            let examples: Vec<String> = self
+                .examples
+                .iter()
+                .filter(|e| &e.reason == reason)
+                .take(2)
+                .map(|e| format!("line {}: {:?}", e.line, e.text))
+                .collect();
+            if !examples.is_empty() {
+                write!(f, " (e.g. {})", examples.join(", "))?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(error) = &self.error {
+            writeln!(f, "  error:    {error}")?;
+        }
+        if self.kind == SourceKind::Url {
+            let when = |t: Option<u64>| t.map_or_else(|| "never".to_owned(), format_unix);
+            writeln!(
+                f,
+                "  fetched:  {}    last success: {}    last attempt: {}",
+                when(self.fetched_at),
+                when(self.last_success),
+                when(self.last_attempt)
+            )?;
+            if let Some(e) = &self.last_error {
+                writeln!(f, "  last error: {e}")?;
+            }
+            if self.etag.is_some() || self.last_modified.is_some() {
+                writeln!(
+                    f,
+                    "  etag:     {}    last-modified: {}",
+                    self.etag.as_deref().unwrap_or("-"),
+                    self.last_modified.as_deref().unwrap_or("-")
+                )?;
+            }
+            if let Some(secs) = self.refresh_secs {
+                writeln!(f, "  refresh:  every {secs} s (jittered)")?;
+            }
+        }
+        Ok(())
     }
 }

@@ -1,4 +1,7 @@
-//! Threat-list formats and sources.
+//! Threat-list formats and sources: parsing, downloading, the on-disk cache and refresh.
 
+pub mod fetch;
 pub mod load;
 pub mod parse;
+pub mod refresh;
+pub mod store;

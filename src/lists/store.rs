@@ -1,0 +1,257 @@
+//! The last-known-good cache of downloaded lists: one directory, the only place the gate
+//! writes.
+//!
+//! Each `url` source keeps two files named after the source: `NAME.list`, the body as it was
+//! accepted (decompressed), and `NAME.meta.json`, its validators (ETag, Last-Modified), the
+//! entry count the sanity guard compares against, and the last attempt and error. Both are
+//! written atomically (temporary file, fsync, rename, fsync of the directory), the list before
+//! its metadata, so a crash leaves either the old pair or a new list with old metadata (which
+//! only costs one unconditional download).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Fault, HasFault};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("list cache {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl HasFault for StoreError {
+    fn fault(&self) -> Fault {
+        // A full disk or a read-only cache directory is ours to fix.
+        Fault::Internal
+    }
+}
+
+/// What is known about the cached copy of one source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Meta {
+    /// The URL the cached body came from; a cache for another URL is ignored.
+    pub url: String,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// Unix seconds when the cached body was downloaded.
+    pub fetched_at: Option<u64>,
+    /// Unix seconds of the last successful check (a 200 accepted, a 304, or an unchanged body).
+    pub last_success: Option<u64>,
+    /// Unix seconds of the last attempt, successful or not.
+    pub last_attempt: Option<u64>,
+    /// Why the last attempt failed or was rejected; `None` after a success.
+    pub last_error: Option<String>,
+    /// Entries the cached body parsed to (the sanity guard's reference).
+    pub entries: u32,
+    /// Size of the cached body in bytes.
+    pub bytes: u64,
+    /// FNV-1a 64 of the cached body, hex: an unchanged 200 is not re-parsed.
+    pub digest: Option<String>,
+}
+
+impl Meta {
+    /// True when a body was accepted for this source at some point (`NAME.list` exists).
+    pub fn has_body(&self) -> bool {
+        self.fetched_at.is_some()
+    }
+}
+
+/// The cache directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Store {
+        Store { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `NAME.list` (the name made safe for a file name).
+    pub fn list_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{}.list", file_stem(name)))
+    }
+
+    pub fn meta_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{}.meta.json", file_stem(name)))
+    }
+
+    /// The metadata of a source, if any was written for this URL. An unreadable or foreign
+    /// file counts as absent (it is rewritten by the next download).
+    pub fn read_meta(&self, name: &str, url: &str) -> Option<Meta> {
+        let path = self.meta_path(name);
+        let text = std::fs::read(&path).ok()?;
+        match serde_json::from_slice::<Meta>(&text) {
+            Ok(meta) if meta.url == url => Some(meta),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "list cache metadata unreadable; ignored");
+                None
+            }
+        }
+    }
+
+    /// The cached body of a source.
+    pub fn read_list(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.list_path(name);
+        std::fs::read(&path).map_err(|source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Replaces the cached body and its metadata.
+    pub fn write_list(&self, name: &str, body: &[u8], meta: &Meta) -> Result<(), StoreError> {
+        atomic_write(&self.list_path(name), body)?;
+        self.write_meta(name, meta)
+    }
+
+    pub fn write_meta(&self, name: &str, meta: &Meta) -> Result<(), StoreError> {
+        let mut json = serde_json::to_vec_pretty(meta).expect("metadata serialises");
+        json.push(b'\n');
+        atomic_write(&self.meta_path(name), &json)
+    }
+}
+
+/// Letters, digits, `-`, `_` and `.` kept; everything else becomes `_`.
+fn file_stem(name: &str) -> String {
+    let stem: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match stem.trim_start_matches('.') {
+        "" => "_".to_owned(),
+        s => s.to_owned(),
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, renames it over `path` and
+/// syncs the directory: readers see the old file or the new one, never a part.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("list"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable once the directory is synced.
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// FNV-1a, 64 bits, as 16 hex digits: stable across processes, enough to spot an unchanged body.
+pub fn digest(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `2026-11-22T01:13:59Z` for Unix seconds (UTC), for status output.
+pub fn format_unix(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_format_as_rfc3339() {
+        assert_eq!(format_unix(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_unix(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_unix(1_795_310_039), "2026-11-22T01:13:59Z");
+    }
+
+    #[test]
+    fn names_become_safe_file_names() {
+        assert_eq!(file_stem("stevenblack-unified"), "stevenblack-unified");
+        assert_eq!(file_stem("../etc/passwd"), "_etc_passwd");
+        assert_eq!(file_stem("a b/c"), "a_b_c");
+        assert_eq!(file_stem(".."), "_");
+    }
+
+    #[test]
+    fn writes_are_atomic_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("cache"));
+        let meta = Meta {
+            url: "https://lists.test/x.txt".into(),
+            etag: Some("\"v1\"".into()),
+            fetched_at: Some(1),
+            entries: 2,
+            ..Meta::default()
+        };
+        store
+            .write_list("x", b"a.example\nb.example\n", &meta)
+            .unwrap();
+        assert_eq!(store.read_list("x").unwrap(), b"a.example\nb.example\n");
+        assert_eq!(store.read_meta("x", "https://lists.test/x.txt"), Some(meta));
+        // Metadata of another URL is not this source's.
+        assert_eq!(store.read_meta("x", "https://other.test/x.txt"), None);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(store.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+}
