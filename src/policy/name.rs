@@ -52,10 +52,10 @@ impl Name {
         if input.is_empty() {
             return Err(NameError::Empty);
         }
-        if !input.is_ascii() || has_punycode(input.as_bytes()) {
-            return Self::parse_idn(input.as_bytes());
+        match Self::from_ascii(input.as_bytes()) {
+            Err(NameError::BadChar(_)) if !input.is_ascii() => Self::parse_idn(input.as_bytes()),
+            result => result,
         }
-        Self::from_ascii(input.as_bytes())
     }
 
     /// Normalises a name given as DNS wire labels (root label excluded).
@@ -106,6 +106,15 @@ impl Name {
     }
 
     fn from_ascii(bytes: &[u8]) -> Result<Name, NameError> {
+        match Self::scan(bytes)? {
+            (name, false) => Ok(name),
+            (_, true) => Self::parse_idn(bytes),
+        }
+    }
+
+    /// One pass over ASCII text: validates, lower-cases and copies; also says whether
+    /// a label starts with `xn--` (then UTS-46 must validate it).
+    fn scan(bytes: &[u8]) -> Result<(Name, bool), NameError> {
         if bytes.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong);
         }
@@ -114,29 +123,32 @@ impl Name {
             buf: [0; MAX_NAME_LEN],
         };
         let mut label_len = 0usize;
-        for (dst, &b) in name.buf.iter_mut().zip(bytes) {
-            *dst = match b {
-                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => b,
-                b'A'..=b'Z' => b | 0x20,
-                b'.' => {
-                    if label_len == 0 {
-                        return Err(NameError::EmptyLabel);
-                    }
-                    label_len = 0;
-                    *dst = b'.';
-                    continue;
+        let mut punycode = false;
+        for (i, (dst, &b)) in name.buf.iter_mut().zip(bytes).enumerate() {
+            let mapped = HOST_BYTE[usize::from(b)];
+            if mapped == b'.' {
+                if label_len == 0 {
+                    return Err(NameError::EmptyLabel);
                 }
-                other => return Err(NameError::BadChar(other as char)),
-            };
-            label_len += 1;
-            if label_len > MAX_LABEL_LEN {
-                return Err(NameError::LabelTooLong);
+                label_len = 0;
+            } else if mapped == 0 {
+                return Err(NameError::BadChar(b as char));
+            } else {
+                if label_len == 0 {
+                    punycode |=
+                        bytes[i..].len() >= 4 && bytes[i..i + 4].eq_ignore_ascii_case(b"xn--");
+                }
+                label_len += 1;
+                if label_len > MAX_LABEL_LEN {
+                    return Err(NameError::LabelTooLong);
+                }
             }
+            *dst = mapped;
         }
         if label_len == 0 {
             return Err(NameError::EmptyLabel);
         }
-        Ok(name)
+        Ok((name, punycode))
     }
 
     /// The slow path: UTS-46 mapping for non-ASCII names and validation of `xn--` labels.
@@ -147,7 +159,8 @@ impl Name {
         if ascii.is_empty() {
             return Err(NameError::Empty);
         }
-        Self::from_ascii(ascii.as_bytes())
+        // UTS-46 has validated any punycode: no second round.
+        Self::scan(ascii.as_bytes()).map(|(name, _)| name)
     }
 
     /// The normalised name.
@@ -183,12 +196,22 @@ impl Name {
     }
 }
 
-fn has_punycode(bytes: &[u8]) -> bool {
-    bytes
-        .windows(4)
-        .enumerate()
-        .any(|(i, w)| w.eq_ignore_ascii_case(b"xn--") && (i == 0 || bytes[i - 1] == b'.'))
-}
+/// Each byte's normalised form in a host name: lower case for letters, itself for
+/// `0-9 - _ .`, 0 for anything else.
+static HOST_BYTE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => c,
+            b'A'..=b'Z' => c | 0x20,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
 
 /// Iterator over a name and its parents, most specific first.
 pub struct Suffixes<'a> {
