@@ -8,4 +8,5 @@ pub mod dns;
 pub mod error;
 pub mod lists;
 pub mod policy;
+pub mod proxy;
 pub mod telemetry;

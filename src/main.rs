@@ -266,24 +266,48 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding DNS on {:?}", config.dns.listen))?;
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let proxy_listeners = portcullis::proxy::bind(&config.proxy.listen)
+        .await
+        .with_context(|| format!("binding the proxy on {:?}", config.proxy.listen))?;
+    // The gate's own listeners are never a destination.
+    let mut own = sockets.local_addrs();
+    own.extend(proxy_listeners.iter().filter_map(|l| l.local_addr().ok()));
+    let proxy_state = Arc::new(portcullis::proxy::ProxyState::new(
+        config.proxy.clone(),
+        policy.clone(),
+        filter.clone(),
+        Arc::new(portcullis::proxy::TcpDialer),
+        own,
+    ));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(reload_on_sighup(path, lists.clone(), filter.clone()));
     tokio::spawn(async move {
         wait_for_stop().await;
         let _ = stop_tx.send(true);
     });
-    let shutdown = async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-        tracing::info!("stopping: finishing in-flight queries");
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    server::serve(
-        sockets,
-        filter,
-        Duration::from_secs(config.dns.tcp_idle_secs),
-        config.log.allowed_queries,
-        shutdown,
-    )
-    .await?;
+    let dns_stop = {
+        let stop = stopped(stop_rx.clone());
+        async move {
+            stop.await;
+            tracing::info!("stopping: finishing in-flight queries and tunnels");
+        }
+    };
+    let (dns, proxy) = tokio::join!(
+        server::serve(
+            sockets,
+            filter,
+            Duration::from_secs(config.dns.tcp_idle_secs),
+            config.log.allowed_queries,
+            dns_stop,
+        ),
+        portcullis::proxy::serve(proxy_listeners, proxy_state, stopped(stop_rx)),
+    );
+    dns?;
+    proxy?;
     tracing::info!("stopped");
     Ok(())
 }

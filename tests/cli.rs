@@ -224,3 +224,55 @@ fn every_bound_address_is_logged() {
         gate.dns.to_string()
     );
 }
+
+/// The proxy address the gate logged.
+fn proxy_addr(gate: &Gate) -> String {
+    let line = gate
+        .wait_for_log("listening proxy", Duration::from_secs(5))
+        .expect("proxy listener logged");
+    gate::json_field(&line, "addr").expect("addr")
+}
+
+#[test]
+fn the_binary_serves_the_proxy_with_the_same_policy() {
+    let gate = Gate::start_full(CONFIG, &[("threats.txt", THREATS)], &[]);
+    let proxy = proxy_addr(&gate);
+    // CONNECT to a name no allow rule names: refused with a readable reason, no tunnel.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            "--max-time",
+            "5",
+        ])
+        .args([
+            "-x",
+            &format!("http://{proxy}"),
+            "https://not-allowed.example/",
+        ])
+        .output()
+        .expect("curl (Debian package curl) must be installed");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{out:?}");
+    // A threat-listed name: the proxy refuses it too, naming the list.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-i",
+            "--max-time",
+            "5",
+            "-x",
+            &format!("http://{proxy}"),
+        ])
+        .arg("http://evil.example/")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 403"), "{text}");
+    assert!(
+        text.contains("x-portcullis-reason:") && text.contains("threats"),
+        "{text}"
+    );
+}

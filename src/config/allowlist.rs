@@ -61,6 +61,23 @@ pub fn parse(text: &str, file: &str, groups: &Groups) -> Result<Vec<AllowRule>, 
     for entry in parsed.allow {
         let at = entry.host.span().start;
         let raw = entry.host.get_ref().trim();
+        // An IP literal (the proxy's only way to reach an address target): stored in
+        // canonical form; IPv6 with or without brackets, no zone id.
+        let literal = raw
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(raw);
+        if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+            rules.push(allow_rule(&entry, ip.to_string(), file, text, groups)?);
+            continue;
+        }
+        if looks_numeric(raw) {
+            return Err(invalid(
+                at,
+                "allow.host",
+                format!("`{raw}` is neither a host name nor a strict IP address"),
+            ));
+        }
         let (wild, base) = match raw.strip_prefix("*.") {
             Some(base) => (true, base),
             None => (false, raw),
@@ -74,50 +91,77 @@ pub fn parse(text: &str, file: &str, groups: &Groups) -> Result<Vec<AllowRule>, 
                 format!("`{raw}` would allow a whole top-level domain"),
             ));
         }
-        let mut mask: GroupMask = 0;
-        for group in entry.groups.iter().flatten() {
-            let id = groups.id(group.get_ref()).ok_or_else(|| {
-                invalid(
-                    group.span().start,
-                    "allow.groups",
-                    format!(
-                        "unknown group `{}` (define it under [groups] in portcullis.toml)",
-                        group.get_ref()
-                    ),
-                )
-            })?;
-            mask |= id.mask();
-        }
-        if entry.groups.is_none() {
-            mask = ALL_GROUPS;
-        }
-        let mut ports = Vec::with_capacity(entry.ports.len());
-        for port in &entry.ports {
-            if *port.get_ref() == 0 {
-                return Err(invalid(
-                    port.span().start,
-                    "allow.ports",
-                    "port 0 is not a port".into(),
-                ));
-            }
-            ports.push(*port.get_ref());
-        }
         let host = if wild {
             format!("*.{}", name.as_str())
         } else {
             name.as_str().to_owned()
         };
-        rules.push(AllowRule {
-            host,
-            ports,
-            groups: mask,
-            private: entry.private,
-            file: file.to_owned(),
-            line: line_of(text, at) as u32,
-            comment: entry.comment,
-        });
+        rules.push(allow_rule(&entry, host, file, text, groups)?);
     }
     Ok(rules)
+}
+
+/// Whether a host would be read as an IPv4 address by some parser: the last label is
+/// decimal or `0x` hex (`127.1`, `2130706433`, `0x7f.1`).
+fn looks_numeric(host: &str) -> bool {
+    let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || ((last.starts_with("0x") || last.starts_with("0X"))
+                && last[2..].bytes().all(|b| b.is_ascii_hexdigit())))
+}
+
+fn allow_rule(
+    entry: &AllowEntry,
+    host: String,
+    file: &str,
+    text: &str,
+    groups: &Groups,
+) -> Result<AllowRule, ConfigError> {
+    let at = entry.host.span().start;
+    let invalid = |offset: usize, key: &str, message: String| ConfigError::Invalid {
+        file: file.to_owned(),
+        line: line_of(text, offset),
+        key: key.to_owned(),
+        message,
+    };
+    let mut mask: GroupMask = 0;
+    for group in entry.groups.iter().flatten() {
+        let id = groups.id(group.get_ref()).ok_or_else(|| {
+            invalid(
+                group.span().start,
+                "allow.groups",
+                format!(
+                    "unknown group `{}` (define it under [groups] in portcullis.toml)",
+                    group.get_ref()
+                ),
+            )
+        })?;
+        mask |= id.mask();
+    }
+    if entry.groups.is_none() {
+        mask = ALL_GROUPS;
+    }
+    let mut ports = Vec::with_capacity(entry.ports.len());
+    for port in &entry.ports {
+        if *port.get_ref() == 0 {
+            return Err(invalid(
+                port.span().start,
+                "allow.ports",
+                "port 0 is not a port".into(),
+            ));
+        }
+        ports.push(*port.get_ref());
+    }
+    Ok(AllowRule {
+        host,
+        ports,
+        groups: mask,
+        private: entry.private,
+        file: file.to_owned(),
+        line: line_of(text, at) as u32,
+        comment: entry.comment.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -185,5 +229,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2") && err.contains("hots"), "{err}");
+    }
+
+    #[test]
+    fn ip_literal_hosts_are_canonical_and_loose_numbers_refused() {
+        let groups = Groups::default();
+        let text = "[[allow]]\nhost = \"[2001:DB8::0001]\"\n[[allow]]\nhost = \"203.0.113.7\"\nports = [8443]\n";
+        let rules = parse(text, "allow.toml", &groups).unwrap();
+        assert_eq!(rules[0].host, "2001:db8::1");
+        assert_eq!(rules[1].host, "203.0.113.7");
+        assert_eq!(rules[1].ports, vec![8443]);
+        for bad in [
+            "127.1",
+            "2130706433",
+            "0x7f.1",
+            "0177.0.0.1",
+            "fe80::1%eth0",
+        ] {
+            let text = format!("[[allow]]\nhost = \"{bad}\"\n");
+            assert!(parse(&text, "allow.toml", &groups).is_err(), "{bad}");
+        }
     }
 }

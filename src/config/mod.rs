@@ -5,6 +5,9 @@
 //! does not validate is refused whole; the caller keeps whatever it ran before.
 
 pub mod allowlist;
+pub mod proxy;
+
+pub use proxy::{ProxyConfig, ProxyMode};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -331,6 +334,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub proxy: ProxyConfig,
     /// Group name → client networks.
     pub groups: BTreeMap<String, Vec<Spanned<ipnet::IpNet>>>,
     /// Path of the allowlist; the shipped allowlist (built in) when absent.
@@ -427,6 +431,11 @@ impl Config {
             match var.as_str() {
                 "PORTCULLIS_DNS_LISTEN" => {
                     self.dns.listen = split_list(&value)
+                        .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
+                        .collect::<Result<_, _>>()?;
+                }
+                "PORTCULLIS_PROXY_LISTEN" => {
+                    self.proxy.listen = split_list(&value)
                         .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
                         .collect::<Result<_, _>>()?;
                 }
@@ -555,6 +564,11 @@ impl Config {
             }
         }
         self.validate_sources()?;
+        let mut group_names: Vec<String> = self.groups.keys().cloned().collect();
+        group_names.push("default".to_owned());
+        self.proxy
+            .validate(&group_names)
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(())
     }
 

@@ -40,6 +40,8 @@ impl Gate {
             .arg(&path)
             .env("PORTCULLIS_LOG_FORMAT", "json")
             .env("PORTCULLIS_LOG_LEVEL", "info")
+            // Tests run side by side: the proxy takes a free port unless a test says otherwise.
+            .env("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())

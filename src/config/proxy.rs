@@ -1,0 +1,221 @@
+//! `[proxy]`: the egress proxy's listener, modes per client group, timeouts and limits.
+//!
+//! ```toml
+//! [proxy]
+//! listen = ["0.0.0.0:3128"]
+//! mode = "allowlist"                 # default mode: allowlist | public | report
+//! modes = { litellm = "allowlist", sandbox = "report" }
+//! deny_ranges = ["203.0.113.0/24"]   # extra ranges never dialled
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// How the proxy treats a client group's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyMode {
+    /// Only names and ports that an allow rule names (the default).
+    #[default]
+    Allowlist,
+    /// Any public destination that no deny list names, on the public ports.
+    Public,
+    /// Like `public`, and every request `allowlist` would refuse is logged with
+    /// `would_refuse`: how operators learn what an agent needs before locking it down.
+    Report,
+}
+
+impl ProxyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Allowlist => "allowlist",
+            ProxyMode::Public => "public",
+            ProxyMode::Report => "report",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Listener addresses (`0.0.0.0:3128` in a container). Empty: no proxy.
+    pub listen: Vec<SocketAddr>,
+    /// Mode of groups that `modes` does not name.
+    pub mode: ProxyMode,
+    /// Mode per client group (group names from `[groups]`, or `default`).
+    pub modes: HashMap<String, ProxyMode>,
+    /// CONNECT ports allowed in `public`/`report` mode without an allow rule.
+    pub public_connect_ports: Vec<u16>,
+    /// Plain-HTTP ports allowed in `public`/`report` mode without an allow rule.
+    pub public_http_ports: Vec<u16>,
+    /// CONNECT ports whose tunnels carry something other than TLS (no ClientHello
+    /// check). Empty by default: every tunnel must open with a TLS ClientHello whose
+    /// SNI is the approved host.
+    pub opaque_ports: Vec<u16>,
+    /// Hosts (exact or `*.` wildcard) whose ClientHello may carry Encrypted Client Hello.
+    pub ech_hosts: Vec<String>,
+    /// Extra ranges never dialled, whatever the allow rules say.
+    pub deny_ranges: Vec<IpNet>,
+    /// TCP connect timeout per address, milliseconds (504 when every address times out).
+    pub connect_timeout_ms: u64,
+    /// Time a client has to send a complete request head, milliseconds (408 after).
+    pub header_timeout_ms: u64,
+    /// Time a client has to send its TLS ClientHello after `200 Connection established`.
+    pub client_hello_timeout_ms: u64,
+    /// A tunnel or forwarded exchange with no byte either way for this long is closed, seconds.
+    pub idle_timeout_secs: u64,
+    /// Longest life of one tunnel, seconds.
+    pub tunnel_max_secs: u64,
+    /// Client connections at once, over all clients (503 beyond).
+    pub max_connections: usize,
+    /// Client connections at once from one client address (429 beyond).
+    pub max_connections_per_client: usize,
+    /// Largest request head (request line and headers), bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most header fields in a request (431 beyond).
+    pub max_headers: usize,
+    /// Largest plain-HTTP request body, bytes (413 beyond). Bodies are read whole
+    /// before the origin is dialled, so only complete, well-framed requests are sent.
+    pub max_body_bytes: usize,
+    /// Largest origin response head on plain HTTP, bytes (502 beyond).
+    pub max_response_header_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            mode: ProxyMode::Allowlist,
+            modes: HashMap::new(),
+            public_connect_ports: vec![443],
+            public_http_ports: vec![80],
+            opaque_ports: Vec::new(),
+            ech_hosts: Vec::new(),
+            deny_ranges: Vec::new(),
+            connect_timeout_ms: 5_000,
+            header_timeout_ms: 10_000,
+            client_hello_timeout_ms: 10_000,
+            idle_timeout_secs: 300,
+            tunnel_max_secs: 6 * 3600,
+            max_connections: 10_000,
+            max_connections_per_client: 1_000,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 8 << 20,
+            max_response_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The mode of a group by name.
+    pub fn mode_of(&self, group: &str) -> ProxyMode {
+        self.modes.get(group).copied().unwrap_or(self.mode)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn client_hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_hello_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn tunnel_max(&self) -> Duration {
+        Duration::from_secs(self.tunnel_max_secs)
+    }
+
+    /// Checks values serde cannot: `(key, message)` of the first problem.
+    /// `groups` are the configured group names (`default` included).
+    pub fn validate(&self, groups: &[String]) -> Result<(), (&'static str, String)> {
+        for group in self.modes.keys() {
+            if !groups.iter().any(|g| g == group) {
+                return Err((
+                    "proxy.modes",
+                    format!("unknown group `{group}` (define it under [groups])"),
+                ));
+            }
+        }
+        for (key, ports) in [
+            ("proxy.public_connect_ports", &self.public_connect_ports),
+            ("proxy.public_http_ports", &self.public_http_ports),
+            ("proxy.opaque_ports", &self.opaque_ports),
+        ] {
+            if ports.contains(&0) {
+                return Err((key, "port 0 is not a port".into()));
+            }
+        }
+        for host in &self.ech_hosts {
+            let base = host.strip_prefix("*.").unwrap_or(host);
+            if crate::policy::name::Name::parse(base).is_err() {
+                return Err(("proxy.ech_hosts", format!("`{host}` is not a host name")));
+            }
+        }
+        for (key, value) in [
+            ("proxy.connect_timeout_ms", self.connect_timeout_ms),
+            ("proxy.header_timeout_ms", self.header_timeout_ms),
+            (
+                "proxy.client_hello_timeout_ms",
+                self.client_hello_timeout_ms,
+            ),
+            ("proxy.idle_timeout_secs", self.idle_timeout_secs),
+            ("proxy.tunnel_max_secs", self.tunnel_max_secs),
+            ("proxy.max_connections", self.max_connections as u64),
+            (
+                "proxy.max_connections_per_client",
+                self.max_connections_per_client as u64,
+            ),
+            ("proxy.max_headers", self.max_headers as u64),
+        ] {
+            if value == 0 {
+                return Err((key, "must be greater than 0".into()));
+            }
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(("proxy.max_header_bytes", "must be at least 1024".into()));
+        }
+        if self.max_response_header_bytes < 1024 {
+            return Err((
+                "proxy.max_response_header_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_modes() {
+        let c: ProxyConfig = toml::from_str(
+            "mode = \"public\"\nmodes = { agent = \"allowlist\", sandbox = \"report\" }\n\
+             deny_ranges = [\"44.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:3128".parse().unwrap()]);
+        assert_eq!(c.mode_of("agent"), ProxyMode::Allowlist);
+        assert_eq!(c.mode_of("sandbox"), ProxyMode::Report);
+        assert_eq!(c.mode_of("default"), ProxyMode::Public);
+        assert_eq!(c.public_connect_ports, vec![443]);
+        let groups = ["default".to_owned(), "agent".to_owned()];
+        assert!(c.validate(&groups).unwrap_err().1.contains("sandbox"));
+        assert!(ProxyConfig::default().validate(&groups).is_ok());
+        assert!(toml::from_str::<ProxyConfig>("mode = \"open\"").is_err());
+        assert!(toml::from_str::<ProxyConfig>("lisen = []").is_err());
+    }
+}

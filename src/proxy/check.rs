@@ -1,0 +1,411 @@
+//! Resolve, check, then dial exactly what was checked.
+//!
+//! [`ProxyState::approve`] turns a validated [`Target`] into the list of socket
+//! addresses the proxy may dial: the policy decision for the name (allow rules,
+//! special-use names, threat lists) and the client group's mode, one resolution
+//! through the gate's own DNS pipeline (A and AAAA, never the OS resolver), and the
+//! classification of every answer address. Nothing here dials.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_proto::op::{Query, ResponseCode};
+use hickory_proto::rr::{Name as DnsName, RData, RecordType};
+
+use super::config::ProxyMode;
+use super::error::ProxyError;
+use super::target::{Host, Target};
+use super::{ProxyState, Resolve};
+use crate::dns::filter::{Filter, Outcome, Reply};
+use crate::policy::addr::AddrClass;
+use crate::policy::groups::GroupId;
+use crate::policy::name::Name;
+use crate::policy::rules::AllowRule;
+use crate::policy::{Policy, Verdict};
+
+/// CONNECT tunnel or plain-HTTP forwarding: they allow different ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Connect,
+    Http,
+}
+
+/// Who asked, for the decision log (filled in before anything can fail).
+#[derive(Debug, Clone)]
+pub struct Asker {
+    pub client: SocketAddr,
+    pub group: GroupId,
+    pub group_name: String,
+    pub mode: ProxyMode,
+}
+
+/// What may be dialled, and why.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    /// Checked addresses, in the order to try.
+    pub addrs: Vec<SocketAddr>,
+    /// The allow rule that decided (`host (file:line)`), when one did.
+    pub rule: Option<String>,
+    /// Report mode: what the allowlist mode would have refused.
+    pub would_refuse: Option<String>,
+    /// Addresses skipped as denied, for the log (`ip (class)`).
+    pub skipped: Vec<String>,
+    /// May the ClientHello carry ECH?
+    pub ech_ok: bool,
+}
+
+/// Classes an allow rule with `private = true` lets through. Metadata endpoints,
+/// the gate itself, configured ranges and the odd special forms never pass.
+fn private_ok(class: AddrClass) -> bool {
+    matches!(
+        class,
+        AddrClass::Loopback
+            | AddrClass::Private
+            | AddrClass::LinkLocal
+            | AddrClass::Cgnat
+            | AddrClass::Ula
+            | AddrClass::SiteLocal
+            | AddrClass::Gateway
+    )
+}
+
+fn rule_ref(rule: &AllowRule) -> String {
+    format!("{} ({}:{})", rule.host, rule.file, rule.line)
+}
+
+fn port_ok(rule: &AllowRule, port: u16, kind: Kind) -> bool {
+    rule.ports.contains(&port) && !(kind == Kind::Connect && port == 80)
+}
+
+/// The production resolver: the gate's DNS pipeline.
+#[async_trait::async_trait]
+impl Resolve for Filter {
+    async fn lookup(&self, client: IpAddr, name: &Name, qtype: RecordType) -> Reply {
+        match DnsName::from_ascii(format!("{}.", name.as_str())) {
+            Ok(qname) => self.resolve(client, &Query::query(qname, qtype)).await,
+            Err(e) => Reply::new(ResponseCode::Refused, Outcome::Refused, e.to_string()),
+        }
+    }
+}
+
+impl ProxyState {
+    /// The client's group and mode.
+    pub fn asker(&self, client: SocketAddr) -> Asker {
+        let policy = self.policy.load();
+        let group = policy.groups.of(client.ip());
+        let group_name = policy.groups.name(group).to_owned();
+        let mode = self.config.mode_of(&group_name);
+        Asker {
+            client,
+            group,
+            group_name,
+            mode,
+        }
+    }
+
+    /// Decides, resolves once and classifies. `Ok` carries at least one address.
+    pub async fn approve(
+        &self,
+        asker: &Asker,
+        target: &Target,
+        kind: Kind,
+    ) -> Result<Approval, ProxyError> {
+        let port = target.port;
+        let (name, rule_private, mut approval) = {
+            let policy = self.policy.load();
+            match &target.host {
+                Host::Ip(ip) => {
+                    let (rule, private) = self.ip_literal_rule(&policy, asker, *ip, port, kind)?;
+                    let approval = Approval {
+                        addrs: Vec::new(),
+                        rule: Some(rule),
+                        would_refuse: None,
+                        skipped: Vec::new(),
+                        ech_ok: false,
+                    };
+                    let addr = SocketAddr::new(*ip, port);
+                    return self.check_addrs(&[addr], private, approval, &target.host);
+                }
+                Host::Name(name) => {
+                    let (private, approval) = self.decide_name(&policy, asker, name, port, kind)?;
+                    (name.clone(), private, approval)
+                }
+            }
+        };
+        approval.ech_ok = self.ech_allowed(&name);
+        let client = asker.client.ip();
+        let (a, aaaa) = tokio::join!(
+            self.resolver.lookup(client, &name, RecordType::A),
+            self.resolver.lookup(client, &name, RecordType::AAAA)
+        );
+        let mut addrs = Vec::new();
+        let mut unresolved = Vec::new();
+        for reply in [&a, &aaaa] {
+            match reply.outcome {
+                Outcome::Blocked => {
+                    return Err(ProxyError::forbidden(
+                        "blocked_answer",
+                        format!("{}: {}", name.as_str(), reply.reason),
+                    ));
+                }
+                Outcome::Refused if reply.reason.starts_with("answer pointed at") => {
+                    return Err(ProxyError::forbidden(
+                        "denied_address",
+                        format!("{}: {}", name.as_str(), reply.reason),
+                    ));
+                }
+                Outcome::Local => {
+                    return Err(ProxyError::forbidden(
+                        "special_use",
+                        format!("{}: {}", name.as_str(), reply.reason),
+                    ));
+                }
+                Outcome::Forwarded | Outcome::Cached | Outcome::Stale => {
+                    if reply.rcode != ResponseCode::NoError {
+                        unresolved.push(reply.rcode.to_string());
+                    }
+                    for record in &reply.answers {
+                        let ip = match &record.data {
+                            RData::A(a) => IpAddr::V4(a.0),
+                            RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+                            _ => continue,
+                        };
+                        let addr = SocketAddr::new(ip, port);
+                        if !addrs.contains(&addr) {
+                            addrs.push(addr);
+                        }
+                    }
+                }
+                Outcome::Refused | Outcome::Error => unresolved.push(reply.reason.clone()),
+            }
+        }
+        if addrs.is_empty() {
+            let why = if unresolved.is_empty() {
+                "no A or AAAA records".to_owned()
+            } else {
+                unresolved.join("; ")
+            };
+            return Err(ProxyError::Unresolved {
+                host: name.as_str().to_owned(),
+                why,
+            });
+        }
+        self.check_addrs(&addrs, rule_private, approval, &target.host)
+    }
+
+    /// The allow rule naming an IP literal (rule host equal to the canonical address).
+    fn ip_literal_rule(
+        &self,
+        policy: &Policy,
+        asker: &Asker,
+        ip: IpAddr,
+        port: u16,
+        kind: Kind,
+    ) -> Result<(String, bool), ProxyError> {
+        let text = ip.to_string();
+        let mut named = false;
+        for rule in policy.rules.allow_rules() {
+            if rule.host != text || rule.groups & asker.group.mask() == 0 {
+                continue;
+            }
+            named = true;
+            if port_ok(rule, port, kind) {
+                return Ok((rule_ref(rule), rule.private));
+            }
+        }
+        if named {
+            return Err(ProxyError::forbidden(
+                "port_not_allowed",
+                format!("an allow rule names {text} but not port {port} for this request"),
+            ));
+        }
+        Err(ProxyError::forbidden(
+            "ip_literal",
+            format!(
+                "IP address targets are refused unless an allow rule names the address ({text})"
+            ),
+        ))
+    }
+
+    /// The policy and mode for a name: `(private allowed, approval skeleton)`.
+    fn decide_name(
+        &self,
+        policy: &Policy,
+        asker: &Asker,
+        name: &Name,
+        port: u16,
+        kind: Kind,
+    ) -> Result<(bool, Approval), ProxyError> {
+        let approval = |rule: Option<String>, would_refuse: Option<String>| Approval {
+            addrs: Vec::new(),
+            rule,
+            would_refuse,
+            skipped: Vec::new(),
+            ech_ok: false,
+        };
+        let verdict = policy.decide(name, asker.group);
+        // What the allowlist mode says; public and report modes go on from there.
+        let allowlist_refusal = match &verdict {
+            Verdict::Malformed(e) => {
+                return Err(ProxyError::BadTarget {
+                    target: name.as_str().to_owned(),
+                    error: super::target::TargetError::BadName(e.to_string()),
+                });
+            }
+            Verdict::Blocked(m) => {
+                let list = policy
+                    .rules
+                    .list(m.origin.list)
+                    .map_or("?", |l| l.name.as_str());
+                return Err(ProxyError::forbidden(
+                    "blocked",
+                    format!(
+                        "{} is blocked by {} rule {} of list {list} (line {})",
+                        name.as_str(),
+                        m.kind.as_str(),
+                        m.rule,
+                        m.origin.line
+                    ),
+                ));
+            }
+            Verdict::Special(kind) => {
+                return Err(ProxyError::forbidden(
+                    "special_use",
+                    format!(
+                        "{} is a special-use name ({}); it is never dialled",
+                        name.as_str(),
+                        kind.as_str()
+                    ),
+                ));
+            }
+            Verdict::Allowed(_) => {
+                let rules: Vec<&AllowRule> =
+                    policy.rules.allow_rules_for(name, asker.group).collect();
+                match rules.iter().find(|r| port_ok(r, port, kind)) {
+                    Some(rule) => return Ok((rule.private, approval(Some(rule_ref(rule)), None))),
+                    None => {
+                        let what = if kind == Kind::Connect && port == 80 {
+                            "port 80 is plain HTTP: send http:// requests through the proxy instead of CONNECT".to_owned()
+                        } else {
+                            let ports: Vec<String> = rules
+                                .iter()
+                                .flat_map(|r| r.ports.iter().map(u16::to_string))
+                                .collect();
+                            format!(
+                                "rule {} allows ports [{}], not {port}",
+                                rule_ref(rules[0]),
+                                ports.join(", ")
+                            )
+                        };
+                        (
+                            ProxyError::forbidden(
+                                "port_not_allowed",
+                                format!("{}:{port}: {what}", name.as_str()),
+                            ),
+                            Some(rules[0].host.clone()),
+                        )
+                    }
+                }
+            }
+            Verdict::Excepted(_) | Verdict::Pass => (
+                ProxyError::forbidden(
+                    "not_allowlisted",
+                    format!(
+                        "no allow rule names {}:{port} for group {} (add it to allowlist.toml)",
+                        name.as_str(),
+                        asker.group_name
+                    ),
+                ),
+                None,
+            ),
+        };
+        let (refusal, _) = allowlist_refusal;
+        match asker.mode {
+            ProxyMode::Allowlist => Err(refusal),
+            ProxyMode::Public | ProxyMode::Report => {
+                let ports = match kind {
+                    Kind::Connect => &self.config.public_connect_ports,
+                    Kind::Http => &self.config.public_http_ports,
+                };
+                if !ports.contains(&port) {
+                    return Err(ProxyError::forbidden(
+                        "port_not_allowed",
+                        format!(
+                            "port {port} is not a public {} port ({:?}) and no allow rule names {}:{port}",
+                            if kind == Kind::Connect {
+                                "CONNECT"
+                            } else {
+                                "HTTP"
+                            },
+                            ports,
+                            name.as_str()
+                        ),
+                    ));
+                }
+                let would = (asker.mode == ProxyMode::Report).then(|| refusal.to_string());
+                Ok((false, approval(None, would)))
+            }
+        }
+    }
+
+    /// Classifies every address; keeps the allowed ones, in order.
+    fn check_addrs(
+        &self,
+        addrs: &[SocketAddr],
+        private: bool,
+        mut approval: Approval,
+        host: &Host,
+    ) -> Result<Approval, ProxyError> {
+        for &addr in addrs {
+            let (class, label) = self.classifier.classify_with_label(addr.ip());
+            let own = self.is_own_listener(addr);
+            if own || (class.is_denied() && !(private && private_ok(class))) {
+                let why = if own {
+                    format!("{addr} is one of the gate's own listeners")
+                } else {
+                    match label {
+                        Some(label) => format!("{} ({}: {label})", addr.ip(), class.as_str()),
+                        None => format!("{} ({}: {})", addr.ip(), class.as_str(), class.describe()),
+                    }
+                };
+                approval.skipped.push(why);
+            } else {
+                approval.addrs.push(addr);
+            }
+        }
+        if approval.addrs.is_empty() {
+            let hint = if private {
+                ""
+            } else {
+                "; an allow rule with `private = true` is needed for private destinations"
+            };
+            return Err(ProxyError::forbidden(
+                "denied_address",
+                format!(
+                    "every address of {host} is denied: {}{hint}",
+                    approval.skipped.join(", ")
+                ),
+            ));
+        }
+        Ok(approval)
+    }
+
+    fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        self.own_listeners.iter().any(|l| {
+            l.port() == addr.port()
+                && (l.ip() == addr.ip()
+                    || l.ip().is_unspecified()
+                    || addr.ip().is_loopback()
+                    || addr.ip().is_unspecified())
+        })
+    }
+
+    fn ech_allowed(&self, name: &Name) -> bool {
+        self.config
+            .ech_hosts
+            .iter()
+            .any(|h| match h.strip_prefix("*.") {
+                Some(base) => name.as_str() != base && name.is_within(base),
+                None => name.as_str() == h.trim_end_matches('.').to_ascii_lowercase(),
+            })
+    }
+}

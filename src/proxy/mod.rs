@@ -1,0 +1,108 @@
+//! The egress proxy: an allowlisting CONNECT and plain-HTTP forward proxy that asks
+//! the same policy core as the DNS firewall and cannot be pointed inward.
+//!
+//! Per request: parse and validate the target ([`target`]) before any lookup; decide
+//! with the policy and the client group's mode, resolve once through the gate's DNS
+//! pipeline and classify every address ([`check`]); for a tunnel, read the TLS
+//! ClientHello and compare its SNI with the approved host ([`sni`]); then dial exactly
+//! a checked address ([`dial`]) and relay ([`splice`], [`forward`]). Every refusal is
+//! an HTTP answer with `X-Portcullis-Reason` ([`error`]); every decision and every
+//! closed tunnel is one JSON log line (`portcullis::decision`, `door = "proxy"`).
+
+// The `[proxy]` configuration lives in src/config/proxy.rs; until `config/mod.rs`
+// declares it, it is compiled here.
+pub use crate::config::proxy as config;
+
+pub mod check;
+pub mod connect;
+pub mod dial;
+pub mod error;
+pub mod forward;
+pub mod http;
+pub mod server;
+pub mod sni;
+pub mod splice;
+pub mod target;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::RecordType;
+
+use crate::dns::filter::Reply;
+use crate::policy::Policy;
+use crate::policy::addr::AddrClassifier;
+use crate::policy::name::Name;
+
+pub use config::{ProxyConfig, ProxyMode};
+pub use dial::{Dial, TcpDialer};
+pub use error::ProxyError;
+pub use server::{bind, serve};
+
+/// Name resolution for the proxy: in production the gate's own DNS pipeline
+/// ([`crate::dns::filter::Filter`]: threat lists, cache, upstreams, answer inspection).
+#[async_trait::async_trait]
+pub trait Resolve: Send + Sync {
+    async fn lookup(&self, client: IpAddr, name: &Name, qtype: RecordType) -> Reply;
+}
+
+/// Everything a proxy connection needs. Shared by every listener and connection.
+pub struct ProxyState {
+    pub config: ProxyConfig,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub resolver: Arc<dyn Resolve>,
+    pub dialer: Arc<dyn Dial>,
+    /// Fixed ranges plus the default gateway, the gate's own addresses and `deny_ranges`.
+    pub classifier: AddrClassifier,
+    /// Every address the gate listens on (DNS and proxy): never dialled.
+    pub own_listeners: Vec<SocketAddr>,
+    pub(crate) limits: Limits,
+}
+
+#[derive(Default)]
+pub(crate) struct Limits {
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+impl ProxyState {
+    /// A state with the production pieces: `resolver` is normally the DNS [`Filter`](crate::dns::filter::Filter).
+    /// The classifier gets the detected default gateways, the listeners' own
+    /// (non-wildcard) addresses and the configured `deny_ranges`.
+    pub fn new(
+        config: ProxyConfig,
+        policy: Arc<ArcSwap<Policy>>,
+        resolver: Arc<dyn Resolve>,
+        dialer: Arc<dyn Dial>,
+        own_listeners: Vec<SocketAddr>,
+    ) -> ProxyState {
+        let mut classifier = AddrClassifier::new();
+        for gateway in AddrClassifier::detect_gateways() {
+            classifier = classifier.with_gateway(gateway);
+        }
+        for listener in &own_listeners {
+            if !listener.ip().is_unspecified() {
+                classifier = classifier.with_own(listener.ip());
+            }
+        }
+        for net in &config.deny_ranges {
+            classifier = classifier.with_extra(*net, format!("proxy.deny_ranges {net}"));
+        }
+        ProxyState {
+            config,
+            policy,
+            resolver,
+            dialer,
+            classifier,
+            own_listeners,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Connections being served right now.
+    pub fn connections(&self) -> usize {
+        self.limits.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
