@@ -239,6 +239,9 @@ struct AllowSet {
     rules: Vec<AllowRule>,
     exact: HashMap<Box<str>, Vec<u32>, foldhash::fast::RandomState>,
     wildcard: HashMap<Box<str>, Vec<u32>, foldhash::fast::RandomState>,
+    /// Labels of the longest wildcard base: parents with more labels cannot match,
+    /// so deep names cost one or two probes, not one per label.
+    wildcard_max_labels: usize,
 }
 
 impl AllowSet {
@@ -246,6 +249,7 @@ impl AllowSet {
         let idx = self.rules.len() as u32;
         let (base, wild) = rule.base();
         let map = if wild {
+            self.wildcard_max_labels = self.wildcard_max_labels.max(base.split('.').count());
             &mut self.wildcard
         } else {
             &mut self.exact
@@ -267,9 +271,19 @@ impl AllowSet {
         if let Some(rule) = pick(self.exact.get(name.as_str())) {
             return Some(rule);
         }
-        name.suffixes()
-            .skip(1)
+        self.wildcard_parents(name)
             .find_map(|parent| pick(self.wildcard.get(parent)))
+    }
+
+    /// The parents of `name` a wildcard rule could be anchored at, most specific first.
+    fn wildcard_parents<'a>(&self, name: &'a Name) -> impl Iterator<Item = &'a str> + use<'a> {
+        let labels = name.label_count();
+        let max = self.wildcard_max_labels;
+        name.suffixes()
+            .enumerate()
+            .skip(1)
+            .filter(move |(i, _)| labels - i <= max)
+            .map(|(_, parent)| parent)
     }
 
     /// Every rule naming `name` for `group`: exact rules first, then wildcards from the
@@ -280,9 +294,8 @@ impl AllowSet {
         group: GroupMask,
     ) -> impl Iterator<Item = &'a AllowRule> + 'a {
         let exact = self.exact.get(name.as_str()).into_iter().flatten();
-        let wild = name
-            .suffixes()
-            .skip(1)
+        let wild = self
+            .wildcard_parents(name)
             .filter_map(|p| self.wildcard.get(p))
             .flatten();
         exact
@@ -836,6 +849,31 @@ mod tests {
         );
     }
 
+    /// Wildcards of different depths: deep names still find the right base.
+    fn b2_check() {
+        let mut b = RuleSetBuilder::new();
+        for host in ["*.hf.co", "*.eu.cdn.example.net"] {
+            b.add_allow(AllowRule {
+                host: host.into(),
+                ports: vec![443],
+                groups: ALL_GROUPS,
+                private: false,
+                file: "allowlist.toml".into(),
+                line: 1,
+                comment: None,
+            });
+        }
+        let set = b.build().unwrap();
+        let rule = |n: &str| set.allowed_by(&name(n), G).map(|r| r.host.clone());
+        assert_eq!(rule("a.b.c.d.hf.co").as_deref(), Some("*.hf.co"));
+        assert_eq!(
+            rule("x.y.eu.cdn.example.net").as_deref(),
+            Some("*.eu.cdn.example.net")
+        );
+        assert_eq!(rule("eu.cdn.example.net"), None);
+        assert_eq!(rule("x.us.cdn.example.net"), None);
+    }
+
     #[test]
     fn allow_rules_exact_and_wildcard() {
         let mut b = RuleSetBuilder::new();
@@ -856,6 +894,7 @@ mod tests {
         assert!(set.allowed_by(&name("a.b.cdn.example"), G).is_some());
         assert!(set.allowed_by(&name("cdn.example"), G).is_none());
         assert!(set.allowed_by(&name("evilcdn.example"), G).is_none());
+        b2_check();
         let n = name("x.cdn.example");
         let hosts: Vec<_> = set
             .allow_rules_for(&n, G)
