@@ -24,6 +24,14 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-# Build every test target once, then run them; test binaries run in parallel.
-cargo test --locked --no-run
-cargo test --locked
+# Build every test target once, then run them (each test binary runs its tests in parallel).
+cargo test --locked --lib --bins --tests --no-run
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
