@@ -4,6 +4,9 @@
 //! Include with `#[path = "support/doh_server.rs"] mod doh_server;`. Self-contained on purpose.
 #![allow(dead_code)]
 
+#[path = "certs.rs"]
+mod certs;
+use certs::mint_certificates;
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -19,7 +22,6 @@ use hickory_server::Server;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use rustls::ServerConfig;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Idle/handshake timeout of the server's connections: long, so tests decide when they close.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -354,48 +356,4 @@ fn try_tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(64)
-}
-
-/// A throwaway CA and a leaf for `name` signed by it: (CA PEM, leaf chain, leaf key).
-fn mint_certificates(
-    name: &str,
-) -> (
-    String,
-    Vec<rustls::pki_types::CertificateDer<'static>>,
-    PrivateKeyDer<'static>,
-) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "portcullis test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let mut leaf_params = CertificateParams::new(vec![name.to_string()]).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, name);
-    leaf_params.use_authority_key_identifier_extension = true;
-    leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    (
-        ca_cert.pem(),
-        vec![leaf_cert.der().clone(), ca_cert.der().clone()],
-        key,
-    )
 }

@@ -3,11 +3,13 @@
 //! Every server stops when its value is dropped.
 #![allow(dead_code)]
 
+#[path = "certs.rs"]
+mod certs;
+use certs::mint_certificates;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -108,7 +110,7 @@ pub async fn http(ip: &str, response: &'static str) -> Origin {
 
 /// An HTTPS origin for `name` on `ip`: answers every request with `hello from origin`.
 pub async fn https(ip: &str, name: &str) -> Origin {
-    let (ca_pem, chain, key) = mint(name);
+    let (ca_pem, chain, key) = mint_certificates(name);
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("origin-ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
@@ -155,36 +157,4 @@ pub async fn https(ip: &str, name: &str) -> Origin {
         ca_file: Some(ca_file),
         _dir: Some(dir),
     }
-}
-
-fn mint(name: &str) -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "portcullis proxy test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, name);
-    leaf.use_authority_key_identifier_extension = true;
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    (
-        ca_cert.pem(),
-        vec![leaf_cert.der().clone(), ca_cert.der().clone()],
-        key,
-    )
 }
