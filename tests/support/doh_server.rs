@@ -4,6 +4,8 @@
 //! Include with `#[path = "support/doh_server.rs"] mod doh_server;`. Self-contained on purpose.
 #![allow(dead_code)]
 
+// Each support module brings its own copy: test crates include different sets.
+#[allow(clippy::duplicate_mod)]
 #[path = "certs.rs"]
 mod certs;
 use certs::mint_certificates;
