@@ -1,6 +1,9 @@
 //! Resident memory of the compiled deny set: RSS loaded minus RSS empty.
 //!
-//! `cargo bench --bench memory` prints bytes per distinct name and load time.
+//! `cargo bench --bench memory` prints bytes per distinct name and load time for
+//! the shared lists (or 750k synthetic names without them);
+//! `SYNTHETIC_NAMES=2000000 cargo bench --bench memory` does the same for that
+//! many generated names, for scale.
 
 use std::time::Instant;
 
@@ -19,7 +22,16 @@ fn rss_bytes() -> u64 {
 fn main() {
     // Criterion passes flags like --bench; ignore them.
     let before = rss_bytes();
-    let (lists, origin) = common::lists_or_synthetic();
+    let (lists, origin) = match std::env::var("SYNTHETIC_NAMES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        Some(n) => (
+            vec![("synthetic.txt".to_owned(), common::synthetic_list(n))],
+            "synthetic",
+        ),
+        None => common::lists_or_synthetic(),
+    };
     let input_bytes: usize = lists.iter().map(|(_, t)| t.len()).sum();
     let started = Instant::now();
     let (rules, entries) = common::build(&lists);

@@ -275,4 +275,16 @@ fn the_binary_serves_the_proxy_with_the_same_policy() {
         text.contains("x-portcullis-reason:") && text.contains("threats"),
         "{text}"
     );
+
+    // One JSON decision line per refusal, saying why.
+    let refusal = gate
+        .wait_for_log("not-allowed.example", Duration::from_secs(5))
+        .expect("decision line for the CONNECT");
+    let line: serde_json::Value = serde_json::from_str(&refusal).unwrap();
+    assert_eq!(line["door"], "proxy", "{refusal}");
+    assert_eq!(line["decision"], "refused", "{refusal}");
+    assert_eq!(line["status"], 403, "{refusal}");
+    assert_eq!(line["reason_code"], "not_allowlisted", "{refusal}");
+    assert_eq!(line["client"], "127.0.0.1", "{refusal}");
+    assert_eq!(line["request"], "not-allowed.example:443", "{refusal}");
 }

@@ -201,7 +201,8 @@ pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &Proxy
         group = %asker.group_name,
         mode = asker.mode.as_str(),
         method,
-        target,
+        // Not `target`: the JSON formatter already uses that key for the log target.
+        request = target,
         decision = "refused",
         status = err.status(),
         reason_code = err.code(),
