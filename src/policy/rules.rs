@@ -119,33 +119,50 @@ impl NameTable {
             .or_insert(meta);
     }
 
-    /// Most specific rule covering `name` for `group`; `important_only` restricts to `$important` rules.
+    /// The broadest rule covering `name` for `group`; `important_only` restricts to
+    /// `$important` rules. Parents are probed from the shortest up, so a deep name
+    /// under a listed one costs as many probes as the listed name has labels, not
+    /// as many as the query has.
     fn lookup(&self, name: &Name, group: GroupMask, important_only: bool) -> Option<Hit> {
         if self.map.is_empty() {
             return None;
         }
         let full = name.as_str();
-        for (i, suffix) in name.suffixes().enumerate() {
-            if i > 0 && !self.has_single_label && !suffix.contains('.') {
-                break;
+        // Start offsets of every suffix, longest first (a name has at most 127 labels).
+        let mut starts = [0u8; 128];
+        let mut count = 1;
+        for (i, b) in full.bytes().enumerate() {
+            if b == b'.' {
+                starts[count] = (i + 1) as u8;
+                count += 1;
             }
+        }
+        // The top-level label alone only when some rule names a whole TLD.
+        let shortest = if self.has_single_label || count == 1 {
+            count
+        } else {
+            count - 1
+        };
+        for (i, &start) in starts[..shortest].iter().enumerate().rev() {
+            let suffix = &full[usize::from(start)..];
             let key = self.hasher.hash_one(suffix.as_bytes());
-            if let Some(&meta) = self.map.get(&key) {
-                let groups = (meta >> GROUP_SHIFT) as GroupMask;
-                let covers = if i == 0 {
-                    F_SUBDOMAINS | F_EXACT
-                } else {
-                    F_SUBDOMAINS
-                };
-                if groups & group != 0
-                    && meta & covers != 0
-                    && (!important_only || meta & F_IMPORTANT != 0)
-                {
-                    return Some(Hit {
-                        suffix_start: (full.len() - suffix.len()) as u8,
-                        meta,
-                    });
-                }
+            let Some(&meta) = self.map.get(&key) else {
+                continue;
+            };
+            let groups = (meta >> GROUP_SHIFT) as GroupMask;
+            let covers = if i == 0 {
+                F_SUBDOMAINS | F_EXACT
+            } else {
+                F_SUBDOMAINS
+            };
+            if groups & group != 0
+                && meta & covers != 0
+                && (!important_only || meta & F_IMPORTANT != 0)
+            {
+                return Some(Hit {
+                    suffix_start: start,
+                    meta,
+                });
             }
         }
         None
@@ -735,10 +752,16 @@ mod tests {
     }
 
     #[test]
-    fn most_specific_rule_is_reported() {
+    fn the_broadest_listed_parent_is_reported() {
         let set = set_with(&[("example.com", 1), ("ads.example.com", 2)]);
         let m = set.denied_by(&name("x.ads.example.com"), G, false).unwrap();
-        assert_eq!((m.rule.as_str(), m.origin.line), ("ads.example.com", 2));
+        assert_eq!((m.rule.as_str(), m.origin.line), ("example.com", 1));
+        let m = set.denied_by(&name("ads.example.com"), G, false).unwrap();
+        assert_eq!(m.rule, "example.com");
+        // An exact rule only ever matches the whole name.
+        let set = set_with(&[("=deep.a.example", 1)]);
+        assert!(set.denied_by(&name("x.deep.a.example"), G, false).is_none());
+        assert!(set.denied_by(&name("deep.a.example"), G, false).is_some());
     }
 
     #[test]
