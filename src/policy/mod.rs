@@ -99,13 +99,13 @@ impl Policy {
         if deny.important {
             return Verdict::Blocked(deny);
         }
-        // A less specific `$important` rule still beats the list's exceptions.
-        if let Some(important) = self.rules.denied_by(name, group, true) {
-            return Verdict::Blocked(important);
-        }
+        // `$important` only matters against a list's exceptions: look for it only then.
         match self.rules.exception(name, group) {
-            Some(exception) => Verdict::Excepted(exception),
             None => Verdict::Blocked(deny),
+            Some(exception) => match self.rules.denied_by(name, group, true) {
+                Some(important) => Verdict::Blocked(important),
+                None => Verdict::Excepted(exception),
+            },
         }
     }
 
