@@ -11,6 +11,8 @@ command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v unbound >/dev/null 2>&1 || need_pkgs+=(unbound)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# promtool (`promtool check metrics` on the gate's /metrics output).
+command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need_pkgs[*]}"

@@ -3,6 +3,7 @@
 //! One policy core ([`policy`]) that both front doors ask: the DNS firewall ([`dns`])
 //! and, later, the egress proxy. Lists are parsed in [`lists`], configuration in [`config`].
 
+pub mod admin;
 pub mod config;
 pub mod dns;
 pub mod error;

@@ -54,6 +54,14 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Container health check: GET the admin readiness URL; exit 0 on 200, else 1.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:9953/readyz")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -87,6 +95,7 @@ fn main() -> ExitCode {
             command: Some(ListsCommand::Fetch),
             json,
         } => lists_fetch(cli.config.as_deref(), json),
+        Command::Health { url, timeout } => health(&url, timeout),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(file.as_deref().or(cli.config.as_deref())),
@@ -129,6 +138,20 @@ fn check(
         print!("{explanation}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn health(url: &str, timeout: u64) -> anyhow::Result<ExitCode> {
+    match portcullis::admin::probe(url, Duration::from_secs(timeout.max(1))) {
+        Ok((true, _)) => Ok(ExitCode::SUCCESS),
+        Ok((false, body)) => {
+            eprintln!("portcullis: {url}: {}", body.trim());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(error) => {
+            eprintln!("portcullis: {url}: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -280,6 +303,15 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         own,
     ));
 
+    portcullis::admin::metrics::init();
+    let admin_listeners = portcullis::admin::bind(&config.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin listener on {:?}", config.admin.listen))?;
+    let admin_state = Arc::new(portcullis::admin::AdminState {
+        filter: filter.clone(),
+        lists: lists.clone(),
+    });
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(reload_on_sighup(path, lists.clone(), filter.clone()));
     tokio::spawn(async move {
@@ -296,7 +328,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             tracing::info!("stopping: finishing in-flight queries and tunnels");
         }
     };
-    let (dns, proxy) = tokio::join!(
+    let (dns, proxy, admin) = tokio::join!(
         server::serve(
             sockets,
             filter,
@@ -304,10 +336,12 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             config.log.allowed_queries,
             dns_stop,
         ),
-        portcullis::proxy::serve(proxy_listeners, proxy_state, stopped(stop_rx)),
+        portcullis::proxy::serve(proxy_listeners, proxy_state, stopped(stop_rx.clone())),
+        portcullis::admin::serve(admin_listeners, admin_state, stopped(stop_rx)),
     );
     dns?;
     proxy?;
+    admin?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -338,12 +372,17 @@ async fn reload_on_sighup(path: Option<PathBuf>, lists: Lists, filter: Arc<Filte
                     .settings
                     .store(Arc::new(FilterSettings::from(&config.dns)));
                 lists.publish(config, loaded).await;
+                portcullis::admin::metrics::config_reload(true);
                 tracing::info!("configuration reloaded");
             }
             Ok(Err(error)) => {
+                portcullis::admin::metrics::config_reload(false);
                 tracing::error!(error = %format!("{error:#}"), "reload refused; the running configuration keeps serving")
             }
-            Err(error) => tracing::error!(%error, "reload failed"),
+            Err(error) => {
+                portcullis::admin::metrics::config_reload(false);
+                tracing::error!(%error, "reload failed")
+            }
         }
     }
 }

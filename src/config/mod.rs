@@ -4,9 +4,11 @@
 //! Every error names the file (or variable), the line and the key. A file that
 //! does not validate is refused whole; the caller keeps whatever it ran before.
 
+pub mod admin;
 pub mod allowlist;
 pub mod proxy;
 
+pub use admin::AdminConfig;
 pub use proxy::{ProxyConfig, ProxyMode};
 
 use std::collections::BTreeMap;
@@ -335,6 +337,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
     /// Group name → client networks.
     pub groups: BTreeMap<String, Vec<Spanned<ipnet::IpNet>>>,
     /// Path of the allowlist; the shipped allowlist (built in) when absent.
@@ -436,6 +439,11 @@ impl Config {
                 }
                 "PORTCULLIS_PROXY_LISTEN" => {
                     self.proxy.listen = split_list(&value)
+                        .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
+                        .collect::<Result<_, _>>()?;
+                }
+                "PORTCULLIS_ADMIN_LISTEN" => {
+                    self.admin.listen = split_list(&value)
                         .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
                         .collect::<Result<_, _>>()?;
                 }

@@ -236,7 +236,9 @@ impl Filter {
             allow_host,
             stale: None,
         };
-        match self.cache.get(pending.name.as_str(), query.query_type()) {
+        let cached = self.cache.get(pending.name.as_str(), query.query_type());
+        crate::admin::metrics::cache_lookup(cached.as_ref().is_some_and(|hit| !hit.stale));
+        match cached {
             Some(hit) if !hit.stale => {
                 let reply = from_cache(&hit, Outcome::Cached);
                 Step::Done(self.checked(&policy, &settings, &pending, reply))

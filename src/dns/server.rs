@@ -226,6 +226,7 @@ pub(crate) fn log_decision(
     started: Instant,
     log_allowed: bool,
 ) {
+    crate::admin::metrics::dns_query(query.query_type(), reply.outcome, reply.list.as_deref());
     let quiet = matches!(reply.outcome, Outcome::Forwarded | Outcome::Cached);
     if (quiet && !log_allowed)
         || !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO)

@@ -227,6 +227,7 @@ async fn tunnel_counted(
     stop: &CancellationToken,
 ) {
     let started = Instant::now();
+    let _tunnel = crate::admin::metrics::tunnel_open();
     let mut relayed = relay(
         &client,
         &origin,

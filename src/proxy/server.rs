@@ -194,6 +194,7 @@ pub(crate) async fn refuse(
 
 /// One decision line for a refusal.
 pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &ProxyError) {
+    crate::admin::metrics::proxy_decision("refused", err.code());
     tracing::info!(
         target: "portcullis::decision",
         door = "proxy",
@@ -220,6 +221,18 @@ pub(crate) fn log_allowed(
     dialled: SocketAddr,
     sni: Option<&str>,
 ) {
+    crate::admin::metrics::proxy_decision(
+        if approval.would_refuse.is_some() {
+            "allowed_report"
+        } else {
+            "allowed"
+        },
+        if approval.rule.is_some() {
+            "allow_rule"
+        } else {
+            "public_destination"
+        },
+    );
     tracing::info!(
         target: "portcullis::decision",
         door = "proxy",
@@ -248,6 +261,7 @@ pub(crate) fn log_close(
     relayed: &Relayed,
     started: Instant,
 ) {
+    crate::admin::metrics::proxy_closed(relayed.up, relayed.down, started.elapsed());
     tracing::info!(
         target: "portcullis::decision",
         door = "proxy",

@@ -42,6 +42,7 @@ impl Gate {
             .env("PORTCULLIS_LOG_LEVEL", "info")
             // Tests run side by side: the proxy takes a free port unless a test says otherwise.
             .env("PORTCULLIS_PROXY_LISTEN", "127.0.0.1:0")
+            .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())

@@ -1,0 +1,532 @@
+//! Prometheus metrics (`portcullis_*`), kept in one process-wide [`Metrics`].
+//!
+//! The DNS and proxy code record through the free functions here, which do nothing until
+//! [`init`] has run (unit tests and the CLI subcommands never pay for metrics). Hot-path
+//! counters are pre-created and indexed by small enums, so counting a query is one atomic
+//! add with no allocation and no lock. Labels are bounded: query types from a fixed set,
+//! list and upstream names from the configuration, proxy reasons from a fixed code set;
+//! never a domain or a client address.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::dns::filter::Outcome;
+use crate::dns::upstream::UpstreamHealth;
+use crate::lists::load::ListStatus;
+
+/// Query types with their own label value; every other type counts as `other`.
+pub const QTYPES: [&str; 12] = [
+    "A", "AAAA", "CNAME", "MX", "TXT", "HTTPS", "SVCB", "PTR", "SRV", "NS", "SOA", "other",
+];
+
+/// Every DNS outcome, in `Outcome as usize` order.
+const OUTCOMES: [Outcome; 7] = [
+    Outcome::Blocked,
+    Outcome::Forwarded,
+    Outcome::Cached,
+    Outcome::Stale,
+    Outcome::Local,
+    Outcome::Refused,
+    Outcome::Error,
+];
+
+fn qtype_index(qtype: RecordType) -> usize {
+    match qtype {
+        RecordType::A => 0,
+        RecordType::AAAA => 1,
+        RecordType::CNAME => 2,
+        RecordType::MX => 3,
+        RecordType::TXT => 4,
+        RecordType::HTTPS => 5,
+        RecordType::SVCB => 6,
+        RecordType::PTR => 7,
+        RecordType::SRV => 8,
+        RecordType::NS => 9,
+        RecordType::SOA => 10,
+        _ => 11,
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabels {
+    qtype: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListLabel {
+    list: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+fn upstream_histogram() -> Histogram {
+    // 1 ms .. ~4 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 13))
+}
+
+fn tunnel_histogram() -> Histogram {
+    // 0.1 s .. ~1.8 h.
+    Histogram::new(exponential_buckets(0.1, 3.0, 11))
+}
+
+/// Every metric of the gate.
+pub struct Metrics {
+    registry: Registry,
+    /// `qtype_index * OUTCOMES.len() + outcome`: pre-created children of `dns_queries_total`.
+    queries: Vec<Counter>,
+    blocked: Family<ListLabel, Counter>,
+    upstream_duration: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
+    upstream_errors: Family<UpstreamLabel, Counter>,
+    upstream_healthy: Family<UpstreamLabel, Gauge>,
+    cache_entries: Gauge,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    list_rules: Family<ListLabel, Gauge>,
+    list_ready: Family<ListLabel, Gauge>,
+    list_last_success: Family<ListLabel, Gauge>,
+    list_failing: Family<ListLabel, Gauge>,
+    proxy_decisions: Family<DecisionLabels, Counter>,
+    active_tunnels: Gauge,
+    bytes_up: Counter,
+    bytes_down: Counter,
+    tunnel_duration: Histogram,
+    reload_success: Counter,
+    reload_failure: Counter,
+    /// One scrape at a time (scrape-time gauges are cleared and refilled).
+    scrape: Mutex<()>,
+}
+
+/// What the admin server reads at scrape time.
+pub struct Snapshot {
+    pub cache_entries: usize,
+    pub lists: Vec<ListStatus>,
+    pub upstreams: Vec<UpstreamHealth>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("portcullis");
+
+        let dns_queries = Family::<QueryLabels, Counter>::default();
+        let mut queries = Vec::with_capacity(QTYPES.len() * OUTCOMES.len());
+        for qtype in QTYPES {
+            for outcome in OUTCOMES {
+                queries.push(
+                    dns_queries
+                        .get_or_create(&QueryLabels {
+                            qtype,
+                            outcome: outcome.as_str(),
+                        })
+                        .clone(),
+                );
+            }
+        }
+        r.register(
+            "dns_queries",
+            "DNS queries answered, by query type and outcome",
+            dns_queries,
+        );
+        let blocked = Family::<ListLabel, Counter>::default();
+        r.register(
+            "dns_blocked",
+            "DNS queries blocked, by the list whose rule blocked them",
+            blocked.clone(),
+        );
+        let upstream_duration: Family<UpstreamLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(upstream_histogram);
+        r.register_with_unit(
+            "upstream_request_duration",
+            "Time of one request to one upstream resolver (answers and failures)",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let upstream_errors = Family::<UpstreamLabel, Counter>::default();
+        r.register(
+            "upstream_errors",
+            "Failed requests to an upstream resolver (timeouts, network and protocol errors)",
+            upstream_errors.clone(),
+        );
+        let upstream_healthy = Family::<UpstreamLabel, Gauge>::default();
+        r.register(
+            "upstream_healthy",
+            "1 when the upstream is in rotation, 0 while it is taken out after failures",
+            upstream_healthy.clone(),
+        );
+        let cache_entries = Gauge::default();
+        r.register(
+            "cache_entries",
+            "Answers held in the DNS cache",
+            cache_entries.clone(),
+        );
+        let cache_hits = Counter::default();
+        r.register(
+            "cache_hits",
+            "DNS cache lookups answered by a fresh entry",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        r.register(
+            "cache_misses",
+            "DNS cache lookups that found no fresh entry",
+            cache_misses.clone(),
+        );
+        let list_rules = Family::<ListLabel, Gauge>::default();
+        r.register(
+            "list_rules",
+            "Rules loaded from each list",
+            list_rules.clone(),
+        );
+        let list_ready = Family::<ListLabel, Gauge>::default();
+        r.register(
+            "list_ready",
+            "1 when something of the list is served (read, downloaded or cached)",
+            list_ready.clone(),
+        );
+        let list_last_success = Family::<ListLabel, Gauge>::default();
+        r.register(
+            "list_last_success_timestamp_seconds",
+            "Unix time of the last successful download check of a url list",
+            list_last_success.clone(),
+        );
+        let list_failing = Family::<ListLabel, Gauge>::default();
+        r.register(
+            "list_failing",
+            "1 when the last download attempt of a url list failed or was rejected",
+            list_failing.clone(),
+        );
+        let proxy_decisions = Family::<DecisionLabels, Counter>::default();
+        r.register(
+            "proxy_decisions",
+            "Egress proxy decisions, by decision and reason code",
+            proxy_decisions.clone(),
+        );
+        let active_tunnels = Gauge::default();
+        r.register(
+            "proxy_active_tunnels",
+            "CONNECT tunnels open now",
+            active_tunnels.clone(),
+        );
+        let bytes = Family::<DirectionLabel, Counter>::default();
+        let bytes_up = bytes
+            .get_or_create(&DirectionLabel { direction: "up" })
+            .clone();
+        let bytes_down = bytes
+            .get_or_create(&DirectionLabel { direction: "down" })
+            .clone();
+        r.register(
+            "proxy_bytes",
+            "Bytes relayed by the proxy: up = client to origin, down = origin to client",
+            bytes,
+        );
+        let tunnel_duration = tunnel_histogram();
+        r.register_with_unit(
+            "proxy_tunnel_duration",
+            "Life of closed proxy tunnels and forwarded exchanges",
+            Unit::Seconds,
+            tunnel_duration.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let reload_success = reloads
+            .get_or_create(&ResultLabel { result: "success" })
+            .clone();
+        let reload_failure = reloads
+            .get_or_create(&ResultLabel { result: "failure" })
+            .clone();
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP), by result",
+            reloads,
+        );
+        // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text
+        // format (and `promtool check metrics`) does not know.
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "Build information", build_info);
+        Metrics {
+            registry: root,
+            queries,
+            blocked,
+            upstream_duration,
+            upstream_errors,
+            upstream_healthy,
+            cache_entries,
+            cache_hits,
+            cache_misses,
+            list_rules,
+            list_ready,
+            list_last_success,
+            list_failing,
+            proxy_decisions,
+            active_tunnels,
+            bytes_up,
+            bytes_down,
+            tunnel_duration,
+            reload_success,
+            reload_failure,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Refreshes the scrape-time gauges from `snapshot` and renders the text format.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.cache_entries.set(snapshot.cache_entries as i64);
+        self.list_rules.clear();
+        self.list_ready.clear();
+        self.list_last_success.clear();
+        self.list_failing.clear();
+        for list in &snapshot.lists {
+            let label = ListLabel {
+                list: list.name.clone(),
+            };
+            self.list_rules
+                .get_or_create(&label)
+                .set(i64::from(list.entries));
+            self.list_ready
+                .get_or_create(&label)
+                .set(i64::from(list.ready));
+            if let Some(when) = list.last_success {
+                self.list_last_success
+                    .get_or_create(&label)
+                    .set(when as i64);
+            }
+            if list.last_attempt.is_some() {
+                self.list_failing
+                    .get_or_create(&label)
+                    .set(i64::from(list.last_error.is_some()));
+            }
+        }
+        self.upstream_healthy.clear();
+        for upstream in &snapshot.upstreams {
+            self.upstream_healthy
+                .get_or_create(&UpstreamLabel {
+                    upstream: upstream.name.clone(),
+                })
+                .set(i64::from(upstream.healthy));
+        }
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        to_prometheus_text(&out)
+    }
+}
+
+/// Rewrites prometheus-client's OpenMetrics output as the Prometheus text format 0.0.4,
+/// which every scraper and `promtool check metrics` read: counters' HELP and TYPE lines
+/// name the `_total` series, and the `# UNIT` and `# EOF` lines go.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 256);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) && !name.ends_with("_total") {
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(tail);
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// Creates the process-wide metrics (idempotent) and returns them.
+pub fn init() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The process-wide metrics, when [`init`] has run.
+#[inline]
+pub fn get() -> Option<&'static Metrics> {
+    METRICS.get()
+}
+
+/// One answered DNS query; `list` is the deciding list of a blocked one.
+#[inline]
+pub fn dns_query(qtype: RecordType, outcome: Outcome, list: Option<&str>) {
+    let Some(m) = get() else { return };
+    m.queries[qtype_index(qtype) * OUTCOMES.len() + outcome as usize].inc();
+    if outcome == Outcome::Blocked
+        && let Some(list) = list
+    {
+        m.blocked
+            .get_or_create(&ListLabel {
+                list: list.to_owned(),
+            })
+            .inc();
+    }
+}
+
+#[inline]
+pub fn cache_lookup(hit: bool) {
+    if let Some(m) = get() {
+        if hit {
+            m.cache_hits.inc();
+        } else {
+            m.cache_misses.inc();
+        }
+    }
+}
+
+/// One request to one upstream, answered (`ok`) or failed.
+pub fn upstream_request(upstream: &str, took: Duration, ok: bool) {
+    let Some(m) = get() else { return };
+    let label = UpstreamLabel {
+        upstream: upstream.to_owned(),
+    };
+    m.upstream_duration
+        .get_or_create(&label)
+        .observe(took.as_secs_f64());
+    if !ok {
+        m.upstream_errors.get_or_create(&label).inc();
+    }
+}
+
+/// One proxy decision: `reason` is a bounded code, never a host or a client.
+#[inline]
+pub fn proxy_decision(decision: &'static str, reason: &'static str) {
+    if let Some(m) = get() {
+        m.proxy_decisions
+            .get_or_create(&DecisionLabels { decision, reason })
+            .inc();
+    }
+}
+
+/// A closed tunnel or forwarded exchange.
+pub fn proxy_closed(up: u64, down: u64, took: Duration) {
+    if let Some(m) = get() {
+        m.bytes_up.inc_by(up);
+        m.bytes_down.inc_by(down);
+        m.tunnel_duration.observe(took.as_secs_f64());
+    }
+}
+
+/// Counts an open tunnel until dropped.
+pub struct TunnelGuard(bool);
+
+pub fn tunnel_open() -> TunnelGuard {
+    match get() {
+        Some(m) => {
+            m.active_tunnels.inc();
+            TunnelGuard(true)
+        }
+        None => TunnelGuard(false),
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        if self.0
+            && let Some(m) = get()
+        {
+            m.active_tunnels.dec();
+        }
+    }
+}
+
+pub fn config_reload(ok: bool) {
+    if let Some(m) = get() {
+        if ok {
+            m.reload_success.inc();
+        } else {
+            m.reload_failure.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_order_matches_the_index() {
+        for (i, outcome) in OUTCOMES.iter().enumerate() {
+            assert_eq!(*outcome as usize, i);
+        }
+    }
+
+    #[test]
+    fn a_fresh_registry_renders_every_family() {
+        let m = Metrics::new();
+        m.queries[qtype_index(RecordType::A) * OUTCOMES.len() + Outcome::Blocked as usize].inc();
+        let text = m.render(&Snapshot {
+            cache_entries: 3,
+            lists: Vec::new(),
+            upstreams: Vec::new(),
+        });
+        assert!(
+            text.contains(r#"portcullis_dns_queries_total{qtype="A",outcome="blocked"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("portcullis_cache_entries 3"), "{text}");
+        assert!(text.contains("portcullis_build_info{version="), "{text}");
+        assert!(
+            text.contains("# TYPE portcullis_dns_queries_total counter"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! The admin listener (default `127.0.0.1:9953`, operator network only): health,
+//! readiness, Prometheus metrics and the read-only explain and lists APIs.
+//!
+//! A deliberately small HTTP/1.1 server (one request per connection, `Connection: close`,
+//! request heads parsed with httparse, bounded in size and time). No endpoint changes
+//! anything, and none turns blocking off.
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `ok` while the process serves |
+//! | `GET /readyz` | 200 when the rules are loaded and an upstream is healthy, else 503 and why |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /api/explain?name=N&client=IP` | the decision trail of `portcullis check --json` |
+//! | `GET /api/lists` | every list source's status, as `portcullis lists --json` |
+
+pub mod metrics;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dns::filter::Filter;
+use crate::lists::refresh::Lists;
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub filter: Arc<Filter>,
+    pub lists: Lists,
+}
+
+impl AdminState {
+    fn snapshot(&self) -> metrics::Snapshot {
+        metrics::Snapshot {
+            cache_entries: self.filter.cache.len(),
+            lists: self.lists.statuses(),
+            upstreams: self.filter.upstream.health(),
+        }
+    }
+
+    /// `None` when ready, else why not.
+    fn not_ready(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if !self.lists.ready() {
+            let waiting: Vec<String> = self
+                .lists
+                .statuses()
+                .into_iter()
+                .filter(|l| !l.ready)
+                .map(|l| l.name)
+                .collect();
+            why.push(format!(
+                "lists not loaded yet: {}",
+                if waiting.is_empty() {
+                    "?".to_owned()
+                } else {
+                    waiting.join(", ")
+                }
+            ));
+        }
+        if !self.filter.upstream.any_healthy() {
+            why.push("no upstream resolver is healthy".to_owned());
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// Binds every admin address (port 0 picks a free port).
+pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        listeners.push(TcpListener::bind(addr).await?);
+    }
+    Ok(listeners)
+}
+
+/// Serves the admin endpoints on `listeners` until `shutdown` completes.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    for listener in listeners {
+        tracing::info!(addr = %listener.local_addr()?, "listening admin");
+        let (state, stop, conns) = (state.clone(), stop.clone(), tracker.clone());
+        tracker.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                match accepted {
+                    Ok((stream, _)) => {
+                        let (state, stop) = (state.clone(), stop.clone());
+                        conns.spawn(async move {
+                            tokio::select! {
+                                _ = stop.cancelled() => {}
+                                _ = connection(&state, stream) => {}
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    shutdown.await;
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// An HTTP answer.
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    fn json(value: &impl serde::Serialize) -> Response {
+        match serde_json::to_string_pretty(value) {
+            Ok(body) => Response {
+                status: 200,
+                content_type: "application/json",
+                body,
+            },
+            Err(e) => Response::text(500, format!("{e}\n")),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            431 => "Request Header Fields Too Large",
+            500 => "Internal Server Error",
+            503 => "Service Unavailable",
+            _ => "",
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+            self.status,
+            self.content_type,
+            self.body.len()
+        );
+        if self.status == 405 {
+            out.push_str("Allow: GET\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(self.body.as_bytes());
+        bytes
+    }
+}
+
+async fn connection(state: &AdminState, mut stream: TcpStream) {
+    let mut buf = Vec::with_capacity(1024);
+    let head = tokio::time::timeout(HEAD_TIMEOUT, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<_, io::Error>(false);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok(true);
+            }
+            if buf.len() > MAX_HEAD {
+                return Ok(true);
+            }
+        }
+    })
+    .await;
+    let response = match head {
+        Ok(Ok(true)) if buf.len() > MAX_HEAD => Response::text(431, "request head too large\n"),
+        Ok(Ok(true)) => {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(&buf) {
+                Ok(httparse::Status::Complete(_)) => route(
+                    state,
+                    request.method.unwrap_or(""),
+                    request.path.unwrap_or(""),
+                ),
+                _ => Response::text(400, "bad request\n"),
+            }
+        }
+        _ => return,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        stream.write_all(&response.encode()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Answers one request.
+pub fn route(state: &AdminState, method: &str, target: &str) -> Response {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let known = matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/api/explain" | "/api/lists"
+    );
+    if !known {
+        return Response::text(404, "not found\n");
+    }
+    if method != "GET" {
+        return Response::text(405, "method not allowed\n");
+    }
+    match path {
+        "/healthz" => Response::text(200, "ok\n"),
+        "/readyz" => match state.not_ready() {
+            None => Response::text(200, "ready\n"),
+            Some(why) => Response::text(503, format!("not ready: {why}\n")),
+        },
+        "/metrics" => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: metrics::init().render(&state.snapshot()),
+        },
+        "/api/explain" => explain(state, query),
+        "/api/lists" => Response::json(&state.lists.statuses()),
+        _ => Response::text(404, "not found\n"),
+    }
+}
+
+fn explain(state: &AdminState, query: &str) -> Response {
+    let mut name = None;
+    let mut client = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(value) = percent_decode(value) else {
+            return Response::text(400, format!("`{key}`: bad percent-encoding\n"));
+        };
+        match key {
+            "name" => name = Some(value),
+            "client" => match value.parse::<IpAddr>() {
+                Ok(ip) => client = Some(ip),
+                Err(e) => return Response::text(400, format!("`client`: {e}\n")),
+            },
+            _ => {}
+        }
+    }
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Response::text(
+            400,
+            "`name` is required: /api/explain?name=NAME[&client=IP]\n",
+        );
+    };
+    let explanation = state.filter.policy.load().explain(&name, client);
+    Response::json(&explanation)
+}
+
+/// Decodes `%XX` escapes and `+` (as a space); `None` on a bad escape or invalid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `portcullis health`: GET `url` over plain TCP; `Ok(true)` on a 200 answer.
+pub fn probe(url: &str, timeout: Duration) -> io::Result<(bool, String)> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_owned());
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| invalid("only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/readyz"),
+    };
+    let addr = authority
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| invalid("no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status_ok = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .is_some_and(|code| code == "200");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    Ok((status_ok, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Eb+c").as_deref(), Some("a.b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+}

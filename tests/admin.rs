@@ -1,0 +1,400 @@
+//! The admin listener of the real binary: /metrics counts exactly the traffic sent
+//! (and passes `promtool check metrics` when promtool is installed), /healthz,
+//! /readyz, /api/explain, /api/lists, 404/405, and `portcullis health` exit codes.
+
+#[path = "support/gate.rs"]
+mod gate;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use gate::{Gate, dig};
+
+const CONFIG: &str = r#"
+[dns]
+listen = ["127.0.0.1:0"]
+
+[upstream]
+timeout_ms = 500
+[[upstream.servers]]
+name = "dead"
+url = "udp://127.0.0.1:9"
+
+[[lists]]
+name = "threats"
+inline = """
+evil.example
+"""
+"#;
+
+/// The admin address the gate logged.
+fn admin_addr(gate: &Gate) -> String {
+    let line = gate
+        .wait_for_log("listening admin", Duration::from_secs(5))
+        .expect("admin listener logged");
+    gate::json_field(&line, "addr").expect("addr")
+}
+
+/// One plain HTTP/1.1 request; (status, body).
+fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to admin");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, body.to_owned())
+}
+
+/// The value of one sample line (`name{labels} value`), exactly as written.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+fn promtool_check(metrics: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!(
+            "SKIPPED: promtool not installed (Debian package prometheus); `promtool check metrics` not run"
+        );
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_count_exactly_the_traffic_sent() {
+    let gate = Gate::start(CONFIG);
+    let admin = admin_addr(&gate);
+
+    let (status, before) = http(&admin, "GET", "/metrics");
+    assert_eq!(status, 200, "{before}");
+    let blocked_a = r#"portcullis_dns_queries_total{qtype="A",outcome="blocked"}"#;
+    let local_a = r#"portcullis_dns_queries_total{qtype="A",outcome="local"}"#;
+    assert_eq!(sample(&before, blocked_a), Some(0.0), "{before}");
+    assert_eq!(sample(&before, local_a), Some(0.0), "{before}");
+    assert_eq!(
+        sample(&before, r#"portcullis_dns_blocked_total{list="threats"}"#),
+        None
+    );
+
+    for _ in 0..3 {
+        assert_eq!(dig(gate.dns, "evil.example", "A", &[]).status, "NXDOMAIN");
+    }
+    for _ in 0..2 {
+        assert_eq!(dig(gate.dns, "localhost", "A", &[]).status, "NOERROR");
+    }
+
+    let (status, after) = http(&admin, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(sample(&after, blocked_a), Some(3.0), "{after}");
+    assert_eq!(sample(&after, local_a), Some(2.0), "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            r#"portcullis_dns_queries_total{qtype="AAAA",outcome="blocked"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&after, r#"portcullis_dns_blocked_total{list="threats"}"#),
+        Some(3.0),
+        "{after}"
+    );
+    // Blocked and local answers never touch the cache or the upstreams.
+    assert_eq!(sample(&after, "portcullis_cache_hits_total"), Some(0.0));
+    assert_eq!(sample(&after, "portcullis_cache_misses_total"), Some(0.0));
+    assert_eq!(sample(&after, "portcullis_cache_entries"), Some(0.0));
+    assert_eq!(
+        sample(&after, r#"portcullis_list_rules{list="threats"}"#),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, r#"portcullis_upstream_healthy{upstream="dead"}"#),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"portcullis_config_reloads_total{result="success"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&after, r#"portcullis_proxy_bytes_total{direction="up"}"#),
+        Some(0.0)
+    );
+    assert_eq!(sample(&after, "portcullis_proxy_active_tunnels"), Some(0.0));
+    assert_eq!(
+        sample(
+            &after,
+            &format!(
+                r#"portcullis_build_info{{version="{}"}}"#,
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0),
+        "{after}"
+    );
+    // Never a domain or a client address in a label.
+    assert!(!after.contains("evil.example"), "{after}");
+    assert!(!after.contains("127.0.0.1"), "{after}");
+    promtool_check(&after);
+
+    // A SIGHUP with the same (good) config counts one successful reload.
+    gate.signal("HUP");
+    gate.wait_for_log("configuration reloaded", Duration::from_secs(10))
+        .expect("reloaded");
+    let (_, reloaded) = http(&admin, "GET", "/metrics");
+    assert_eq!(
+        sample(
+            &reloaded,
+            r#"portcullis_config_reloads_total{result="success"}"#
+        ),
+        Some(1.0),
+        "{reloaded}"
+    );
+}
+
+#[test]
+fn health_readiness_explain_and_lists() {
+    let gate = Gate::start(CONFIG);
+    let admin = admin_addr(&gate);
+
+    assert_eq!(http(&admin, "GET", "/healthz"), (200, "ok\n".to_owned()));
+    let (status, body) = http(&admin, "GET", "/readyz");
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = http(&admin, "GET", "/api/explain?name=www.Evil.example.");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["decision"], "blocked", "{body}");
+    assert_eq!(v["rule"], "evil.example", "{body}");
+    assert_eq!(v["list"], "threats", "{body}");
+    assert!(v["line"].as_u64().is_some(), "{body}");
+
+    let (status, body) = http(
+        &admin,
+        "GET",
+        "/api/explain?name=ok.example&client=192.0.2.1",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["decision"], "pass", "{body}");
+    assert_eq!(v["client"], "192.0.2.1", "{body}");
+
+    assert_eq!(http(&admin, "GET", "/api/explain").0, 400);
+    assert_eq!(
+        http(&admin, "GET", "/api/explain?name=x&client=nope").0,
+        400
+    );
+
+    let (status, body) = http(&admin, "GET", "/api/lists");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v[0]["name"], "threats", "{body}");
+    assert_eq!(v[0]["entries"], 1, "{body}");
+
+    assert_eq!(http(&admin, "GET", "/nope").0, 404);
+    assert_eq!(http(&admin, "GET", "/").0, 404);
+    assert_eq!(http(&admin, "POST", "/metrics").0, 405);
+    assert_eq!(http(&admin, "DELETE", "/healthz").0, 405);
+}
+
+#[test]
+fn readyz_fails_when_no_upstream_is_healthy_and_upstream_errors_are_counted() {
+    let gate = Gate::start(CONFIG);
+    let admin = admin_addr(&gate);
+    assert_eq!(http(&admin, "GET", "/readyz").0, 200);
+
+    // Nothing listens on 127.0.0.1:9: three forwarded queries fail and take the only
+    // upstream out of rotation.
+    for i in 0..3 {
+        assert_eq!(
+            dig(gate.dns, &format!("n{i}.example"), "A", &[]).status,
+            "SERVFAIL"
+        );
+    }
+    let (status, body) = http(&admin, "GET", "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no upstream resolver is healthy"), "{body}");
+
+    let (_, metrics) = http(&admin, "GET", "/metrics");
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"portcullis_dns_queries_total{qtype="A",outcome="error"}"#
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "portcullis_cache_misses_total"), Some(3.0));
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"portcullis_upstream_errors_total{upstream="dead"}"#
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"portcullis_upstream_request_duration_seconds_count{upstream="dead"}"#
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, r#"portcullis_upstream_healthy{upstream="dead"}"#),
+        Some(0.0),
+        "{metrics}"
+    );
+    promtool_check(&metrics);
+
+    // `portcullis health` follows /readyz.
+    let health = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["health", "--url", url, "--timeout", "2"])
+            .env_remove("PORTCULLIS_CONFIG")
+            .status()
+            .expect("run portcullis health")
+            .code()
+    };
+    assert_eq!(health(&format!("http://{admin}/readyz")), Some(1));
+    assert_eq!(health(&format!("http://{admin}/healthz")), Some(0));
+    assert_eq!(health(&format!("http://{admin}/nope")), Some(1));
+}
+
+#[test]
+fn health_exits_1_when_nothing_listens() {
+    // A port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let status = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "health",
+            "--url",
+            &format!("http://127.0.0.1:{port}/readyz"),
+            "--timeout",
+            "2",
+        ])
+        .env_remove("PORTCULLIS_CONFIG")
+        .status()
+        .expect("run portcullis health");
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn proxy_decisions_are_counted_by_reason_code() {
+    let gate = Gate::start(CONFIG);
+    let admin = admin_addr(&gate);
+    let line = gate
+        .wait_for_log("listening proxy", Duration::from_secs(5))
+        .expect("proxy listener logged");
+    let proxy = gate::json_field(&line, "addr").expect("addr");
+
+    // Two refused CONNECTs: a name no allow rule names, and a threat-listed one.
+    let mut codes = Vec::new();
+    for host in ["not-allowed.example", "evil.example"] {
+        let (status, head) = {
+            let mut stream = TcpStream::connect(&proxy).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            write!(
+                stream,
+                "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n"
+            )
+            .unwrap();
+            let mut raw = String::new();
+            let _ = stream.read_to_string(&mut raw);
+            let status: u16 = raw
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .expect("status");
+            (status, raw)
+        };
+        assert_eq!(status, 403, "{head}");
+        let reason = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("x-portcullis-reason:")
+                    .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+            })
+            .expect("X-Portcullis-Reason");
+        let code: String = reason
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        assert!(!code.is_empty(), "{reason}");
+        codes.push(code);
+    }
+
+    let (_, metrics) = http(&admin, "GET", "/metrics");
+    let refused_total: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with(r#"portcullis_proxy_decisions_total{decision="refused""#))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused_total, 2.0, "{metrics}");
+    for code in &codes {
+        let want = codes.iter().filter(|c| *c == code).count() as f64;
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!(
+                    r#"portcullis_proxy_decisions_total{{decision="refused",reason="{code}"}}"#
+                )
+            ),
+            Some(want),
+            "{metrics}"
+        );
+    }
+    assert!(!metrics.contains("not-allowed.example"), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "portcullis_proxy_active_tunnels"),
+        Some(0.0)
+    );
+    promtool_check(&metrics);
+}
