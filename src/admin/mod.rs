@@ -17,7 +17,7 @@ pub mod metrics;
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,14 +76,7 @@ impl AdminState {
     }
 }
 
-/// Binds every admin address (port 0 picks a free port).
-pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        listeners.push(TcpListener::bind(addr).await?);
-    }
-    Ok(listeners)
-}
+pub use crate::listen::bind_tcp as bind;
 
 /// Serves the admin endpoints on `listeners` until `shutdown` completes.
 pub async fn serve(

@@ -24,14 +24,7 @@ use super::target::Target;
 use super::{ProxyState, connect, forward};
 use crate::error::HasFault;
 
-/// Binds every proxy address (port 0 picks a free port).
-pub async fn bind(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        listeners.push(TcpListener::bind(addr).await?);
-    }
-    Ok(listeners)
-}
+pub use crate::listen::bind_tcp as bind;
 
 /// Serves the proxy on `listeners` until `shutdown` completes; then stops accepting,
 /// closes open tunnels and waits for every connection task to end.
