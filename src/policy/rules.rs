@@ -259,12 +259,27 @@ struct AllowSet {
     /// Labels of the longest wildcard base: parents with more labels cannot match,
     /// so deep names cost one or two probes, not one per label.
     wildcard_max_labels: usize,
+    /// The last two labels of every rule's name: a name whose last two labels are
+    /// not among them matches no rule, and costs one probe instead of several.
+    tails: std::collections::HashSet<Box<str>, foldhash::fast::RandomState>,
+}
+
+/// The last two labels of a name (the whole name when it has fewer).
+fn tail(name: &str) -> &str {
+    match name.rfind('.') {
+        Some(last) => match name[..last].rfind('.') {
+            Some(before) => &name[before + 1..],
+            None => name,
+        },
+        None => name,
+    }
 }
 
 impl AllowSet {
     fn add(&mut self, rule: AllowRule) {
         let idx = self.rules.len() as u32;
         let (base, wild) = rule.base();
+        self.tails.insert(tail(base).into());
         let map = if wild {
             self.wildcard_max_labels = self.wildcard_max_labels.max(base.split('.').count());
             &mut self.wildcard
@@ -276,7 +291,7 @@ impl AllowSet {
     }
 
     fn lookup(&self, name: &Name, group: GroupMask) -> Option<&AllowRule> {
-        if self.rules.is_empty() {
+        if self.rules.is_empty() || !self.tails.contains(tail(name.as_str())) {
             return None;
         }
         let pick = |idxs: Option<&Vec<u32>>| {
@@ -311,12 +326,14 @@ impl AllowSet {
         group: GroupMask,
     ) -> impl Iterator<Item = &'a AllowRule> + 'a {
         let exact = self.exact.get(name.as_str()).into_iter().flatten();
+        let known = self.tails.contains(tail(name.as_str()));
         let wild = self
             .wildcard_parents(name)
             .filter_map(|p| self.wildcard.get(p))
             .flatten();
         exact
             .chain(wild)
+            .filter(move |_| known)
             .map(|&i| &self.rules[i as usize])
             .filter(move |r| r.groups & group != 0)
     }
@@ -895,6 +912,9 @@ mod tests {
         );
         assert_eq!(rule("eu.cdn.example.net"), None);
         assert_eq!(rule("x.us.cdn.example.net"), None);
+        assert_eq!(tail("a.b.example.net"), "example.net");
+        assert_eq!(tail("example.net"), "example.net");
+        assert_eq!(tail("intranet"), "intranet");
     }
 
     #[test]
