@@ -40,3 +40,27 @@ pub fn mint_certificates(
         key,
     )
 }
+
+/// A TLS acceptor for `name` (ring provider, safe defaults) and the PEM of the CA
+/// that signed it, written to `dir/file` for the client's trust store.
+pub fn tls_acceptor(
+    name: &str,
+    dir: &std::path::Path,
+    file: &str,
+) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
+    let (ca_pem, chain, key) = mint_certificates(name);
+    let ca_file = dir.join(file);
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        ca_file,
+    )
+}

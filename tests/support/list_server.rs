@@ -9,7 +9,7 @@
 #[allow(clippy::duplicate_mod)]
 #[path = "certs.rs"]
 mod certs;
-use certs::mint_certificates;
+use certs::tls_acceptor;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -73,19 +73,8 @@ pub struct ListServer {
 
 impl ListServer {
     pub async fn start() -> ListServer {
-        let (ca_pem, chain, key) = mint_certificates(TLS_NAME);
         let dir = tempfile::tempdir().unwrap();
-        let ca_file = dir.path().join("lists-ca.pem");
-        std::fs::write(&ca_file, ca_pem).unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (acceptor, ca_file) = tls_acceptor(TLS_NAME, dir.path(), "lists-ca.pem");
 
         let state = Arc::new(Mutex::new(State::default()));
         let plain = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();

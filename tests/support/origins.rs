@@ -7,7 +7,7 @@
 #[allow(clippy::duplicate_mod)]
 #[path = "certs.rs"]
 mod certs;
-use certs::mint_certificates;
+use certs::tls_acceptor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -112,19 +112,8 @@ pub async fn http(ip: &str, response: &'static str) -> Origin {
 
 /// An HTTPS origin for `name` on `ip`: answers every request with `hello from origin`.
 pub async fn https(ip: &str, name: &str) -> Origin {
-    let (ca_pem, chain, key) = mint_certificates(name);
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("origin-ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (acceptor, ca_file) = tls_acceptor(name, dir.path(), "origin-ca.pem");
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
