@@ -115,6 +115,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         None => Config::builtin()?,
     };
     config.apply_env(std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")))?;
+    config.read_admin_token()?;
     Ok(config)
 }
 
@@ -313,7 +314,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(reload_on_sighup(path, lists.clone(), filter.clone()));
+    tokio::spawn(reload_loop(path, lists.clone(), filter.clone()));
     tokio::spawn(async move {
         wait_for_stop().await;
         let _ = stop_tx.send(true);
@@ -355,33 +356,77 @@ async fn wait_for_stop() {
     }
 }
 
-/// SIGHUP rebuilds the policy from the config files; a bad file is refused and the
+/// SIGHUP, or a change to a file the configuration is read from, rebuilds the policy;
+/// a bad file is refused (file, line, key in the log; the failure counter moves) and the
 /// running policy keeps serving.
-async fn reload_on_sighup(path: Option<PathBuf>, lists: Lists, filter: Arc<Filter>) {
+async fn reload_loop(path: Option<PathBuf>, lists: Lists, filter: Arc<Filter>) {
+    use portcullis::config::watch::{ConfigWatcher, fingerprint, watched_files};
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        let path = path.clone();
-        let result = tokio::task::spawn_blocking(move || load_all(path.as_deref())).await;
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut files = watched_files(path.as_deref(), &lists.config());
+    let mut loaded = fingerprint(&files);
+    loop {
+        let mut watcher = match ConfigWatcher::new(files.clone(), loaded.clone()) {
+            Ok(watcher) => {
+                tracing::debug!(files = ?watcher.files(), "watching for configuration changes");
+                Some(watcher)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "not watching the configuration files; SIGHUP still reloads");
+                None
+            }
+        };
+        let hangup = async {
+            match hup.as_mut() {
+                Some(hup) => hup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let changed = async {
+            match watcher.as_mut() {
+                Some(watcher) => watcher.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        // The fingerprint is taken before the files are read, so an edit made while this
+        // reload runs is seen as a change next time.
+        let trigger = tokio::select! {
+            _ = hangup => {
+                loaded = fingerprint(&files);
+                "SIGHUP"
+            }
+            now = changed => {
+                loaded = now;
+                "file change"
+            }
+        };
+        let result = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || load_all(path.as_deref())
+        })
+        .await;
         match result {
-            Ok(Ok((config, loaded))) => {
-                log_loaded(&loaded);
+            Ok(Ok((config, built))) => {
+                log_loaded(&built);
+                let now_read = watched_files(path.as_deref(), &config);
+                if now_read != files {
+                    files = now_read;
+                    loaded = fingerprint(&files);
+                }
                 filter
                     .settings
                     .store(Arc::new(FilterSettings::from(&config.dns)));
-                lists.publish(config, loaded).await;
+                lists.publish(config, built).await;
                 portcullis::admin::metrics::config_reload(true);
-                tracing::info!("configuration reloaded");
+                tracing::info!(trigger, "configuration reloaded");
             }
             Ok(Err(error)) => {
                 portcullis::admin::metrics::config_reload(false);
-                tracing::error!(error = %format!("{error:#}"), "reload refused; the running configuration keeps serving")
+                tracing::error!(trigger, error = %format!("{error:#}"), "reload refused; the running configuration keeps serving")
             }
             Err(error) => {
                 portcullis::admin::metrics::config_reload(false);
-                tracing::error!(%error, "reload failed")
+                tracing::error!(trigger, %error, "reload failed")
             }
         }
     }

@@ -39,13 +39,18 @@ fn admin_addr(gate: &Gate) -> String {
 
 /// One plain HTTP/1.1 request; (status, body).
 fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, "")
+}
+
+/// One request with extra header lines (each ending in `\r\n`).
+fn http_with(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect to admin");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = String::new();
@@ -397,4 +402,75 @@ fn proxy_decisions_are_counted_by_reason_code() {
         Some(0.0)
     );
     promtool_check(&metrics);
+}
+
+#[test]
+fn post_endpoints_are_disabled_without_a_token_file() {
+    let gate = Gate::start(CONFIG);
+    let admin = admin_addr(&gate);
+    for path in ["/api/lists/refresh", "/api/cache/flush"] {
+        let (status, body) = http_with(&admin, "POST", path, "Authorization: Bearer x\r\n");
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("token_file"), "{body}");
+        assert_eq!(http(&admin, "GET", path).0, 405, "{path}");
+    }
+}
+
+#[test]
+fn post_endpoints_need_the_bearer_token_and_act() {
+    let secret = "t0ken-never-logged";
+    let config = format!(
+        "{CONFIG}\n[admin]\nlisten = [\"127.0.0.1:0\"]\ntoken_file = \"admin-token\"\n\n\
+         [[lists]]\nname = \"feed\"\nurl = \"file://{{DIR}}/feed.txt\"\nformat = \"domains\"\n"
+    );
+    // The file:// list lives in the gate's own temp dir: write the config after start_full
+    // has made it, so point the url at a path we know first.
+    let feed_dir = tempfile::tempdir().unwrap();
+    let feed = feed_dir.path().join("feed.txt");
+    std::fs::write(&feed, "first.example\n").unwrap();
+    let config = config.replace("{DIR}", &feed_dir.path().display().to_string());
+    let gate = Gate::start_full(
+        &config,
+        &[("admin-token", &format!("{secret}\n"))],
+        &[("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")],
+    );
+    let admin = admin_addr(&gate);
+    gate.wait_for_log("\"list\":\"feed\"", Duration::from_secs(10));
+
+    let refresh = "/api/lists/refresh";
+    let (status, body) = http(&admin, "POST", refresh);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http_with(&admin, "POST", refresh, "Authorization: Bearer wrong\r\n");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http_with(&admin, "POST", refresh, "Authorization: Basic x\r\n");
+    assert_eq!(status, 401, "{body}");
+    let auth = format!("Authorization: Bearer {secret}\r\n");
+
+    // The feed grows: a refresh picks it up at once and the policy blocks the new name.
+    assert_eq!(dig(gate.dns, "second.example", "A", &[]).status, "SERVFAIL");
+    std::fs::write(&feed, "first.example\nsecond.example\n").unwrap();
+    let (status, body) = http_with(&admin, "POST", refresh, &auth);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["rebuilt"], true, "{body}");
+    assert_eq!(v["sources"][0]["name"], "feed", "{body}");
+    assert_eq!(v["sources"][0]["result"], "updated", "{body}");
+    assert_eq!(v["sources"][0]["entries"], 2, "{body}");
+    assert_eq!(dig(gate.dns, "second.example", "A", &[]).status, "NXDOMAIN");
+    // Unchanged feed: nothing rebuilt.
+    let (status, body) = http_with(&admin, "POST", refresh, &auth);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["rebuilt"], false, "{body}");
+    assert_eq!(v["sources"][0]["result"], "unchanged", "{body}");
+
+    let (status, body) = http_with(&admin, "POST", "/api/cache/flush", &auth);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["flushed"].as_u64().is_some(), "{body}");
+
+    // The token never reaches the log.
+    let logs = gate.logs().join("\n");
+    assert!(logs.contains("admin action"), "{logs}");
+    assert!(!logs.contains(secret), "{logs}");
 }

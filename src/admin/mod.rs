@@ -2,8 +2,8 @@
 //! readiness, Prometheus metrics and the read-only explain and lists APIs.
 //!
 //! A deliberately small HTTP/1.1 server (one request per connection, `Connection: close`,
-//! request heads parsed with httparse, bounded in size and time). No endpoint changes
-//! anything, and none turns blocking off.
+//! request heads parsed with httparse, bounded in size and time). No endpoint turns
+//! blocking off; the two that act need the bearer token from `[admin] token_file`.
 //!
 //! | endpoint | answer |
 //! |---|---|
@@ -12,6 +12,11 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /api/explain?name=N&client=IP` | the decision trail of `portcullis check --json` |
 //! | `GET /api/lists` | every list source's status, as `portcullis lists --json` |
+//! | `POST /api/lists/refresh` | downloads every list now (conditionally); per-list results |
+//! | `POST /api/cache/flush` | empties the DNS answer cache |
+//!
+//! The POST endpoints answer 401 without `Authorization: Bearer TOKEN` matching the token
+//! file, and 403 when no token file is configured.
 
 pub mod metrics;
 
@@ -27,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dns::filter::Filter;
-use crate::lists::refresh::Lists;
+use crate::lists::refresh::{Lists, Outcome};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -46,6 +51,23 @@ impl AdminState {
             cache_entries: self.filter.cache.len(),
             lists: self.lists.statuses(),
             upstreams: self.filter.upstream.health(),
+        }
+    }
+
+    /// `None` when the request carries the configured bearer token, else the refusal.
+    fn unauthorized(&self, authorization: Option<&[u8]>) -> Option<Response> {
+        let config = self.lists.config();
+        let Some(token) = &config.admin.token else {
+            return Some(Response::text(
+                403,
+                "disabled: set [admin] token_file to enable this endpoint\n",
+            ));
+        };
+        let presented = authorization.and_then(|v| v.strip_prefix(b"Bearer "));
+        match presented {
+            Some(p) if token.matches(p.trim_ascii()) => None,
+            Some(_) => Some(Response::text(401, "wrong bearer token\n")),
+            None => Some(Response::text(401, "bearer token required\n")),
         }
     }
 
@@ -125,6 +147,8 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: String,
+    /// The `Allow` header of a 405.
+    allow: &'static str,
 }
 
 impl Response {
@@ -133,6 +157,7 @@ impl Response {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.into(),
+            allow: "",
         }
     }
 
@@ -142,6 +167,7 @@ impl Response {
                 status: 200,
                 content_type: "application/json",
                 body,
+                allow: "",
             },
             Err(e) => Response::text(500, format!("{e}\n")),
         }
@@ -151,6 +177,8 @@ impl Response {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             431 => "Request Header Fields Too Large",
@@ -165,7 +193,10 @@ impl Response {
             self.body.len()
         );
         if self.status == 405 {
-            out.push_str("Allow: GET\r\n");
+            out.push_str(&format!("Allow: {}\r\n", self.allow));
+        }
+        if self.status == 401 {
+            out.push_str("WWW-Authenticate: Bearer realm=\"portcullis\"\r\n");
         }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
@@ -199,11 +230,20 @@ async fn connection(state: &AdminState, mut stream: TcpStream) {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut request = httparse::Request::new(&mut headers);
             match request.parse(&buf) {
-                Ok(httparse::Status::Complete(_)) => route(
-                    state,
-                    request.method.unwrap_or(""),
-                    request.path.unwrap_or(""),
-                ),
+                Ok(httparse::Status::Complete(_)) => {
+                    let authorization = request
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                        .map(|h| h.value);
+                    route(
+                        state,
+                        request.method.unwrap_or(""),
+                        request.path.unwrap_or(""),
+                        authorization,
+                    )
+                    .await
+                }
                 _ => Response::text(400, "bad request\n"),
             }
         }
@@ -216,18 +256,30 @@ async fn connection(state: &AdminState, mut stream: TcpStream) {
     .await;
 }
 
-/// Answers one request.
-pub fn route(state: &AdminState, method: &str, target: &str) -> Response {
+/// Answers one request. `authorization` is the raw `Authorization` header, if any.
+pub async fn route(
+    state: &AdminState,
+    method: &str,
+    target: &str,
+    authorization: Option<&[u8]>,
+) -> Response {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let known = matches!(
-        path,
-        "/healthz" | "/readyz" | "/metrics" | "/api/explain" | "/api/lists"
-    );
-    if !known {
-        return Response::text(404, "not found\n");
+    let allowed = match path {
+        "/healthz" | "/readyz" | "/metrics" | "/api/explain" | "/api/lists" => "GET",
+        "/api/lists/refresh" | "/api/cache/flush" => "POST",
+        _ => return Response::text(404, "not found\n"),
+    };
+    if method != allowed {
+        return Response {
+            allow: allowed,
+            ..Response::text(405, "method not allowed\n")
+        };
     }
-    if method != "GET" {
-        return Response::text(405, "method not allowed\n");
+    if allowed == "POST" {
+        if let Some(refused) = state.unauthorized(authorization) {
+            return refused;
+        }
+        tracing::info!(endpoint = path, "admin action");
     }
     match path {
         "/healthz" => Response::text(200, "ok\n"),
@@ -239,11 +291,44 @@ pub fn route(state: &AdminState, method: &str, target: &str) -> Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: metrics::init().render(&state.snapshot()),
+            allow: "",
         },
         "/api/explain" => explain(state, query),
         "/api/lists" => Response::json(&state.lists.statuses()),
+        "/api/lists/refresh" => refresh_lists(state).await,
+        "/api/cache/flush" => {
+            let flushed = state.filter.cache.len();
+            state.filter.cache.clear();
+            Response::json(&serde_json::json!({ "flushed": flushed }))
+        }
         _ => Response::text(404, "not found\n"),
     }
+}
+
+/// Downloads every list now and says what each did. 200 even when a list failed (the
+/// per-list results say so, and the old copy keeps serving); 500 when the rebuild failed.
+async fn refresh_lists(state: &AdminState) -> Response {
+    let report = state.lists.refresh_all().await;
+    let sources: Vec<serde_json::Value> = report
+        .sources
+        .iter()
+        .map(|s| match &s.result {
+            Ok(Outcome::Unchanged) => serde_json::json!({ "name": s.name, "result": "unchanged" }),
+            Ok(Outcome::Updated { entries, previous }) => serde_json::json!({
+                "name": s.name, "result": "updated", "entries": entries, "previous": previous,
+            }),
+            Err(error) => serde_json::json!({ "name": s.name, "error": error.to_string() }),
+        })
+        .collect();
+    let mut response = Response::json(&serde_json::json!({
+        "rebuilt": report.rebuilt,
+        "build_error": report.build_error.as_ref().map(ToString::to_string),
+        "sources": sources,
+    }));
+    if report.build_error.is_some() {
+        response.status = 500;
+    }
+    response
 }
 
 fn explain(state: &AdminState, query: &str) -> Response {

@@ -7,8 +7,9 @@
 pub mod admin;
 pub mod allowlist;
 pub mod proxy;
+pub mod watch;
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, AdminToken};
 pub use proxy::{ProxyConfig, ProxyMode};
 
 use std::collections::BTreeMap;
@@ -27,10 +28,11 @@ pub const BUILTIN_CONFIG: &str = include_str!("../../portcullis.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
+    /// `reason` is not a `source`: the message already carries it, once.
+    #[error("{file}: cannot read: {reason}")]
     Read {
         file: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// toml's message already names the line, column and key.
     #[error("{file}: {message}")]
@@ -396,9 +398,9 @@ impl Config {
 
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             file: path.display().to_string(),
-            source,
+            reason,
         })?;
         let dir = path
             .parent()
@@ -496,6 +498,10 @@ impl Config {
                         ))
                     })?;
                 }
+                "PORTCULLIS_ADMIN_TOKEN_FILE" => {
+                    self.admin.token_file = Some(PathBuf::from(value.clone()))
+                }
+                "PORTCULLIS_CACHE_DIR" => self.sources.cache_dir = PathBuf::from(value.clone()),
                 "PORTCULLIS_CACHE_MAX_ENTRIES" => {
                     self.cache.max_entries =
                         value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?;
@@ -616,6 +622,31 @@ impl Config {
     }
 
     /// Resolves a path from the config against the config file's directory.
+    /// Reads the admin token from `[admin] token_file` (after environment overrides).
+    /// A missing or empty file is refused like any other bad setting.
+    pub fn read_admin_token(&mut self) -> Result<(), ConfigError> {
+        let Some(file) = &self.admin.token_file else {
+            self.admin.token = None;
+            return Ok(());
+        };
+        let path = self.resolve(file);
+        let text = std::fs::read_to_string(&path).map_err(|reason| ConfigError::Read {
+            file: path.display().to_string(),
+            reason,
+        })?;
+        let token = AdminToken::from_file_text(&text).ok_or_else(|| {
+            let o = &self.origin;
+            ConfigError::Invalid {
+                file: o.file.clone(),
+                line: o.source.find("token_file").map_or(0, |off| o.line_of(off)),
+                key: "admin.token_file".to_owned(),
+                message: format!("{} is empty", path.display()),
+            }
+        })?;
+        self.admin.token = Some(token);
+        Ok(())
+    }
+
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             path.to_owned()

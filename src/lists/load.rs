@@ -128,9 +128,9 @@ pub fn build_policy_sized(config: &Config, expected_names: usize) -> Result<Load
     let (allow_text, allow_file) = match &config.allowlist {
         Some(path) => {
             let path = config.resolve(path);
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(&path).map_err(|reason| ConfigError::Read {
                 file: path.display().to_string(),
-                source,
+                reason,
             })?;
             (text, path.display().to_string())
         }
@@ -172,10 +172,10 @@ pub fn build_policy_sized(config: &Config, expected_names: usize) -> Result<Load
                         statuses.push(status);
                         continue;
                     }
-                    Err(source) => {
+                    Err(reason) => {
                         return Err(ConfigError::Read {
                             file: path.display().to_string(),
-                            source,
+                            reason,
                         });
                     }
                 }

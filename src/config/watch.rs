@@ -1,0 +1,165 @@
+//! Reload on file change: watches the directories of the config file, the allowlist and
+//! the local lists (not the files: editors and Kubernetes ConfigMaps replace a file by
+//! renaming a new one over it, which a watch on the old inode never sees).
+//!
+//! An event only wakes the watcher; a reload is due when, after a short quiet period,
+//! the content of a watched file differs from what was last loaded. So a `touch`, an
+//! editor's swap file or a ConfigMap's `..data` symlink dance cost nothing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::Config;
+
+/// Events closer together than this are one change (an editor's write-then-rename).
+const QUIET: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+#[error("watching {dir}: {source}")]
+pub struct WatchError {
+    dir: String,
+    source: notify::Error,
+}
+
+/// What a watched file held: `None` when it could not be read (removed mid-rename).
+pub type Fingerprint = Vec<(PathBuf, Option<u64>)>;
+
+/// The files a configuration is read from: the config file itself, the allowlist and
+/// every local (`path`) list.
+pub fn watched_files(config_file: Option<&Path>, config: &Config) -> Vec<PathBuf> {
+    let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+    files.extend(config_file.map(Path::to_owned));
+    files.extend(config.allowlist.as_deref().map(|p| config.resolve(p)));
+    files.extend(
+        config
+            .lists
+            .iter()
+            .filter_map(|l| l.path.as_deref())
+            .map(|p| config.resolve(p)),
+    );
+    files.into_iter().collect()
+}
+
+/// The content hashes of `files`, read through symlinks.
+pub fn fingerprint(files: &[PathBuf]) -> Fingerprint {
+    use std::hash::{BuildHasher, Hasher};
+    let seed = foldhash::fast::FixedState::with_seed(0x7067_6174);
+    files
+        .iter()
+        .map(|f| {
+            let digest = std::fs::read(f).ok().map(|bytes| {
+                let mut h = seed.build_hasher();
+                h.write(&bytes);
+                h.finish()
+            });
+            (f.clone(), digest)
+        })
+        .collect()
+}
+
+/// Watches the directories of a set of files and says when their content changed.
+pub struct ConfigWatcher {
+    files: Vec<PathBuf>,
+    loaded: Fingerprint,
+    events: mpsc::Receiver<()>,
+    _watcher: RecommendedWatcher,
+}
+
+impl ConfigWatcher {
+    /// Starts watching. `loaded` is the content the running configuration was built from.
+    pub fn new(files: Vec<PathBuf>, loaded: Fingerprint) -> Result<ConfigWatcher, WatchError> {
+        // Capacity 1: events only need to wake the watcher, never to be counted.
+        let (tx, events) = mpsc::channel(1);
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .map(|f| match f.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<_>| {
+            let _: notify::Event = match event {
+                Ok(event) => event,
+                Err(_) => return,
+            };
+            let _ = tx.try_send(());
+        })
+        .map_err(|source| WatchError {
+            dir: String::new(),
+            source,
+        })?;
+        for dir in &dirs {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map_err(|source| WatchError {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
+        }
+        Ok(ConfigWatcher {
+            files,
+            loaded,
+            events,
+            _watcher: watcher,
+        })
+    }
+
+    /// Waits until a watched file's content differs from what was loaded; returns the new
+    /// fingerprint (taken before the caller reads the files, so a change made while the
+    /// caller reloads is seen next time).
+    pub async fn changed(&mut self) -> Fingerprint {
+        loop {
+            if self.events.recv().await.is_none() {
+                // The watcher thread is gone: never report a change again.
+                std::future::pending::<()>().await;
+            }
+            // Let a burst of events settle.
+            while tokio::time::timeout(QUIET, self.events.recv())
+                .await
+                .is_ok_and(|e| e.is_some())
+            {}
+            let now = fingerprint(&self.files);
+            if now != self.loaded {
+                return now;
+            }
+        }
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rename_over_the_file_is_a_change_and_a_touch_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portcullis.toml");
+        std::fs::write(&file, "a = 1\n").unwrap();
+        let files = vec![file.clone()];
+        let mut watcher = ConfigWatcher::new(files.clone(), fingerprint(&files)).unwrap();
+
+        // Same content rewritten, and an unrelated file: no change reported.
+        std::fs::write(&file, "a = 1\n").unwrap();
+        std::fs::write(dir.path().join("other.txt"), "x").unwrap();
+        let quiet = tokio::time::timeout(Duration::from_secs(1), watcher.changed()).await;
+        assert!(quiet.is_err(), "no content change, no reload");
+
+        // An editor's (or ConfigMap's) replace-by-rename.
+        let tmp = dir.path().join(".portcullis.toml.swp");
+        std::fs::write(&tmp, "a = 2\n").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+            .await
+            .expect("the rename is seen");
+        assert_eq!(changed, fingerprint(&files));
+        assert_ne!(changed[0].1, None);
+    }
+}
