@@ -70,6 +70,10 @@ pub struct ProxyConfig {
     pub idle_timeout_secs: u64,
     /// Longest life of one tunnel, seconds.
     pub tunnel_max_secs: u64,
+    /// On SIGTERM, open tunnels and requests may finish for this long before they are
+    /// closed, seconds (0: close at once). Keep it under the orchestrator's stop grace
+    /// period (Kubernetes 30 s; set compose's `stop_grace_period` above it).
+    pub drain_secs: u64,
     /// Client connections at once, over all clients (503 beyond).
     pub max_connections: usize,
     /// Client connections at once from one client address (429 beyond).
@@ -101,6 +105,7 @@ impl Default for ProxyConfig {
             client_hello_timeout_ms: 10_000,
             idle_timeout_secs: 300,
             tunnel_max_secs: 6 * 3600,
+            drain_secs: 20,
             max_connections: 10_000,
             max_connections_per_client: 1_000,
             max_header_bytes: 16 * 1024,
@@ -131,6 +136,10 @@ impl ProxyConfig {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
     }
 
     pub fn tunnel_max(&self) -> Duration {

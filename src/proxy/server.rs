@@ -26,14 +26,15 @@ use crate::error::HasFault;
 
 pub use crate::listen::bind_tcp as bind;
 
-/// Serves the proxy on `listeners` until `shutdown` completes; then stops accepting,
-/// closes open tunnels and waits for every connection task to end.
+/// Serves the proxy on `listeners` until `shutdown` completes; then stops accepting and
+/// drops connections that have not sent a request, lets open tunnels and requests run
+/// for up to `drain_secs`, closes what is left and waits for every task to end.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     state: Arc<ProxyState>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let stop = CancellationToken::new();
+    let stop = Stop::default();
     let tracker = TaskTracker::new();
     for listener in listeners {
         tracing::info!(addr = %listener.local_addr()?, "listening proxy");
@@ -45,21 +46,48 @@ pub async fn serve(
         ));
     }
     shutdown.await;
-    stop.cancel();
+    stop.accepting.cancel();
     tracker.close();
-    tracker.wait().await;
+    let drain = state.config.drain();
+    if tokio::time::timeout(Duration::from_millis(50), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            connections = tracker.len(),
+            drain_secs = drain.as_secs(),
+            "proxy draining: open tunnels may finish until the deadline"
+        );
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::info!(
+                connections = tracker.len(),
+                "drain deadline reached: closing the remaining tunnels"
+            );
+            stop.tunnels.cancel();
+            tracker.wait().await;
+        }
+    }
     Ok(())
+}
+
+/// The two steps of a graceful stop.
+#[derive(Clone, Default)]
+struct Stop {
+    /// Stop accepting; close connections that have not sent a request yet.
+    accepting: CancellationToken,
+    /// The drain deadline passed: close tunnels and requests in progress.
+    tunnels: CancellationToken,
 }
 
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<ProxyState>,
-    stop: CancellationToken,
+    stop: Stop,
     tracker: TaskTracker,
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.accepting.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -124,12 +152,7 @@ fn take_slot(state: &Arc<ProxyState>, client: IpAddr) -> Result<Slot, ProxyError
     Ok(slot)
 }
 
-async fn connection(
-    state: Arc<ProxyState>,
-    mut stream: TcpStream,
-    client: SocketAddr,
-    stop: CancellationToken,
-) {
+async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: SocketAddr, stop: Stop) {
     let _slot = match take_slot(&state, client.ip()) {
         Ok(slot) => slot,
         Err(err) => {
@@ -146,7 +169,7 @@ async fn connection(
     let asker = state.asker(client);
     let mut buf = Vec::with_capacity(1024);
     let read = tokio::select! {
-        _ = stop.cancelled() => return,
+        _ = stop.accepting.cancelled() => return,
         read = tokio::time::timeout(
             state.config.header_timeout(),
             read_request_head(&mut stream, &mut buf, state.config.max_header_bytes, state.config.max_headers),
@@ -163,9 +186,9 @@ async fn connection(
     let rest = buf[len..].to_vec();
     drop(buf);
     if head.method == "CONNECT" {
-        connect::handle(&state, stream, &asker, head, rest, &stop).await;
+        connect::handle(&state, stream, &asker, head, rest, &stop.tunnels).await;
     } else {
-        forward::handle(&state, stream, &asker, head, rest, &stop).await;
+        forward::handle(&state, stream, &asker, head, rest, &stop.tunnels).await;
     }
 }
 
