@@ -268,7 +268,7 @@ impl Metrics {
             .clone();
         r.register(
             "config_reloads",
-            "Configuration reloads (SIGHUP), by result",
+            "Configuration reloads (SIGHUP or a watched file change), by result",
             reloads,
         );
         // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text
