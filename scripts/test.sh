@@ -11,6 +11,8 @@ command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v unbound >/dev/null 2>&1 || need_pkgs+=(unbound)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# setpriv and unshare run the image's binary as the container does.
+command -v setpriv >/dev/null 2>&1 || need_pkgs+=(util-linux)
 # promtool (`promtool check metrics` on the gate's /metrics output).
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -26,7 +28,9 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-# Build every test target once, then run them (each test binary runs its tests in parallel).
+# The container image's static binary (tests/container.rs and tests/netns.rs run it),
+# then every test target, once; then run them (each binary runs its tests in parallel).
+./scripts/build-static.sh >/dev/null
 cargo test --locked --lib --bins --tests --no-run
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -215,6 +215,11 @@ pub struct DohServer {
 
 impl DohServer {
     pub async fn start(zone: TestZone) -> Self {
+        Self::start_on(Ipv4Addr::LOCALHOST.into(), zone).await
+    }
+
+    /// Listens on `ip` (free ports), e.g. an address inside a test's network namespace.
+    pub async fn start_on(ip: std::net::IpAddr, zone: TestZone) -> Self {
         let tls_name = "doh.test".to_string();
         let (ca_pem, chain, key) = mint_certificates(&tls_name);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -233,7 +238,7 @@ impl DohServer {
             config.alpn_protocols = vec![alpn.to_vec()];
             Arc::new(config)
         };
-        let any: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+        let any: SocketAddr = (ip, 0).into();
         let mut server = Self {
             addr: any,
             udp_addr: any,

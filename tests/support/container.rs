@@ -1,0 +1,223 @@
+//! Runs the static binary the way the container image does, without a container engine:
+//! in a network namespace of the test's own, as uid/gid 65534 with no capabilities and
+//! `no_new_privs`, on a read-only filesystem except its cache directory (`unshare`,
+//! `setpriv`), with port 53 opened to non-root users by the same sysctl the compose
+//! file sets. Needs root, `ip` (iproute2) and util-linux.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The uid and gid the image runs as (nobody:nogroup).
+pub const NOBODY: u32 = 65534;
+
+/// Why these tests cannot run here, if they cannot.
+pub fn unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces, mounts)".into());
+    }
+    for tool in ["ip", "unshare", "setpriv", "dig", "curl"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
+}
+
+/// The image's binary: built once per test process by `scripts/build-static.sh`, the
+/// script the Dockerfile runs (a no-op when `scripts/test.sh` built it already).
+pub fn static_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-static.sh");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/build-static.sh");
+        assert!(out.status.success(), "scripts/build-static.sh failed");
+        let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        assert!(path.is_file(), "{} was not built", path.display());
+        path
+    })
+}
+
+/// A network namespace, removed (with every process still in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `ip netns add` a fresh namespace with its loopback up.
+    pub fn new(role: &str) -> Netns {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "pc-{role}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `args` inside the namespace; panics when it fails.
+    pub fn run(&self, args: &[&str]) {
+        let out = self.command(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} in {}: {}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Moves the calling thread into the namespace: sockets it opens afterwards live
+    /// there. For test servers running on a thread of their own.
+    pub fn enter(&self) {
+        Self::enter_by_name(&self.name);
+    }
+
+    /// `enter` for a thread that has only the namespace's name.
+    pub fn enter_by_name(name: &str) {
+        let file = std::fs::File::open(format!("/run/netns/{name}")).expect("netns file");
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid namespace fd; affects only the calling thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+
+    /// The command that runs the image's binary in this namespace as the container
+    /// would. `cache` stays writable (and owned by 65534); every other mount is read-only.
+    pub fn as_container(&self, cache: &Path, args: &[&str]) -> Command {
+        chown_nobody(cache);
+        const SCRIPT: &str = r#"set -e
+cache=$1; shift
+for m in $(awk '{print $5}' /proc/self/mountinfo); do
+  case "$m" in /proc*|/sys*|/dev*) continue ;; esac
+  mount -o remount,bind,ro "$m" 2>/dev/null || true
+done
+mount --bind "$cache" "$cache"
+mount -o remount,bind,rw "$cache"
+exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
+  --bounding-set=-all --no-new-privs -- "$@""#;
+        let mut c = self.command("unshare");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            SCRIPT,
+            "sh",
+        ])
+        .arg(cache)
+        .arg(static_binary())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("PORTCULLIS_CONFIG");
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes still inside would keep the namespace alive: end them first.
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|out| {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs a command on the host; panics when it fails.
+pub fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A veth pair between two namespaces with an address on each end.
+pub fn link(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Interface names are created on the host first: keep them unique and short.
+    let tmp = format!("pcv{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let peer = format!("{tmp}p{}", std::process::id() % 10000);
+    run(
+        "ip",
+        &[
+            "link", "add", &tmp, "netns", &a.name, "type", "veth", "peer", "name", &peer, "netns",
+            &b.name,
+        ],
+    );
+    a.run(&["ip", "link", "set", &tmp, "name", a_if]);
+    b.run(&["ip", "link", "set", &peer, "name", b_if]);
+    a.run(&["ip", "addr", "add", a_addr, "dev", a_if]);
+    b.run(&["ip", "addr", "add", b_addr, "dev", b_if]);
+    a.run(&["ip", "link", "set", a_if, "up"]);
+    b.run(&["ip", "link", "set", b_if, "up"]);
+}
+
+/// Files the gate reads must be readable by 65534 (temp dirs are 0700 root).
+pub fn readable_by_all(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+}
+
+fn chown_nobody(dir: &Path) {
+    std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+}
+
+/// The `Uid`, `CapEff`, `CapBnd` and `NoNewPrivs` lines of a process.
+pub fn credentials(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            [
+                "Uid:",
+                "Gid:",
+                "CapEff:",
+                "CapBnd:",
+                "CapPrm:",
+                "NoNewPrivs:",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
