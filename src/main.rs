@@ -293,9 +293,18 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let proxy_listeners = portcullis::proxy::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("binding the proxy on {:?}", config.proxy.listen))?;
-    // The gate's own listeners are never a destination.
+    portcullis::admin::metrics::init();
+    let admin_listeners = portcullis::admin::bind(&config.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin listener on {:?}", config.admin.listen))?;
+    // The gate's own listeners are never a destination (the admin API least of all).
     let mut own = sockets.local_addrs();
-    own.extend(proxy_listeners.iter().filter_map(|l| l.local_addr().ok()));
+    own.extend(
+        proxy_listeners
+            .iter()
+            .chain(&admin_listeners)
+            .filter_map(|l| l.local_addr().ok()),
+    );
     let proxy_state = Arc::new(portcullis::proxy::ProxyState::new(
         config.proxy.clone(),
         policy.clone(),
@@ -304,10 +313,6 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         own,
     ));
 
-    portcullis::admin::metrics::init();
-    let admin_listeners = portcullis::admin::bind(&config.admin.listen)
-        .await
-        .with_context(|| format!("binding the admin listener on {:?}", config.admin.listen))?;
     let admin_state = Arc::new(portcullis::admin::AdminState {
         filter: filter.clone(),
         lists: lists.clone(),

@@ -474,3 +474,38 @@ fn post_endpoints_need_the_bearer_token_and_act() {
     assert!(logs.contains("admin action"), "{logs}");
     assert!(!logs.contains(secret), "{logs}");
 }
+
+#[test]
+fn the_proxy_never_dials_the_admin_listener_even_with_private_true() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!("allowlist = \"allow.toml\"\n{CONFIG}");
+    let allow = format!("[[allow]]\nhost = \"127.0.0.1\"\nports = [{port}]\nprivate = true\n");
+    let admin_listen = format!("127.0.0.1:{port}");
+    let gate = Gate::start_full(
+        &config,
+        &[("allow.toml", &allow)],
+        &[("PORTCULLIS_ADMIN_LISTEN", &admin_listen)],
+    );
+    assert_eq!(admin_addr(&gate), admin_listen);
+    let line = gate
+        .wait_for_log("listening proxy", Duration::from_secs(5))
+        .expect("proxy listener logged");
+    let proxy = gate::json_field(&line, "addr").expect("addr");
+    let mut stream = TcpStream::connect(&proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw);
+    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    assert!(raw.contains("own listeners"), "{raw}");
+}

@@ -355,14 +355,20 @@ impl AddrClassifier {
         &self.own
     }
 
-    /// Fixed ranges first, then gateway, own, configured extra ranges.
+    /// Configured extra ranges first, then fixed ranges, gateway, own.
     pub fn classify(&self, ip: IpAddr) -> AddrClass {
         self.classify_with_label(ip).0
     }
 
     /// Like [`AddrClassifier::classify`], plus the operator's label when the address
     /// fell into a configured extra range (the first matching one).
+    ///
+    /// The operator's ranges come first: they are "never dialled, whatever the allow rules
+    /// say", and `Configured` is a class that `private = true` does not open.
     pub fn classify_with_label(&self, ip: IpAddr) -> (AddrClass, Option<&str>) {
+        if let Some((_, label)) = self.extra.iter().find(|(net, _)| net.contains(&ip)) {
+            return (AddrClass::Configured, Some(label.as_str()));
+        }
         let fixed = classify(ip);
         if fixed.is_denied() {
             return (fixed, None);
@@ -372,9 +378,6 @@ impl AddrClassifier {
         }
         if self.own.contains(&ip) {
             return (AddrClass::Own, None);
-        }
-        if let Some((_, label)) = self.extra.iter().find(|(net, _)| net.contains(&ip)) {
-            return (AddrClass::Configured, Some(label.as_str()));
         }
         (AddrClass::Public, None)
     }
@@ -794,16 +797,26 @@ mod tests {
             .with_own(ip("2606:4700::5"))
             .with_extra("44.0.0.0/8".parse().unwrap(), "amprnet")
             .with_extra("2a01:4f8::1/32".parse().unwrap(), "hetzner")
-            // overlaps the gateway and own address: those win
-            .with_extra("203.0.114.0/23".parse().unwrap(), "wide");
+            // overlaps a gateway: the operator's range wins
+            .with_extra("203.0.114.0/23".parse().unwrap(), "wide")
+            // overlaps a fixed private range: the operator's range wins
+            .with_extra("10.1.0.0/16".parse().unwrap(), "lab");
 
         assert_eq!(c.gateways().len(), 2);
         assert_eq!(c.own().len(), 2);
-        assert_eq!(c.extra().len(), 3);
+        assert_eq!(c.extra().len(), 4);
         // host bits are dropped
         assert_eq!(c.extra()[1].0, "2a01:4f8::/32".parse::<IpNet>().unwrap());
 
-        assert_eq!(c.classify(ip("203.0.114.1")), Gateway);
+        assert_eq!(
+            c.classify_with_label(ip("203.0.114.1")),
+            (Configured, Some("wide"))
+        );
+        assert_eq!(
+            c.classify_with_label(ip("10.1.2.3")),
+            (Configured, Some("lab"))
+        );
+        assert_eq!(c.classify(ip("10.2.0.1")), Private);
         assert_eq!(c.classify(ip("198.20.0.5")), Own);
         assert_eq!(c.classify(ip("2606:4700::5")), Own);
         assert_eq!(c.classify(ip("2606:4700::6")), Public);
@@ -820,7 +833,7 @@ mod tests {
             c.classify_with_label(ip("203.0.115.9")),
             (Configured, Some("wide"))
         );
-        assert_eq!(c.classify_with_label(ip("203.0.114.1")), (Gateway, None));
+        assert_eq!(c.classify_with_label(ip("172.17.0.1")), (Private, None));
         // A v4 range never matches a v6 address and vice versa.
         assert_eq!(c.classify(ip("::ffff:44.1.1.1")), Ipv4Mapped);
         // Fixed ranges come first: a private gateway stays Private.
