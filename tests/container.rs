@@ -14,13 +14,64 @@ use std::time::{Duration, Instant};
 
 use container::{Netns, credentials, readable_by_all};
 
-struct Running(Child);
+struct Running {
+    child: Child,
+    /// The `listening ...` log lines.
+    bound: String,
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// Starts the image's binary in `ns` as the container runs it, with `env`; returns once
+/// it logged its four listeners (DNS UDP and TCP, proxy, admin).
+fn start(ns: &Netns, cache: &std::path::Path, env: &[(&str, &str)]) -> Running {
+    let mut command = ns.as_container(cache, &[]);
+    command
+        .envs(env.iter().copied())
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start the gate");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut gate = Running {
+        child,
+        bound: String::new(),
+    };
+    let mut logs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut bound = Vec::new();
+    while bound.len() < 4 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("the gate did not bind; log:\n{}", logs.join("\n")));
+        if line.contains("\"listening ") {
+            bound.push(line.clone());
+        }
+        logs.push(line);
+    }
+    gate.bound = bound.join("\n");
+    gate
+}
+
+/// `dig @127.0.0.1 -p 53 NAME A` inside `ns`; dig's output.
+fn dig(ns: &Netns, name: &str) -> String {
+    let out = ns
+        .command("dig")
+        .args(["@127.0.0.1", "-p", "53", name, "A", "+tries=1", "+time=3"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -69,44 +120,26 @@ format = "domains"
     .unwrap();
     readable_by_all(etc.path());
 
-    // The Dockerfile's ENV, pointing at this test's files.
     let config = etc.path().join("portcullis.toml");
     let lists_dir = cache.path().join("lists");
-    let mut command = ns.as_container(cache.path(), &[]);
-    command
-        .env("PORTCULLIS_CONFIG", &config)
-        .env("PORTCULLIS_CACHE_DIR", &lists_dir)
-        .env("PORTCULLIS_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("start the gate");
-    let stderr = child.stderr.take().unwrap();
-    let gate = Running(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut logs = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut bound = Vec::new();
-    while bound.len() < 4 {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("the gate did not bind; log:\n{}", logs.join("\n")));
-        if line.contains("\"listening ") {
-            bound.push(line.clone());
-        }
-        logs.push(line);
-    }
-    let bound = bound.join("\n");
+    let gate = start(
+        &ns,
+        cache.path(),
+        &[
+            ("PORTCULLIS_CONFIG", config.to_str().unwrap()),
+            ("PORTCULLIS_CACHE_DIR", lists_dir.to_str().unwrap()),
+        ],
+    );
     for addr in ["127.0.0.1:53", "127.0.0.1:3128", "127.0.0.1:9953"] {
-        assert!(bound.contains(addr), "{addr} not bound:\n{bound}");
+        assert!(
+            gate.bound.contains(addr),
+            "{addr} not bound:\n{}",
+            gate.bound
+        );
     }
 
     // It runs as nobody, with nothing to escalate to.
-    let creds = credentials(gate.0.id());
+    let creds = credentials(gate.child.id());
     for want in [
         "Uid:\t65534\t65534\t65534\t65534",
         "Gid:\t65534\t65534\t65534\t65534",
@@ -118,7 +151,7 @@ format = "domains"
         assert!(creds.contains(want), "want {want:?} in\n{creds}");
     }
     // Its root filesystem is read-only; its cache directory is not.
-    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", gate.0.id())).unwrap();
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", gate.child.id())).unwrap();
     let options = |target: &str| {
         mounts
             .lines()
@@ -137,17 +170,9 @@ format = "domains"
     );
 
     // It serves DNS on port 53: the local list and the file:// feed both block.
-    let dig = |name: &str| {
-        let out = ns
-            .command("dig")
-            .args(["@127.0.0.1", "-p", "53", name, "A", "+tries=1", "+time=3"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert!(dig("evil.example").contains("status: NXDOMAIN"));
+    assert!(dig(&ns, "evil.example").contains("status: NXDOMAIN"));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !dig("feed-listed.example").contains("status: NXDOMAIN") {
+    while !dig(&ns, "feed-listed.example").contains("status: NXDOMAIN") {
         assert!(Instant::now() < deadline, "the feed list never loaded");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -178,6 +203,96 @@ format = "domains"
             .iter()
             .all(|e| e.metadata().unwrap().uid() == container::NOBODY),
         "cache files not owned by 65534"
+    );
+    drop(gate);
+}
+
+/// The configuration baked into the image (scripts/container-config.sh, as the Dockerfile
+/// runs it) binds 0.0.0.0:53, :3128 and :9953 as nobody and serves. Only the upstreams are
+/// pointed at a dead loopback port: this test sends nothing anywhere.
+#[test]
+fn the_baked_image_configuration_binds_53_as_nobody_and_serves() {
+    if let Some(why) = container::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let ns = Netns::new("img");
+    ns.run(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_unprivileged_port_start=53",
+    ]);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // /etc/portcullis as the Dockerfile lays it out.
+    let etc = tempfile::tempdir().unwrap();
+    let baked = std::process::Command::new(root.join("scripts/container-config.sh"))
+        .arg(root.join("portcullis.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        baked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&baked.stderr)
+    );
+    std::fs::write(etc.path().join("portcullis.toml"), &baked.stdout).unwrap();
+    std::fs::copy(
+        root.join("allowlist.toml"),
+        etc.path().join("allowlist.toml"),
+    )
+    .unwrap();
+    std::fs::create_dir(etc.path().join("blocklists")).unwrap();
+    std::fs::write(
+        etc.path().join("blocklists/local.txt"),
+        "operator-listed.example\n",
+    )
+    .unwrap();
+    readable_by_all(etc.path());
+
+    let cache = tempfile::tempdir().unwrap();
+    let config = etc.path().join("portcullis.toml");
+    let lists_dir = cache.path().join("lists");
+    let gate = start(
+        &ns,
+        cache.path(),
+        &[
+            ("PORTCULLIS_CONFIG", config.to_str().unwrap()),
+            // The image's /var/cache/portcullis is a volume; here, the test's directory.
+            ("PORTCULLIS_CACHE_DIR", lists_dir.to_str().unwrap()),
+            ("PORTCULLIS_UPSTREAMS", "udp://127.0.0.1:9"),
+        ],
+    );
+    for addr in ["0.0.0.0:53", "0.0.0.0:3128", "0.0.0.0:9953"] {
+        assert!(
+            gate.bound.contains(addr),
+            "{addr} not bound:\n{}",
+            gate.bound
+        );
+    }
+    // The operator's local list (a relative path in the baked config) and local answers.
+    assert!(dig(&ns, "operator-listed.example").contains("status: NXDOMAIN"));
+    assert!(dig(&ns, "localhost").contains("status: NOERROR"));
+    // The baked allowlist is the mounted-over-able file, not the built-in copy.
+    let check = ns
+        .as_container(cache.path(), &["check", "api.anthropic.com"])
+        .env("PORTCULLIS_CONFIG", &config)
+        .env("PORTCULLIS_CACHE_DIR", &lists_dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains("allowlist.toml"), "{said}");
+    // Alive (ready needs the subscribed lists, which nothing here can download).
+    let health = ns
+        .as_container(
+            cache.path(),
+            &["health", "--url", "http://127.0.0.1:9953/healthz"],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
     );
     drop(gate);
 }

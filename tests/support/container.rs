@@ -191,8 +191,11 @@ pub fn readable_by_all(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        if entry.path().is_file() {
-            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = entry.path();
+        if path.is_dir() {
+            readable_by_all(&path);
+        } else {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
     }
 }
