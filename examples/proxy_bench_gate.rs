@@ -40,6 +40,7 @@ impl Resolve for Static {
             list: None,
             rule: None,
             upstream: None,
+            answer_id: None,
         }
     }
 }

@@ -6,6 +6,21 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// A process-wide id for log correlation: upstream answers and proxy connections.
+/// Starts at the process start time in microseconds, so ids from one run do not repeat
+/// those of the run before it in a log store.
+pub fn next_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        AtomicU64::new(start)
+    })
+    .fetch_add(1, Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the configured level.
 /// hickory's own per-request logging is turned down: the gate logs one decision
 /// line per query itself.

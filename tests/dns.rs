@@ -32,6 +32,7 @@ fn zone() -> TestZone {
         .cname("clean-cname.example", "fwd.example")
         .a("nas.example", Ipv4Addr::new(192, 168, 1, 20))
         .a("scoped.example", PUBLIC_1)
+        .a("origin.example", Ipv4Addr::new(127, 0, 0, 4))
         .with_ttl(1)
         .a("stale.example", PUBLIC_2)
 }
@@ -559,4 +560,94 @@ async fn large_answers_are_truncated_over_udp_and_complete_over_tcp() {
     .await;
     assert_eq!(badvers.status, "BADVERS", "{}", badvers.raw);
     doh.stop().await;
+}
+
+/// The DNS answer an agent looked up and the proxy connection that dialled it share a
+/// correlation id in the decision log (`answer_id`), and every line of one proxy
+/// connection shares `conn_id`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dns_answer_and_the_proxy_connection_that_used_it_share_an_id() {
+    use std::io::{Read, Write};
+    let doh = DohServer::start(zone()).await;
+    // An echo origin on loopback, reachable only through an explicit private rule.
+    let origin = std::net::TcpListener::bind("127.0.0.4:0").unwrap();
+    let port = origin.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in origin.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let allow = format!(
+        "{ALLOWLIST}\n[[allow]]\nhost = \"origin.example\"\nports = [{port}]\nprivate = true\n"
+    );
+    let gate = Gate::start_full(
+        &config(&doh, &format!("[proxy]\nopaque_ports = [{port}]\n")),
+        &[("allowlist.toml", &allow)],
+        &[],
+    );
+    let json = |line: &str| serde_json::from_str::<serde_json::Value>(line).unwrap();
+
+    // The agent resolves the name: the answer gets an id.
+    assert_eq!(
+        dig(gate.dns, "origin.example", "A", &[]).await.status,
+        "NOERROR"
+    );
+    let lookup = json(&decision_for(&gate, "origin.example").expect("decision line"));
+    let answer_id = lookup["answer_id"]
+        .as_u64()
+        .expect("answer_id on a forwarded answer");
+
+    // Then connects through the proxy: the proxy's lookup is the cached answer.
+    let proxy = json_field(
+        &gate
+            .wait_for_log("listening proxy", Duration::from_secs(5))
+            .unwrap(),
+        "addr",
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "CONNECT origin.example:{port} HTTP/1.1\r\nHost: origin.example:{port}\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 39];
+        s.read_exact(&mut head).unwrap();
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s.write_all(b"ping").unwrap();
+        let mut pong = [0u8; 4];
+        s.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"ping");
+    })
+    .await
+    .unwrap();
+    let close = gate
+        .wait_for_log("\"event\":\"close\"", Duration::from_secs(5))
+        .expect("the close line");
+    let allowed = gate
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("\"door\":\"proxy\"") && l.contains("\"decision\":\"allowed\""))
+        .expect("the allowed line");
+    let (allowed, close) = (json(&allowed), json(&close));
+    let ids = allowed["answer_ids"].as_str().expect("answer_ids");
+    assert!(
+        ids.split(',').any(|id| id == answer_id.to_string()),
+        "answer {answer_id} not in {ids}"
+    );
+    assert!(allowed["conn_id"].as_u64().is_some(), "{allowed}");
+    assert_eq!(allowed["conn_id"], close["conn_id"]);
 }

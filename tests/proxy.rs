@@ -781,6 +781,7 @@ fn portcullis_reply(rcode: ResponseCode, outcome: Outcome) -> Reply {
         list: None,
         rule: None,
         upstream: None,
+        answer_id: None,
     }
 }
 

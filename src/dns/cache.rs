@@ -23,6 +23,8 @@ pub struct CachedResponse {
     pub authorities: Vec<Record>,
     /// Which upstream answered, for the decision log.
     pub upstream: Arc<str>,
+    /// The answer's correlation id (see [`Reply::answer_id`](super::filter::Reply)).
+    pub answer_id: u64,
 }
 
 #[derive(Clone)]
@@ -95,7 +97,14 @@ impl Cache {
     }
 
     /// Stores an upstream response; SERVFAIL and other failures are not cached.
-    pub fn insert(&self, name: &str, qtype: RecordType, response: &Message, upstream: Arc<str>) {
+    pub fn insert(
+        &self,
+        name: &str,
+        qtype: RecordType,
+        response: &Message,
+        upstream: Arc<str>,
+        answer_id: u64,
+    ) {
         let Some(entries) = &self.entries else { return };
         let Some(ttl) = self.ttl_for(response) else {
             return;
@@ -110,6 +119,7 @@ impl Cache {
                 answers: response.answers.clone(),
                 authorities: response.authorities.clone(),
                 upstream,
+                answer_id,
             }),
         };
         entries.insert(self.key(name, qtype), entry);
@@ -237,7 +247,7 @@ mod tests {
     #[test]
     fn fresh_then_stale_then_gone() {
         let c = Cache::new(&config());
-        c.insert("a.example", RecordType::A, &answer(10), "up".into());
+        c.insert("a.example", RecordType::A, &answer(10), "up".into(), 7);
         let hit = c.get("a.example", RecordType::A).unwrap();
         assert!(!hit.stale);
         assert!(c.get("a.example", RecordType::AAAA).is_none());
@@ -262,10 +272,11 @@ mod tests {
                 RecordType::A,
                 &answer(10),
                 "up".into(),
+                i as u64,
             );
         }
         assert!(c.len() <= 10, "cache holds {} entries", c.len());
-        c.insert("a.example", RecordType::A, &answer(10), "up".into());
+        c.insert("a.example", RecordType::A, &answer(10), "up".into(), 7);
         c.age_all(Duration::from_secs(11));
         assert!(c.get("a.example", RecordType::A).is_none());
     }

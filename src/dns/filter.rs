@@ -77,6 +77,10 @@ pub struct Reply {
     pub list: Option<String>,
     pub rule: Option<String>,
     pub upstream: Option<Arc<str>>,
+    /// Correlation id of an upstream answer: given when it is fetched, kept in the cache,
+    /// logged by every DNS query and proxy connection that used it. So the decision line
+    /// of an agent's lookup and the proxy connection that dialled its answer share it.
+    pub answer_id: Option<u64>,
 }
 
 impl Reply {
@@ -91,6 +95,7 @@ impl Reply {
             list: None,
             rule: None,
             upstream: None,
+            answer_id: None,
         }
     }
 }
@@ -302,8 +307,14 @@ impl Filter {
         request.edns = Some(edns);
         match self.upstream.resolve_named(&request).await {
             Ok((response, upstream)) if is_usable(&response) => {
-                self.cache
-                    .insert(pending.name.as_str(), qtype, &response, upstream.clone());
+                let answer_id = crate::telemetry::next_id();
+                self.cache.insert(
+                    pending.name.as_str(),
+                    qtype,
+                    &response,
+                    upstream.clone(),
+                    answer_id,
+                );
                 let mut reply = Reply::new(
                     response.metadata.response_code,
                     Outcome::Forwarded,
@@ -312,6 +323,7 @@ impl Filter {
                 reply.answers = response.answers;
                 reply.authorities = response.authorities;
                 reply.upstream = Some(upstream);
+                reply.answer_id = Some(answer_id);
                 reply
             }
             result => {
@@ -415,6 +427,7 @@ impl Filter {
                 let mut refused = Reply::new(ResponseCode::Refused, Outcome::Refused, why.clone());
                 refused.ede = Some((ede::BLOCKED, why));
                 refused.upstream = reply.upstream.take();
+                refused.answer_id = reply.answer_id;
                 *reply = refused;
             } else {
                 reply.reason = format!("removed {} from the answer ({})", ip, class.as_str());
@@ -468,6 +481,7 @@ fn from_cache(hit: &super::cache::Hit, outcome: Outcome) -> Reply {
     reply.answers = adjust(&hit.response.answers);
     reply.authorities = adjust(&hit.response.authorities);
     reply.upstream = Some(hit.response.upstream.clone());
+    reply.answer_id = Some(hit.response.answer_id);
     if hit.stale {
         reply.ede = Some((
             ede::STALE_ANSWER,

@@ -248,6 +248,7 @@ pub(crate) fn log_decision(
         list = reply.list.as_deref(),
         rule = reply.rule.as_deref(),
         upstream = reply.upstream.as_deref(),
+        answer_id = reply.answer_id,
         answers = reply.answers.len(),
         duration_us = started.elapsed().as_micros() as u64,
         "dns decision"

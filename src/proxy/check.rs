@@ -33,6 +33,8 @@ pub enum Kind {
 #[derive(Debug, Clone)]
 pub struct Asker {
     pub client: SocketAddr,
+    /// Correlation id of this client connection: on every log line it causes.
+    pub conn_id: u64,
     pub group: GroupId,
     pub group_name: String,
     pub mode: ProxyMode,
@@ -51,6 +53,8 @@ pub struct Approval {
     pub skipped: Vec<String>,
     /// May the ClientHello carry ECH?
     pub ech_ok: bool,
+    /// Correlation ids of the DNS answers the addresses came from (see `Reply::answer_id`).
+    pub answer_ids: Vec<u64>,
 }
 
 /// Classes an allow rule with `private = true` lets through. Metadata endpoints,
@@ -96,6 +100,7 @@ impl ProxyState {
         let mode = self.config.mode_of(&group_name);
         Asker {
             client,
+            conn_id: crate::telemetry::next_id(),
             group,
             group_name,
             mode,
@@ -121,6 +126,7 @@ impl ProxyState {
                         would_refuse: None,
                         skipped: Vec::new(),
                         ech_ok: false,
+                        answer_ids: Vec::new(),
                     };
                     let addr = SocketAddr::new(*ip, port);
                     return self.check_addrs(&[addr], private, approval, &target.host);
@@ -137,6 +143,7 @@ impl ProxyState {
             self.resolver.lookup(client, &name, RecordType::A),
             self.resolver.lookup(client, &name, RecordType::AAAA)
         );
+        approval.answer_ids = [&a, &aaaa].iter().filter_map(|r| r.answer_id).collect();
         let mut addrs = Vec::new();
         let mut unresolved = Vec::new();
         for reply in [&a, &aaaa] {
@@ -241,6 +248,7 @@ impl ProxyState {
             would_refuse,
             skipped: Vec::new(),
             ech_ok: false,
+            answer_ids: Vec::new(),
         };
         let verdict = policy.decide(name, asker.group);
         // What the allowlist mode says; public and report modes go on from there.

@@ -214,18 +214,37 @@ pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &Proxy
     tracing::info!(
         target: "portcullis::decision",
         door = "proxy",
+        conn_id = asker.conn_id,
         client = %asker.client.ip(),
         group = %asker.group_name,
         mode = asker.mode.as_str(),
         method,
         // Not `target`: the JSON formatter already uses that key for the log target.
-        request = target,
+        request = %redact_userinfo(target),
         decision = "refused",
         status = err.status(),
         reason_code = err.code(),
         reason = %err,
         fault = err.fault().as_str(),
     );
+}
+
+/// The request target with any `user:password@` in its authority replaced, so
+/// credentials a client put in a URL never reach the log.
+fn redact_userinfo(target: &str) -> std::borrow::Cow<'_, str> {
+    let start = target.find("://").map_or(0, |i| i + 3);
+    let authority_end = target[start..]
+        .find(['/', '?', '#'])
+        .map_or(target.len(), |i| start + i);
+    match target[start..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}<redacted>@{}",
+            &target[..start],
+            &target[start + at + 1..]
+        )
+        .into(),
+        None => target.into(),
+    }
 }
 
 /// One decision line for an allowed request, once the origin is connected.
@@ -252,6 +271,7 @@ pub(crate) fn log_allowed(
     tracing::info!(
         target: "portcullis::decision",
         door = "proxy",
+        conn_id = asker.conn_id,
         client = %asker.client.ip(),
         group = %asker.group_name,
         mode = asker.mode.as_str(),
@@ -264,6 +284,9 @@ pub(crate) fn log_allowed(
         rule = approval.rule.as_deref(),
         would_refuse = approval.would_refuse.as_deref(),
         skipped = (!approval.skipped.is_empty()).then(|| approval.skipped.join(", ")),
+        answer_ids = (!approval.answer_ids.is_empty()).then(|| {
+            approval.answer_ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+        }),
         sni,
     );
 }
@@ -282,6 +305,7 @@ pub(crate) fn log_close(
         target: "portcullis::decision",
         door = "proxy",
         event = "close",
+        conn_id = asker.conn_id,
         client = %asker.client.ip(),
         group = %asker.group_name,
         method,
@@ -319,4 +343,26 @@ pub(crate) async fn dial_checked(
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_userinfo;
+
+    #[test]
+    fn credentials_in_a_target_never_reach_the_log() {
+        assert_eq!(
+            redact_userinfo("http://user:s3cret@example.com/path?q=a@b"),
+            "http://<redacted>@example.com/path?q=a@b"
+        );
+        assert_eq!(
+            redact_userinfo("user:s3cret@example.com:443"),
+            "<redacted>@example.com:443"
+        );
+        assert_eq!(redact_userinfo("example.com:443"), "example.com:443");
+        assert_eq!(
+            redact_userinfo("http://example.com/a@b"),
+            "http://example.com/a@b"
+        );
+    }
 }
