@@ -258,6 +258,9 @@ fn log_loaded(loaded: &Loaded) {
 }
 
 async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    // What the running configuration is built from, taken before the allowlist and the
+    // lists are read: an edit from here on is a change to reload.
+    let loaded_from = portcullis::config::watch::loaded_fingerprint(path.as_deref(), &config);
     // Build the policy off the async workers: big lists take a moment.
     let loaded = tokio::task::spawn_blocking({
         let config = config.clone();
@@ -319,7 +322,12 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(reload_loop(path, lists.clone(), filter.clone()));
+    tokio::spawn(reload_loop(
+        path,
+        lists.clone(),
+        filter.clone(),
+        loaded_from,
+    ));
     tokio::spawn(async move {
         wait_for_stop().await;
         let _ = stop_tx.send(true);
@@ -364,12 +372,17 @@ async fn wait_for_stop() {
 /// SIGHUP, or a change to a file the configuration is read from, rebuilds the policy;
 /// a bad file is refused (file, line, key in the log; the failure counter moves) and the
 /// running policy keeps serving.
-async fn reload_loop(path: Option<PathBuf>, lists: Lists, filter: Arc<Filter>) {
+async fn reload_loop(
+    path: Option<PathBuf>,
+    lists: Lists,
+    filter: Arc<Filter>,
+    loaded: portcullis::config::watch::Fingerprint,
+) {
     use portcullis::config::watch::{ConfigWatcher, fingerprint, watched_files};
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut files = watched_files(path.as_deref(), &lists.config());
-    let mut loaded = fingerprint(&files);
+    let mut loaded = loaded;
     loop {
         let mut watcher = match ConfigWatcher::new(files.clone(), loaded.clone()) {
             Ok(watcher) => {
@@ -387,10 +400,12 @@ async fn reload_loop(path: Option<PathBuf>, lists: Lists, filter: Arc<Filter>) {
                 None => std::future::pending().await,
             }
         };
+        let missed = watcher.as_ref().and_then(ConfigWatcher::missed_change);
         let changed = async {
-            match watcher.as_mut() {
-                Some(watcher) => watcher.changed().await,
-                None => std::future::pending().await,
+            match (missed, watcher.as_mut()) {
+                (Some(now), _) => now,
+                (None, Some(watcher)) => watcher.changed().await,
+                (None, None) => std::future::pending().await,
             }
         };
         // The fingerprint is taken before the files are read, so an edit made while this
@@ -413,6 +428,13 @@ async fn reload_loop(path: Option<PathBuf>, lists: Lists, filter: Arc<Filter>) {
         match result {
             Ok(Ok((config, built))) => {
                 log_loaded(&built);
+                let restart = lists.config().restart_needed(&config);
+                if !restart.is_empty() {
+                    tracing::warn!(
+                        keys = restart.join(", "),
+                        "these settings changed but apply only at the next start; the rest is applied now"
+                    );
+                }
                 let now_read = watched_files(path.as_deref(), &config);
                 if now_read != files {
                     files = now_read;

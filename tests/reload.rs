@@ -267,3 +267,19 @@ fn sigterm_lets_an_open_tunnel_run_until_the_drain_deadline() {
     // The gate is gone and so is the tunnel.
     assert!(echo(&mut tunnel, "after").is_err());
 }
+
+#[test]
+fn a_reload_says_which_changed_settings_wait_for_a_restart() {
+    let gate = Gate::start_full(CONFIG, &[("threats.txt", "0.0.0.0 evil.example\n")], &[]);
+    let dir = gate.dir.path().to_owned();
+    replace(
+        &dir.join("portcullis.toml"),
+        &CONFIG.replace("timeout_ms = 500", "timeout_ms = 700"),
+    );
+    let line = gate
+        .wait_for_log("apply only at the next start", Duration::from_secs(10))
+        .expect("the warning");
+    assert_eq!(gate::json_field(&line, "keys").as_deref(), Some("upstream"));
+    gate.wait_for_log("configuration reloaded", Duration::from_secs(10))
+        .expect("the rest is applied");
+}

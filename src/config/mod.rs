@@ -622,6 +622,39 @@ impl Config {
     }
 
     /// Resolves a path from the config against the config file's directory.
+    /// The settings that differ between `self` (running) and `new` but are read only at
+    /// start: listeners, upstreams, cache, logging and the proxy. A reload applies the
+    /// rest (allowlist, lists, groups, DNS answer settings, admin token) at once.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let mut keys = Vec::new();
+        let checks: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 8] = [
+            ("dns.listen", &self.dns.listen, &new.dns.listen),
+            (
+                "dns.max_inflight",
+                &self.dns.max_inflight,
+                &new.dns.max_inflight,
+            ),
+            (
+                "dns.tcp_idle_secs",
+                &self.dns.tcp_idle_secs,
+                &new.dns.tcp_idle_secs,
+            ),
+            ("upstream", &self.upstream, &new.upstream),
+            ("cache", &self.cache, &new.cache),
+            ("log", &self.log, &new.log),
+            ("proxy", &self.proxy, &new.proxy),
+            ("admin.listen", &self.admin.listen, &new.admin.listen),
+        ];
+        for (key, old, new) in checks {
+            if differs(old, new) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
     /// Reads the admin token from `[admin] token_file` (after environment overrides).
     /// A missing or empty file is refused like any other bad setting.
     pub fn read_admin_token(&mut self) -> Result<(), ConfigError> {

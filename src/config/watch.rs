@@ -44,21 +44,33 @@ pub fn watched_files(config_file: Option<&Path>, config: &Config) -> Vec<PathBuf
     files.into_iter().collect()
 }
 
+/// A content hash, as [`fingerprint`] takes it.
+pub fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x7067_6174).build_hasher();
+    h.write(bytes);
+    h.finish()
+}
+
 /// The content hashes of `files`, read through symlinks.
 pub fn fingerprint(files: &[PathBuf]) -> Fingerprint {
-    use std::hash::{BuildHasher, Hasher};
-    let seed = foldhash::fast::FixedState::with_seed(0x7067_6174);
     files
         .iter()
-        .map(|f| {
-            let digest = std::fs::read(f).ok().map(|bytes| {
-                let mut h = seed.build_hasher();
-                h.write(&bytes);
-                h.finish()
-            });
-            (f.clone(), digest)
-        })
+        .map(|f| (f.clone(), std::fs::read(f).ok().map(|b| digest(&b))))
         .collect()
+}
+
+/// What a configuration was built from: like [`fingerprint`], but the config file's
+/// entry is the text that was actually parsed, so an edit made between reading it and
+/// starting to watch is still seen as a change.
+pub fn loaded_fingerprint(config_file: Option<&Path>, config: &Config) -> Fingerprint {
+    let mut print = fingerprint(&watched_files(config_file, config));
+    if let Some(file) = config_file
+        && let Some(entry) = print.iter_mut().find(|(f, _)| f == file)
+    {
+        entry.1 = Some(digest(config.origin.source.as_bytes()));
+    }
+    print
 }
 
 /// Watches the directories of a set of files and says when their content changed.
@@ -127,6 +139,12 @@ impl ConfigWatcher {
                 return now;
             }
         }
+    }
+
+    /// A change that happened before the watch began, if any.
+    pub fn missed_change(&self) -> Option<Fingerprint> {
+        let now = fingerprint(&self.files);
+        (now != self.loaded).then_some(now)
     }
 
     pub fn files(&self) -> &[PathBuf] {
