@@ -651,3 +651,69 @@ async fn the_dns_answer_and_the_proxy_connection_that_used_it_share_an_id() {
     assert!(allowed["conn_id"].as_u64().is_some(), "{allowed}");
     assert_eq!(allowed["conn_id"], close["conn_id"]);
 }
+
+/// The cached-answer fast path (an answer encoded once, then served by patching a copy)
+/// answers exactly as the full path does, and never outlives the policy, settings or
+/// client group it was checked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cached_answer_fast_path_follows_groups_and_reloads() {
+    let doh = DohServer::start(zone()).await;
+    let extra = r#"
+[groups]
+agent = ["127.0.0.2/32"]
+
+[[lists]]
+name = "agent-only"
+inline = "scoped.example"
+groups = ["agent"]
+
+[[lists]]
+name = "local"
+path = "local.txt"
+"#;
+    let gate = Gate::start_full(
+        &config(&doh, extra),
+        &[("allowlist.toml", ALLOWLIST), ("local.txt", "")],
+        &[],
+    );
+    let other = ["-b", "127.0.0.3"];
+    // Forwarded, then cached through the full path (which encodes it), then the fast path.
+    let mut seen = Vec::new();
+    for name in ["scoped.example", "scoped.example", "ScOpEd.ExAmPlE"] {
+        let d = dig(gate.dns, name, "A", &other).await;
+        assert_eq!(d.addresses(), vec![PUBLIC_1.to_string()], "{}", d.raw);
+        // The question comes back as asked (dig checks it), letter case included.
+        assert!(d.raw.contains(&format!(";{name}.\t")), "{}", d.raw);
+        seen.push(d);
+    }
+    assert!(seen[2].ttls()[0] <= seen[0].ttls()[0]);
+    let json = |line: String| serde_json::from_str::<serde_json::Value>(&line).unwrap();
+    let lines: Vec<serde_json::Value> = gate
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("dns decision") && l.to_ascii_lowercase().contains("scoped.example"))
+        .map(json)
+        .collect();
+    let outcomes: Vec<&str> = lines
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["forwarded", "cached", "cached"]);
+    assert_eq!(lines[2]["answer_id"], lines[0]["answer_id"]);
+    assert_eq!(lines[2]["name"], "scoped.example");
+    // Another client group: its own lists, whatever another group has cached.
+    let agent = dig(gate.dns, "scoped.example", "A", &["-b", "127.0.0.2"]).await;
+    assert_eq!(agent.status, "NXDOMAIN", "{}", agent.raw);
+    // A reload that blocks the name: blocked at once for everyone.
+    std::fs::write(gate.dir.path().join("local.txt.tmp"), "scoped.example\n").unwrap();
+    std::fs::rename(
+        gate.dir.path().join("local.txt.tmp"),
+        gate.dir.path().join("local.txt"),
+    )
+    .unwrap();
+    gate.wait_for_log("configuration reloaded", Duration::from_secs(10))
+        .expect("reloaded");
+    let after = dig(gate.dns, "scoped.example", "A", &other).await;
+    assert_eq!(after.status, "NXDOMAIN", "{}", after.raw);
+    doh.stop().await;
+}

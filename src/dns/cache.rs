@@ -25,6 +25,9 @@ pub struct CachedResponse {
     pub upstream: Arc<str>,
     /// The answer's correlation id (see [`Reply::answer_id`](super::filter::Reply)).
     pub answer_id: u64,
+    /// The answer encoded for the fast path, for the policy, settings and group it was
+    /// last served to (see `dns::wire`).
+    pub wire: arc_swap::ArcSwapOption<super::wire::WireAnswer>,
 }
 
 #[derive(Clone)]
@@ -120,6 +123,7 @@ impl Cache {
                 authorities: response.authorities.clone(),
                 upstream,
                 answer_id,
+                wire: Default::default(),
             }),
         };
         entries.insert(self.key(name, qtype), entry);

@@ -12,8 +12,9 @@ use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, Name as DnsName, RData, Record, RecordType};
 use tokio::sync::Semaphore;
 
-use super::cache::{Cache, STALE_ANSWER_TTL};
+use super::cache::{Cache, CachedResponse, STALE_ANSWER_TTL};
 use super::upstream::UpstreamPool;
+use super::wire::{FastQuery, WireAnswer};
 use crate::config::{BlockAnswer, DnsConfig};
 use crate::policy::addr::{AddrClass, classify};
 use crate::policy::groups::GroupId;
@@ -246,10 +247,55 @@ impl Filter {
         match cached {
             Some(hit) if !hit.stale => {
                 let reply = from_cache(&hit, Outcome::Cached);
-                Step::Done(self.checked(&policy, &settings, &pending, reply))
+                let reply = self.checked(&policy, &settings, &pending, reply);
+                // Inspection left the answer as cached: encode it once for the fast path.
+                let unchanged = reply.outcome == Outcome::Cached
+                    && reply.answers.len() == hit.response.answers.len()
+                    && reply.authorities.len() == hit.response.authorities.len();
+                let current = hit
+                    .response
+                    .wire
+                    .load()
+                    .as_ref()
+                    .is_some_and(|w| w.valid_for(&policy, &settings, group));
+                if unchanged && !current {
+                    let wire = WireAnswer::build(
+                        &policy,
+                        &settings,
+                        group,
+                        pending.name.as_str(),
+                        query.query_type(),
+                        &hit.response,
+                        reply.rule.clone(),
+                    );
+                    hit.response.wire.store(wire.map(Arc::new));
+                }
+                Step::Done(reply)
             }
             stale => Step::Forward(Box::new(Pending { stale, ..pending })),
         }
+    }
+
+    /// The fast path (see [`super::wire`]): writes to `out` a fresh cached answer that is
+    /// already encoded for this client's group under the policy and settings in force.
+    /// `None`: nothing was written; take the full path.
+    pub fn answer_cached(
+        &self,
+        client: IpAddr,
+        query: &FastQuery,
+        name: &str,
+        out: &mut Vec<u8>,
+    ) -> Option<(Arc<CachedResponse>, Arc<WireAnswer>)> {
+        let policy = self.policy.load();
+        let settings = self.settings.load();
+        let group = policy.groups.of(client);
+        let hit = self.cache.get(name, query.qtype).filter(|hit| !hit.stale)?;
+        let wire = hit.response.wire.load_full()?;
+        if !wire.valid_for(&policy, &settings, group) || !wire.answer(query, hit.age, out) {
+            return None;
+        }
+        crate::admin::metrics::cache_lookup(true);
+        Some((hit.response, wire))
     }
 
     /// Asks the upstreams (or falls back to a stale answer) and inspects the answer.

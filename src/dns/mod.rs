@@ -4,3 +4,4 @@ pub mod filter;
 pub mod server;
 pub mod udp;
 pub mod upstream;
+pub mod wire;

@@ -19,8 +19,9 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::filter::{Filter, Reply, Step};
-use super::server::{MAX_QUERY_LEN, log_decision};
+use super::filter::{Filter, Outcome, Reply, Step};
+use super::server::{Decision, MAX_QUERY_LEN, log, log_decision};
+use super::wire;
 
 /// What a parsed request needs for its response.
 struct Request {
@@ -149,6 +150,9 @@ pub async fn serve_udp(
     let tasks = TaskTracker::new();
     // Larger datagrams arrive cut to this size, which is past MAX_QUERY_LEN: FORMERR.
     let mut buf = vec![0u8; MAX_QUERY_LEN + 1];
+    // The fast path's name and answer, reused.
+    let mut name = String::with_capacity(wire::MAX_NAME);
+    let mut out = Vec::with_capacity(1232);
     loop {
         let (len, client) = tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
@@ -162,6 +166,30 @@ pub async fn serve_udp(
             _ = shutdown.cancelled() => break,
         };
         let started = Instant::now();
+        if let Some(fast) = wire::parse(&buf[..len], &mut name)
+            && let Some((cached, encoded)) =
+                filter.answer_cached(client.ip(), &fast, &name, &mut out)
+        {
+            send(&socket, &out, client).await;
+            log(
+                &Decision {
+                    client,
+                    name: &name,
+                    qtype: fast.qtype,
+                    outcome: Outcome::Cached,
+                    rcode: cached.rcode,
+                    reason: Outcome::Cached.as_str(),
+                    list: None,
+                    rule: encoded.rule.as_deref(),
+                    upstream: Some(&cached.upstream),
+                    answer_id: Some(cached.answer_id),
+                    answers: encoded.answers,
+                    started,
+                },
+                log_allowed,
+            );
+            continue;
+        }
         let request = match parse(&buf[..len]) {
             Parsed::Drop => continue,
             Parsed::Error {
