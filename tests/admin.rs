@@ -194,6 +194,40 @@ fn metrics_count_exactly_the_traffic_sent() {
         Some(1.0),
         "{reloaded}"
     );
+    assert_eq!(
+        sample(&reloaded, "portcullis_config_last_reload_successful"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&reloaded, "portcullis_proxy_max_connections"),
+        Some(10000.0)
+    );
+    assert_eq!(sample(&reloaded, "portcullis_proxy_connections"), Some(0.0));
+    assert!(sample(&reloaded, "process_resident_memory_bytes").is_some_and(|v| v > 1e6));
+    assert!(sample(&reloaded, "process_open_fds").is_some_and(|v| v > 3.0));
+    promtool_check(&reloaded);
+
+    // A refused reload: the gauge says so until a reload is applied.
+    std::fs::write(
+        gate.dir.path().join("portcullis.toml"),
+        format!("bogus = 1\n{CONFIG}"),
+    )
+    .unwrap();
+    gate.wait_for_log("reload refused", Duration::from_secs(10))
+        .expect("refused");
+    let (_, refused) = http(&admin, "GET", "/metrics");
+    assert_eq!(
+        sample(&refused, "portcullis_config_last_reload_successful"),
+        Some(0.0),
+        "{refused}"
+    );
+    assert_eq!(
+        sample(
+            &refused,
+            r#"portcullis_config_reloads_total{result="failure"}"#
+        ),
+        Some(1.0)
+    );
 }
 
 #[test]

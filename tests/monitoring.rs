@@ -138,7 +138,8 @@ fn uses(expr: &str) -> Uses {
     for (i, tok) in toks.iter().enumerate() {
         let Tok::Ident(name) = tok else { continue };
         let next_is = |c: char| toks.get(i + 1) == Some(&Tok::Punct(c));
-        if name.starts_with("portcullis_") {
+        // The gate's own metrics and the standard process metrics it exports.
+        if name.starts_with("portcullis_") || name.starts_with("process_") {
             out.metrics.insert(name.clone());
             if next_is('{') {
                 for label in idents_in(i + 1, '}') {
@@ -526,23 +527,43 @@ tests:
   - name: reloads and proxy limits
     interval: 1m
     input_series:
-      - series: 'portcullis_config_reloads_total{job="portcullis", instance="gate:9953", result="failure"}'
-        values: '0x10 1x40'
-      - series: 'portcullis_config_reloads_total{job="portcullis", instance="gate:9953", result="success"}'
-        values: '0x5 1x45'
+      - series: 'portcullis_config_last_reload_successful{job="portcullis", instance="gate:9953"}'
+        values: '1x10 0x20 1x20'
+      - series: 'portcullis_proxy_connections{job="portcullis", instance="gate:9953"}'
+        values: '100x5 900x20'
+      - series: 'portcullis_proxy_max_connections{job="portcullis", instance="gate:9953"}'
+        values: '1000x25'
+      - series: 'process_open_fds{job="portcullis", instance="gate:9953"}'
+        values: '10x5 950x20'
+      - series: 'process_max_fds{job="portcullis", instance="gate:9953"}'
+        values: '1024x25'
       - series: 'portcullis_proxy_decisions_total{job="portcullis", instance="gate:9953", decision="refused", reason="overloaded"}'
         values: '0x5 1+1x20'
     alert_rule_test:
-      - eval_time: 8m
+      - eval_time: 10m
         alertname: PortcullisConfigReloadFailed
         exp_alerts: []
       - eval_time: 15m
         alertname: PortcullisConfigReloadFailed
         exp_alerts:
-          - exp_labels: {severity: warning, job: portcullis, instance: "gate:9953", result: failure}
-      - eval_time: 40m
+          - exp_labels: {severity: warning, job: portcullis, instance: "gate:9953"}
+      - eval_time: 35m
         alertname: PortcullisConfigReloadFailed
         exp_alerts: []
+      - eval_time: 8m
+        alertname: PortcullisProxyConnectionsHigh
+        exp_alerts: []
+      - eval_time: 12m
+        alertname: PortcullisProxyConnectionsHigh
+        exp_alerts:
+          - exp_labels: {severity: warning, job: portcullis, instance: "gate:9953"}
+      - eval_time: 8m
+        alertname: PortcullisFileDescriptorsHigh
+        exp_alerts: []
+      - eval_time: 12m
+        alertname: PortcullisFileDescriptorsHigh
+        exp_alerts:
+          - exp_labels: {severity: warning, job: portcullis, instance: "gate:9953"}
       - eval_time: 4m
         alertname: PortcullisProxyConnectionLimit
         exp_alerts: []
@@ -918,7 +939,7 @@ fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
         "portcullis_list_last_success_timestamp_seconds",
         "portcullis_list_failing",
         "portcullis_dns_queries_total",
-        "portcullis_config_reloads_total",
+        "portcullis_config_last_reload_successful",
         "portcullis_proxy_decisions_total",
     ]
     .into_iter()

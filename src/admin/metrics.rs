@@ -125,6 +125,11 @@ pub struct Metrics {
     tunnel_duration: Histogram,
     reload_success: Counter,
     reload_failure: Counter,
+    last_reload_ok: Gauge,
+    last_reload_success: Gauge,
+    proxy_connections: Gauge,
+    proxy_max_connections: Gauge,
+    process: ProcessMetrics,
     /// One scrape at a time (scrape-time gauges are cleared and refilled).
     scrape: Mutex<()>,
 }
@@ -271,6 +276,34 @@ impl Metrics {
             "Configuration reloads (SIGHUP or a watched file change), by result",
             reloads,
         );
+        let last_reload_ok = Gauge::default();
+        last_reload_ok.set(1);
+        r.register(
+            "config_last_reload_successful",
+            "1 when the last reload was applied (or none was tried), 0 when it was refused",
+            last_reload_ok.clone(),
+        );
+        let last_reload_success = Gauge::default();
+        last_reload_success.set(unix_now());
+        r.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time the running configuration was loaded (start or last applied reload)",
+            last_reload_success.clone(),
+        );
+        let proxy_connections = Gauge::default();
+        r.register(
+            "proxy_connections",
+            "Client connections to the proxy open now (tunnels, requests, connections waiting to send one)",
+            proxy_connections.clone(),
+        );
+        let proxy_max_connections = Gauge::default();
+        r.register(
+            "proxy_max_connections",
+            "The proxy's limit on client connections at once (proxy.max_connections)",
+            proxy_max_connections.clone(),
+        );
+        let process = ProcessMetrics::register(&mut root);
+        let r = root.sub_registry_with_prefix("portcullis");
         // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text
         // format (and `promtool check metrics`) does not know.
         let build_info = Family::<VersionLabel, Gauge>::default();
@@ -301,6 +334,11 @@ impl Metrics {
             tunnel_duration,
             reload_success,
             reload_failure,
+            last_reload_ok,
+            last_reload_success,
+            proxy_connections,
+            proxy_max_connections,
+            process,
             scrape: Mutex::new(()),
         }
     }
@@ -342,11 +380,130 @@ impl Metrics {
                 })
                 .set(i64::from(upstream.healthy));
         }
+        self.process.refresh();
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         to_prometheus_text(&out)
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The standard `process_*` metrics of Prometheus client libraries, read from `/proc` at
+/// scrape time (Linux; elsewhere they stay 0).
+struct ProcessMetrics {
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    resident_bytes: Gauge,
+    virtual_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time: Gauge,
+}
+
+impl ProcessMetrics {
+    fn register(root: &mut Registry) -> ProcessMetrics {
+        let r = root.sub_registry_with_prefix("process");
+        let m = ProcessMetrics {
+            cpu_seconds: Counter::default(),
+            resident_bytes: Gauge::default(),
+            virtual_bytes: Gauge::default(),
+            open_fds: Gauge::default(),
+            max_fds: Gauge::default(),
+            start_time: Gauge::default(),
+        };
+        r.register_with_unit(
+            "cpu",
+            "Total user and system CPU time spent in seconds",
+            Unit::Seconds,
+            m.cpu_seconds.clone(),
+        );
+        r.register_with_unit(
+            "resident_memory",
+            "Resident memory size in bytes",
+            Unit::Bytes,
+            m.resident_bytes.clone(),
+        );
+        r.register_with_unit(
+            "virtual_memory",
+            "Virtual memory size in bytes",
+            Unit::Bytes,
+            m.virtual_bytes.clone(),
+        );
+        r.register(
+            "open_fds",
+            "Number of open file descriptors",
+            m.open_fds.clone(),
+        );
+        r.register(
+            "max_fds",
+            "Maximum number of open file descriptors",
+            m.max_fds.clone(),
+        );
+        r.register_with_unit(
+            "start_time",
+            "Start time of the process since unix epoch in seconds",
+            Unit::Seconds,
+            m.start_time.clone(),
+        );
+        m
+    }
+
+    fn refresh(&self) {
+        // SAFETY: sysconf has no preconditions.
+        let (tick, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            // Fields after the command name, which may hold spaces: state is field 3.
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| {
+                f.get(i - 3)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            if tick > 0 {
+                let cpu = (num(14) + num(15)) as f64 / tick as f64;
+                let seen = self.cpu_seconds.get();
+                if cpu > seen {
+                    self.cpu_seconds.inc_by(cpu - seen);
+                }
+                if let Some(boot) = boot_time() {
+                    self.start_time.set(boot + (num(22) / tick as u64) as i64);
+                }
+            }
+            self.virtual_bytes.set(num(23) as i64);
+            self.resident_bytes.set(num(24) as i64 * page.max(0));
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(dir.count() as i64);
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            self.max_fds.set(limit.rlim_cur.min(i64::MAX as u64) as i64);
+        }
+    }
+}
+
+/// Boot time (Unix seconds) from `/proc/stat`.
+fn boot_time() -> Option<i64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
 }
 
 /// Rewrites prometheus-client's OpenMetrics output as the Prometheus text format 0.0.4,
@@ -488,9 +645,31 @@ pub fn config_reload(ok: bool) {
     if let Some(m) = get() {
         if ok {
             m.reload_success.inc();
+            m.last_reload_success.set(unix_now());
         } else {
             m.reload_failure.inc();
         }
+        m.last_reload_ok.set(i64::from(ok));
+    }
+}
+
+/// A client connection to the proxy opened (`true`) or closed.
+#[inline]
+pub fn proxy_connection(open: bool) {
+    if let Some(m) = get() {
+        if open {
+            m.proxy_connections.inc();
+        } else {
+            m.proxy_connections.dec();
+        }
+    }
+}
+
+/// The proxy's configured connection limit.
+pub fn proxy_max_connections(max: usize) {
+    if let Some(m) = get() {
+        m.proxy_max_connections
+            .set(max.min(i64::MAX as usize) as i64);
     }
 }
 

@@ -15,7 +15,8 @@ use crate::config::CacheConfig;
 /// TTL given to a stale answer (RFC 8767 §4 recommends 30 seconds).
 pub const STALE_ANSWER_TTL: u32 = 30;
 
-/// The parts of an upstream response worth keeping.
+/// The parts of an upstream response worth keeping, and its cache key and age. One
+/// allocation per entry: a cache hit clones one `Arc`.
 #[derive(Debug)]
 pub struct CachedResponse {
     pub rcode: ResponseCode,
@@ -28,15 +29,37 @@ pub struct CachedResponse {
     /// The answer encoded for the fast path, for the policy, settings and group it was
     /// last served to (see `dns::wire`).
     pub wire: arc_swap::ArcSwapOption<super::wire::WireAnswer>,
-}
-
-#[derive(Clone)]
-struct Entry {
-    name: Arc<str>,
+    /// The key (checked on lookup: keys are 64-bit hashes) and the TTL clock.
+    name: Box<str>,
     qtype: RecordType,
     stored: Instant,
     ttl: u32,
-    response: Arc<CachedResponse>,
+}
+
+type Entry = Arc<CachedResponse>;
+
+#[cfg(test)]
+impl CachedResponse {
+    /// A response as if just cached under `name`.
+    pub(crate) fn for_test(
+        name: &str,
+        rcode: ResponseCode,
+        answers: Vec<Record>,
+        authorities: Vec<Record>,
+    ) -> CachedResponse {
+        CachedResponse {
+            rcode,
+            answers,
+            authorities,
+            upstream: "up".into(),
+            answer_id: 1,
+            wire: Default::default(),
+            name: name.into(),
+            qtype: RecordType::A,
+            stored: Instant::now(),
+            ttl: 60,
+        }
+    }
 }
 
 /// A cache hit: the response and how old it is.
@@ -81,19 +104,19 @@ impl Cache {
     pub fn get(&self, name: &str, qtype: RecordType) -> Option<Hit> {
         let entries = self.entries.as_ref()?;
         let entry = entries.get(&self.key(name, qtype))?;
-        if &*entry.name != name || entry.qtype != qtype {
+        if entry.qtype != qtype || &*entry.name != name {
             return None;
         }
         let age = entry.stored.elapsed().as_secs().min(u64::from(u32::MAX)) as u32;
         if age < entry.ttl {
             return Some(Hit {
-                response: entry.response,
+                response: entry,
                 age,
                 stale: false,
             });
         }
         (self.serve_stale && age - entry.ttl <= self.stale_max_age).then_some(Hit {
-            response: entry.response,
+            response: entry,
             age,
             stale: true,
         })
@@ -112,20 +135,18 @@ impl Cache {
         let Some(ttl) = self.ttl_for(response) else {
             return;
         };
-        let entry = Entry {
+        let entry = Arc::new(CachedResponse {
+            rcode: response.metadata.response_code,
+            answers: response.answers.clone(),
+            authorities: response.authorities.clone(),
+            upstream,
+            answer_id,
+            wire: Default::default(),
             name: name.into(),
             qtype,
             stored: Instant::now(),
             ttl,
-            response: Arc::new(CachedResponse {
-                rcode: response.metadata.response_code,
-                answers: response.answers.clone(),
-                authorities: response.authorities.clone(),
-                upstream,
-                answer_id,
-                wire: Default::default(),
-            }),
-        };
+        });
         entries.insert(self.key(name, qtype), entry);
     }
 
@@ -174,8 +195,19 @@ impl Cache {
         if let Some(entries) = &self.entries {
             let aged: Vec<_> = entries
                 .iter()
-                .map(|(k, mut e)| {
-                    e.stored = e.stored.checked_sub(by).unwrap_or(e.stored);
+                .map(|(k, e)| {
+                    let e = Arc::new(CachedResponse {
+                        rcode: e.rcode,
+                        answers: e.answers.clone(),
+                        authorities: e.authorities.clone(),
+                        upstream: e.upstream.clone(),
+                        answer_id: e.answer_id,
+                        wire: Default::default(),
+                        name: e.name.clone(),
+                        qtype: e.qtype,
+                        stored: e.stored.checked_sub(by).unwrap_or(e.stored),
+                        ttl: e.ttl,
+                    });
                     (k, e)
                 })
                 .collect();

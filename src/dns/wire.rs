@@ -278,14 +278,7 @@ mod tests {
         authorities: Vec<Record>,
         rcode: ResponseCode,
     ) -> CachedResponse {
-        CachedResponse {
-            rcode,
-            answers,
-            authorities,
-            upstream: "up".into(),
-            answer_id: 1,
-            wire: Default::default(),
-        }
+        CachedResponse::for_test("test.example", rcode, answers, authorities)
     }
 
     fn policy_and_settings() -> (Arc<Policy>, Arc<FilterSettings>) {

@@ -34,6 +34,7 @@ pub async fn serve(
     state: Arc<ProxyState>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    crate::admin::metrics::proxy_max_connections(state.config.max_connections);
     let stop = Stop::default();
     let tracker = TaskTracker::new();
     for listener in listeners {
@@ -113,6 +114,7 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.state.limits.total.fetch_sub(1, Ordering::Relaxed);
+        crate::admin::metrics::proxy_connection(false);
         let mut map = self
             .state
             .limits
@@ -130,6 +132,7 @@ impl Drop for Slot {
 
 fn take_slot(state: &Arc<ProxyState>, client: IpAddr) -> Result<Slot, ProxyError> {
     let total = state.limits.total.fetch_add(1, Ordering::Relaxed);
+    crate::admin::metrics::proxy_connection(true);
     let slot = Slot {
         state: state.clone(),
         client,
