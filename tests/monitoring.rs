@@ -947,3 +947,119 @@ fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
     .collect();
     assert!(alerted.values().all(|&a| a), "{alerted:?}");
 }
+
+/// A real Prometheus server (Debian's) scrapes the running gate with the shipped alert
+/// rules loaded: the target is up, the gate's series are stored, and every rule
+/// evaluates without error against them. Everything on 127.0.0.1; the server is stopped
+/// at the end.
+#[test]
+fn a_real_prometheus_scrapes_the_gate_and_evaluates_the_rules() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!(
+            "prometheus (Debian package prometheus) must be installed: scripts/test.sh installs it"
+        );
+    }
+    let gate = Gate::start(&CONFIG.replace("FEED_URL", "file:///nonexistent/feed.txt"));
+    let admin = admin_addr(&gate);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        deploy("prometheus/alerts.yml"),
+        dir.path().join("alerts.yml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files: [alerts.yml]\n\
+             scrape_configs:\n  - job_name: portcullis\n    static_configs:\n      - targets: ['{admin}']\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web = format!("127.0.0.1:{port}");
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    // curl: Prometheus answers large bodies chunked.
+    let api = |query: &str| -> Option<serde_json::Value> {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5", &format!("http://{web}{query}")])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never saw the gate: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(up) = api("/api/v1/query?query=up%7Bjob%3D%22portcullis%22%7D") else {
+            continue;
+        };
+        let ready = up["data"]["result"][0]["value"][1] == "1";
+        let series = api("/api/v1/query?query=portcullis_build_info");
+        let rules = api("/api/v1/rules");
+        last = Some((up.clone(), rules.clone()));
+        let Some(rules) = rules else { continue };
+        let groups = rules["data"]["groups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let evaluated: Vec<&serde_json::Value> = groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .collect();
+        let all_ok = !evaluated.is_empty()
+            && evaluated
+                .iter()
+                .all(|r| r["health"] == "ok" && r["lastEvaluation"] != "0001-01-01T00:00:00Z");
+        let stored = series.is_some_and(|s| {
+            s["data"]["result"][0]["metric"]["version"] == env!("CARGO_PKG_VERSION")
+        });
+        if ready && stored && all_ok {
+            // Rule names as loaded equal the file's alerts.
+            let loaded: BTreeSet<String> = evaluated
+                .iter()
+                .filter_map(|r| r["name"].as_str().map(str::to_owned))
+                .collect();
+            let declared: BTreeSet<String> = alert_rules(&alerts_yml())
+                .into_iter()
+                .map(|r| r.alert)
+                .collect();
+            assert_eq!(loaded, declared);
+            break;
+        }
+    }
+}
