@@ -7,62 +7,9 @@
 #[path = "support/container.rs"]
 mod container;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use container::{Netns, credentials, readable_by_all};
-
-struct Running {
-    child: Child,
-    /// The `listening ...` log lines.
-    bound: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the image's binary in `ns` as the container runs it, with `env`; returns once
-/// it logged its four listeners (DNS UDP and TCP, proxy, admin).
-fn start(ns: &Netns, cache: &std::path::Path, env: &[(&str, &str)]) -> Running {
-    let mut command = ns.as_container(cache, &[]);
-    command
-        .envs(env.iter().copied())
-        .env("PORTCULLIS_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("start the gate");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut gate = Running {
-        child,
-        bound: String::new(),
-    };
-    let mut logs = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut bound = Vec::new();
-    while bound.len() < 4 {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("the gate did not bind; log:\n{}", logs.join("\n")));
-        if line.contains("\"listening ") {
-            bound.push(line.clone());
-        }
-        logs.push(line);
-    }
-    gate.bound = bound.join("\n");
-    gate
-}
 
 /// `dig @127.0.0.1 -p 53 NAME A` inside `ns`; dig's output.
 fn dig(ns: &Netns, name: &str) -> String {
@@ -82,12 +29,7 @@ fn the_image_binary_serves_as_nobody_without_capabilities_on_a_read_only_root() 
     }
     let ns = Netns::new("ctr");
     // What the compose file's `sysctls:` does for the container's namespace.
-    ns.run(&[
-        "sysctl",
-        "-q",
-        "-w",
-        "net.ipv4.ip_unprivileged_port_start=53",
-    ]);
+    ns.allow_port_53();
 
     let etc = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -122,8 +64,7 @@ format = "domains"
 
     let config = etc.path().join("portcullis.toml");
     let lists_dir = cache.path().join("lists");
-    let gate = start(
-        &ns,
+    let gate = ns.start_gate(
         cache.path(),
         &[
             ("PORTCULLIS_CONFIG", config.to_str().unwrap()),
@@ -139,7 +80,7 @@ format = "domains"
     }
 
     // It runs as nobody, with nothing to escalate to.
-    let creds = credentials(gate.child.id());
+    let creds = credentials(gate.pid());
     for want in [
         "Uid:\t65534\t65534\t65534\t65534",
         "Gid:\t65534\t65534\t65534\t65534",
@@ -151,7 +92,7 @@ format = "domains"
         assert!(creds.contains(want), "want {want:?} in\n{creds}");
     }
     // Its root filesystem is read-only; its cache directory is not.
-    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", gate.child.id())).unwrap();
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", gate.pid())).unwrap();
     let options = |target: &str| {
         mounts
             .lines()
@@ -217,12 +158,7 @@ fn the_baked_image_configuration_binds_53_as_nobody_and_serves() {
         return;
     }
     let ns = Netns::new("img");
-    ns.run(&[
-        "sysctl",
-        "-q",
-        "-w",
-        "net.ipv4.ip_unprivileged_port_start=53",
-    ]);
+    ns.allow_port_53();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     // /etc/portcullis as the Dockerfile lays it out.
     let etc = tempfile::tempdir().unwrap();
@@ -252,8 +188,7 @@ fn the_baked_image_configuration_binds_53_as_nobody_and_serves() {
     let cache = tempfile::tempdir().unwrap();
     let config = etc.path().join("portcullis.toml");
     let lists_dir = cache.path().join("lists");
-    let gate = start(
-        &ns,
+    let gate = ns.start_gate(
         cache.path(),
         &[
             ("PORTCULLIS_CONFIG", config.to_str().unwrap()),

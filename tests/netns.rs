@@ -20,12 +20,11 @@ mod doh_server;
 #[path = "support/origins.rs"]
 mod origins;
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use container::{Netns, link, readable_by_all};
 use doh_server::{DohServer, TestZone};
@@ -126,15 +125,6 @@ fn nas(ns: &Netns) -> (u16, Arc<AtomicUsize>) {
     (rx.recv_timeout(Duration::from_secs(5)).unwrap(), seen)
 }
 
-struct Gate(Child, mpsc::Receiver<String>);
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -182,12 +172,7 @@ fn the_gate_is_the_only_way_out() {
     // The gate is no router (a new namespace forwards nothing; say so anyway), and binds
     // 53 as non-root exactly as the container does.
     gate_ns.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
-    gate_ns.run(&[
-        "sysctl",
-        "-q",
-        "-w",
-        "net.ipv4.ip_unprivileged_port_start=53",
-    ]);
+    gate_ns.allow_port_53();
 
     let etc = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -234,38 +219,15 @@ inline = "evil.test"
     .unwrap();
     readable_by_all(etc.path());
 
-    let mut command = gate_ns.as_container(cache.path(), &[]);
-    command
-        .env("PORTCULLIS_CONFIG", etc.path().join("portcullis.toml"))
-        .env("PORTCULLIS_CACHE_DIR", cache.path().join("lists"))
-        .env("PORTCULLIS_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("start the gate");
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let gate = Gate(child, rx);
-    let mut logs = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while logs
-        .iter()
-        .filter(|l: &&String| l.contains("\"listening "))
-        .count()
-        < 4
-    {
-        match gate
-            .1
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            Ok(line) => logs.push(line),
-            Err(_) => panic!("the gate did not start; log:\n{}", logs.join("\n")),
-        }
-    }
+    let config = etc.path().join("portcullis.toml");
+    let lists_dir = cache.path().join("lists");
+    let mut gate = gate_ns.start_gate(
+        cache.path(),
+        &[
+            ("PORTCULLIS_CONFIG", config.to_str().unwrap()),
+            ("PORTCULLIS_CACHE_DIR", lists_dir.to_str().unwrap()),
+        ],
+    );
 
     let proxy = "http://10.77.0.1:3128";
     let dig = |name: &str| {
@@ -430,14 +392,11 @@ inline = "evil.test"
             if *ok { "ok" } else { "FAILED" }
         );
     }
-    while let Ok(line) = gate.1.try_recv() {
-        logs.push(line);
-    }
     let failed: Vec<_> = table.iter().filter(|r| !r.3).map(|r| r.0.clone()).collect();
     assert!(
         failed.is_empty(),
         "failed: {failed:?}\ngate log:\n{}",
-        logs.join("\n")
+        gate.logs().join("\n")
     );
     drop(gate);
     drop(net);

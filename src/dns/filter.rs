@@ -286,11 +286,12 @@ impl Filter {
         name: &str,
         out: &mut Vec<u8>,
     ) -> Option<(Arc<CachedResponse>, Arc<WireAnswer>)> {
+        // Cheapest refusal first: most names that are not cached are blocked ones.
+        let hit = self.cache.get(name, query.qtype).filter(|hit| !hit.stale)?;
+        let wire = hit.response.wire.load_full()?;
         let policy = self.policy.load();
         let settings = self.settings.load();
         let group = policy.groups.of(client);
-        let hit = self.cache.get(name, query.qtype).filter(|hit| !hit.stale)?;
-        let wire = hit.response.wire.load_full()?;
         if !wire.valid_for(&policy, &settings, group) || !wire.answer(query, hit.age, out) {
             return None;
         }

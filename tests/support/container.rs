@@ -5,10 +5,12 @@
 //! file sets. Needs root, `ip` (iproute2) and util-linux.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 /// The uid and gid the image runs as (nobody:nogroup).
 pub const NOBODY: u32 = 65534;
@@ -134,6 +136,90 @@ exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
         .env_remove("RUST_LOG")
         .env_remove("PORTCULLIS_CONFIG");
         c
+    }
+}
+
+impl Netns {
+    /// What the compose file's `sysctls:` does for the container's namespace: port 53
+    /// for a user without capabilities.
+    pub fn allow_port_53(&self) {
+        self.run(&[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_unprivileged_port_start=53",
+        ]);
+    }
+
+    /// Starts the image's binary here as the container runs it, with `env` and JSON
+    /// logs; returns once it logged its four listeners (DNS UDP and TCP, proxy, admin).
+    pub fn start_gate(&self, cache: &Path, env: &[(&str, &str)]) -> RunningGate {
+        let mut command = self.as_container(cache, &[]);
+        command
+            .envs(env.iter().copied())
+            .env("PORTCULLIS_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the gate");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut gate = RunningGate {
+            child,
+            lines: rx,
+            logs: Vec::new(),
+            bound: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut bound = Vec::new();
+        while bound.len() < 4 {
+            let line = gate
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!("the gate did not bind; log:\n{}", gate.logs.join("\n"))
+                });
+            if line.contains("\"listening ") {
+                bound.push(line.clone());
+            }
+            gate.logs.push(line);
+        }
+        gate.bound = bound.join("\n");
+        gate
+    }
+}
+
+/// The image's binary running in a namespace; killed on drop.
+pub struct RunningGate {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    logs: Vec<String>,
+    /// The `listening ...` log lines.
+    pub bound: String,
+}
+
+impl RunningGate {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every log line so far.
+    pub fn logs(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.logs.push(line);
+        }
+        &self.logs
+    }
+}
+
+impl Drop for RunningGate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
