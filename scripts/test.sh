@@ -33,7 +33,8 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # The container image's static binary (tests/container.rs and tests/netns.rs run it),
 # then every test target, once; then run them (each binary runs its tests in parallel).
-./scripts/build-static.sh >/dev/null
+PORTCULLIS_STATIC_BIN=$(./scripts/build-static.sh)
+export PORTCULLIS_STATIC_BIN
 cargo test --locked --lib --bins --tests --no-run
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -34,11 +34,20 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
-/// The image's binary: built once per test process by `scripts/build-static.sh`, the
-/// script the Dockerfile runs (a no-op when `scripts/test.sh` built it already).
+/// The image's binary, built by `scripts/build-static.sh` (the script the Dockerfile
+/// runs): by `scripts/test.sh`, which passes its path in `PORTCULLIS_STATIC_BIN`, or else
+/// once per test process here.
 pub fn static_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
+        if let Some(built) = std::env::var_os("PORTCULLIS_STATIC_BIN").map(PathBuf::from) {
+            assert!(
+                built.is_file(),
+                "PORTCULLIS_STATIC_BIN={} is no file",
+                built.display()
+            );
+            return built;
+        }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-static.sh");
         let out = Command::new(&script)
             .stderr(Stdio::inherit())
