@@ -13,9 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use portcullis::lists::parse::{
-    Entry, Format, ParseReport, SkipReason, parse_list, parse_list_with_skips,
-};
+use portcullis::lists::parse::{Entry, Format, ParseReport, SkipReason, parse_list_with_skips};
 use regex::Regex;
 
 fn shared_dir() -> PathBuf {
