@@ -1,132 +1,68 @@
 #!/usr/bin/env bash
 # Egress proxy benchmarks, loopback only: Portcullis vs squid (Debian, equivalent
-# allowlist: CONNECT to the one origin only) vs a direct connection.
-#   bulk CONNECT throughput, tunnels/s with one small exchange each, p99 set-up
-#   latency at 50 concurrent, RSS per idle tunnel (1,000 idle tunnels).
-# Usage: benches/proxy.sh            (needs python3; squid via apt-get install squid)
-# Env: BULK_MB (default 2048), DURATION (s, default 5), IDLE (default 1000).
+# allowlist: CONNECT to the one origin only) vs a direct connection, in one run:
+#   bulk CONNECT throughput (one tunnel), tunnels/s with one PING/PONG each from 50
+#   concurrent workers, p50/p99 set-up + exchange latency at 50 concurrent, the
+#   proxy's CPU time per GiB and per 1,000 tunnels, RSS per idle tunnel.
+# The driver and the origin are examples/proxy_load.rs (native, multi-threaded, each
+# its own process); the proxy is examples/proxy_bench_gate.rs.
+#
+# Usage: benches/proxy.sh                 (squid: apt-get install squid; skipped if absent)
+# Env:   ROUNDS (3)   BULK_MIB (4096)   DURATION (s, 5)   CONC (50)   IDLE (1000)
+#        PINS ("pinned unpinned"): pinned = the proxy on core $PROXY_CORE (0), the
+#        driver and the origin on core $LOAD_CORE (1), each process started under
+#        taskset (tokio sizes its runtime from the affinity); unpinned = no taskset.
+#        RT=1: every process under `chrt -f 10` (SCHED_FIFO), as benches/dnsperf.sh
+#        does: on a VM shared with other builds, normal scheduling measures the
+#        neighbours more than the proxy (a SCHED_FIFO task gets at most 95% of a core).
+#        LOGS=1: the gate writes its JSON decision lines (to $OUT/gate.log) as in
+#        production; by default it logs nothing.
+#        OUT (target/bench-proxy): runs.tsv (every figure of every round), report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BULK_MB=${BULK_MB:-2048} DURATION=${DURATION:-5} IDLE=${IDLE:-1000}
+ROUNDS=${ROUNDS:-3} BULK_MIB=${BULK_MIB:-4096} DURATION=${DURATION:-5} CONC=${CONC:-50} IDLE=${IDLE:-1000}
+PINS=${PINS:-pinned unpinned} PROXY_CORE=${PROXY_CORE:-0} LOAD_CORE=${LOAD_CORE:-1}
 ORIGIN_PORT=${ORIGIN_PORT:-39080} GATE_PORT=${GATE_PORT:-39128} SQUID_PORT=${SQUID_PORT:-39129}
-ulimit -n 65536 || true
-cargo build --release --example proxy_bench_gate >/dev/null
+OUT=${OUT:-target/bench-proxy} RT=${RT:-} LOGS=${LOGS:-}
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release --example proxy_bench_gate --example proxy_load >/dev/null
+LOAD_BIN=./target/release/examples/proxy_load
+GATE_BIN=./target/release/examples/proxy_bench_gate
+mkdir -p "$OUT"
+RUNS="$OUT/runs.tsv"
+: >"$RUNS"
+rm -f "$OUT/gate.log" "$OUT/squid.stderr"
 WORK=$(mktemp -d)
+chmod 755 "$WORK" # squid drops privileges and writes its log here
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+
+# Stops one process this script started: TERM, up to 5 s, then KILL.
+stop_pid() {
+  local p=$1
+  kill "$p" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+}
+stop_all() {
+  for p in "${PIDS[@]}"; do stop_pid "$p"; done
+  PIDS=()
+}
+cleanup() { stop_all; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-cat >"$WORK/bench.py" <<'PY'
-import os, socket, struct, sys, threading, time
-ORIGIN = ("127.0.0.1", int(os.environ["ORIGIN_PORT"]))
-CHUNK = b"\0" * (1 << 20)
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on 127.0.0.1:$1" >&2
+  return 1
+}
 
-def hello(sni):
-    name = sni.encode()
-    ext = struct.pack("!HHHBH", 0, len(name) + 5, len(name) + 3, 0, len(name)) + name
-    body = b"\3\3" + b"\7" * 32 + b"\0" + b"\0\2\x13\1" + b"\1\0" + struct.pack("!H", len(ext)) + ext
-    hs = b"\1" + struct.pack("!I", len(body))[1:] + body
-    return b"\x16\3\1" + struct.pack("!H", len(hs)) + hs
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        d = s.recv(n - len(buf))
-        if not d: raise EOFError
-        buf += d
-    return buf
-
-def origin():
-    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(ORIGIN); srv.listen(4096)
-    def serve(c):
-        try:
-            head = recv_exact(c, 5); recv_exact(c, struct.unpack("!H", head[3:5])[0])
-            cmd = b""
-            while not cmd.endswith(b"\n"): cmd += recv_exact(c, 1)
-            if cmd.startswith(b"BULK"):
-                left = int(cmd.split()[1])
-                while left > 0:
-                    n = min(left, len(CHUNK)); c.sendall(CHUNK[:n]); left -= n
-            elif cmd.startswith(b"PING"):
-                c.sendall(b"PONG\n")
-            else:
-                c.recv(1)  # HOLD: until the client closes
-        except Exception:
-            pass
-        c.close()
-    while True:
-        c, _ = srv.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-def open_tunnel(kind, port):
-    s = socket.create_connection(("127.0.0.1", port) if kind != "direct" else ORIGIN)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if kind != "direct":
-        target = "bench.test" if kind == "portcullis" else "127.0.0.1"
-        s.sendall(f"CONNECT {target}:{ORIGIN[1]} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-        resp = b""
-        while not resp.endswith(b"\r\n\r\n"):
-            d = s.recv(1)
-            if not d: raise EOFError("proxy closed")
-            resp += d
-        if b" 200" not in resp.split(b"\r\n")[0]: raise RuntimeError(resp)
-    s.sendall(hello("bench.test"))
-    return s
-
-def bulk(kind, port, mb):
-    s = open_tunnel(kind, port); s.sendall(f"BULK {mb << 20}\n".encode())
-    buf = bytearray(1 << 20); got = 0; t = time.perf_counter()
-    while True:
-        n = s.recv_into(buf)
-        if not n: break
-        got += n
-    dt = time.perf_counter() - t
-    print(f"{kind:10s} bulk: {got / dt / 1e6:8.0f} MB/s ({got >> 20} MiB in {dt:.2f}s)")
-
-def tunnels(kind, port, seconds, conc=50):
-    lat = []; stop = time.perf_counter() + seconds; lock = threading.Lock(); errors = [0]
-    def worker():
-        mine = []
-        while time.perf_counter() < stop:
-            t = time.perf_counter()
-            try:
-                s = open_tunnel(kind, port); s.sendall(b"PING\n"); recv_exact(s, 5); s.close()
-                mine.append(time.perf_counter() - t)
-            except Exception:
-                errors[0] += 1
-        with lock: lat.extend(mine)
-    ts = [threading.Thread(target=worker) for _ in range(conc)]
-    t0 = time.perf_counter(); [x.start() for x in ts]; [x.join() for x in ts]; dt = time.perf_counter() - t0
-    lat.sort(); p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 if lat else float("nan")
-    print(f"{kind:10s} tunnels: {len(lat) / dt:8.0f}/s, set-up+exchange p50 {p(.5):.1f} ms p99 {p(.99):.1f} ms ({conc} concurrent, {errors[0]} errors)")
-
-def rss(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS"): return int(line.split()[1])
-
-def idle(kind, port, pid, count):
-    before = rss(pid); socks = []
-    for _ in range(count):
-        s = open_tunnel(kind, port); s.sendall(b"HOLD\n"); socks.append(s)
-    time.sleep(1.0); after = rss(pid)
-    print(f"{kind:10s} idle: {count} tunnels, RSS {before} -> {after} KiB = {(after - before) * 1024 / count / 1024:.1f} KiB per idle tunnel")
-    for s in socks: s.close()
-    time.sleep(0.5)
-
-if __name__ == "__main__":
-    what = sys.argv[1]
-    if what == "origin": origin()
-    elif what == "bulk": bulk(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-    elif what == "tunnels": tunnels(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
-    elif what == "idle": idle(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
-PY
-export ORIGIN_PORT
-python3 "$WORK/bench.py" origin & PIDS+=($!)
-./target/release/examples/proxy_bench_gate "$GATE_PORT" "$ORIGIN_PORT" 2>/dev/null & GATE=$!; PIDS+=($GATE)
-
-SQUID=""
+HAVE_SQUID=""
 if command -v squid >/dev/null; then
+  HAVE_SQUID=1
   cat >"$WORK/squid.conf" <<CONF
 http_port 127.0.0.1:$SQUID_PORT
 acl origin dst 127.0.0.1/32
@@ -142,24 +78,72 @@ pid_filename $WORK/squid.pid
 coredump_dir $WORK
 max_filedescriptors 65536
 workers 1
+pinger_enable off
+shutdown_lifetime 1 seconds
 CONF
-  chmod 755 "$WORK"
-  squid -N -f "$WORK/squid.conf" & SQUID=$!; PIDS+=($SQUID)
+else
+  echo "squid not installed (apt-get install squid): its column stays empty" >&2
 fi
-sleep 2
-SQUID_MAIN=""
-[ -n "$SQUID" ] && SQUID_MAIN=$(pgrep -P "$SQUID" -n || echo "$SQUID")
-B="python3 $WORK/bench.py"
 
-echo "== bulk CONNECT throughput (${BULK_MB} MiB, one tunnel)"
-$B bulk direct 0 "$BULK_MB"
-$B bulk portcullis "$GATE_PORT" "$BULK_MB"
-[ -n "$SQUID" ] && $B bulk squid "$SQUID_PORT" "$BULK_MB"
-echo "== tunnels/s, one small exchange each, 50 concurrent, ${DURATION}s"
-$B tunnels direct 0 "$DURATION"
-$B tunnels portcullis "$GATE_PORT" "$DURATION"
-[ -n "$SQUID" ] && $B tunnels squid "$SQUID_PORT" "$DURATION"
-echo "== RSS per idle tunnel (${IDLE} idle tunnels)"
-$B idle portcullis "$GATE_PORT" "$GATE" "$IDLE"
-[ -n "$SQUID" ] && $B idle squid "$SQUID_PORT" "$SQUID" "$IDLE"
-exit 0
+# Starts the origin, the gate and squid, pinned or not; sets GATE and SQUID.
+start_all() {
+  local pc="" lc="" rt=""
+  [ -n "$RT" ] && rt="chrt -f 10"
+  if [ "$1" = pinned ]; then pc="taskset -c $PROXY_CORE" lc="taskset -c $LOAD_CORE"; fi
+  pc="$rt $pc" lc="$rt $lc"
+  LOAD="$lc $LOAD_BIN"
+  $lc "$LOAD_BIN" origin "$ORIGIN_PORT" & PIDS+=($!)
+  if [ -n "$LOGS" ]; then
+    PROXY_LOG=1 $pc "$GATE_BIN" "$GATE_PORT" "$ORIGIN_PORT" 2>>"$OUT/gate.log" & GATE=$!
+  else
+    $pc "$GATE_BIN" "$GATE_PORT" "$ORIGIN_PORT" 2>/dev/null & GATE=$!
+  fi
+  PIDS+=($GATE)
+  SQUID=""
+  if [ -n "$HAVE_SQUID" ]; then
+    $pc squid -N -f "$WORK/squid.conf" 2>>"$OUT/squid.stderr" & SQUID=$!; PIDS+=($SQUID)
+  fi
+  wait_port "$ORIGIN_PORT"; wait_port "$GATE_PORT"
+  [ -n "$SQUID" ] && wait_port "$SQUID_PORT"
+  sleep 1
+}
+
+# run ROUND PIN LABEL SUBCOMMAND ARGS...: one measurement, its rows into runs.tsv.
+run() {
+  local round=$1 pin=$2 label=$3 sub=$4; shift 4
+  local via=(--label "$label" --origin "$ORIGIN_PORT")
+  case $label in
+    portcullis) via+=(--proxy "$GATE_PORT" --pid "$GATE") ;;
+    squid) via+=(--proxy "$SQUID_PORT" --target "127.0.0.1:$ORIGIN_PORT" --pid "$SQUID") ;;
+  esac
+  $LOAD "$sub" "${via[@]}" "$@" | sed "s/^/$round\t$pin\t/" >>"$RUNS"
+}
+
+LABELS=(direct portcullis)
+[ -n "$HAVE_SQUID" ] && LABELS+=(squid)
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src examples benches 2>/dev/null || echo ' (+ uncommitted changes)')"
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+  echo "squid: $(squid -v 2>/dev/null | head -1)"
+  echo "settings: ROUNDS=$ROUNDS BULK_MIB=$BULK_MIB DURATION=$DURATION CONC=$CONC IDLE=$IDLE RT=${RT:-0} LOGS=${LOGS:-0} PINS=$PINS"
+} | tee "$OUT/meta.txt"
+
+for pin in $PINS; do
+  for round in $(seq "$ROUNDS"); do
+    # Fresh processes each round: the idle-tunnel RSS is measured first, before
+    # earlier rounds' tunnels have grown the heap that later ones would reuse.
+    start_all "$pin"
+    echo "== $pin, round $round/$ROUNDS; load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/meta.txt"
+    # Rotate the order each round so no column always runs first.
+    order=("${LABELS[@]:$(( (round - 1) % ${#LABELS[@]} ))}" "${LABELS[@]:0:$(( (round - 1) % ${#LABELS[@]} ))}")
+    for l in "${order[@]}"; do
+      if [ "$l" != direct ]; then run "$round" "$pin" "$l" idle --count "$IDLE"; fi
+    done
+    for l in "${order[@]}"; do run "$round" "$pin" "$l" bulk --mib "$BULK_MIB"; done
+    for l in "${order[@]}"; do run "$round" "$pin" "$l" tunnels --secs "$DURATION" --conc "$CONC"; done
+    stop_all
+  done
+done
+echo "== load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/meta.txt"
+"$LOAD_BIN" report "$RUNS" | tee "$OUT/report.md"

@@ -1,6 +1,8 @@
 //! The egress proxy alone, for `benches/proxy.sh`: allows `bench.test:PORT` (which
 //! resolves to 127.0.0.1, `private = true`) and dials with the production dialer.
 //! Loopback only. Usage: `proxy_bench_gate LISTEN_PORT ORIGIN_PORT`.
+//! `PROXY_LOG=1`: the production JSON decision lines on stderr (two per tunnel);
+//! without it no subscriber is installed and logging costs nothing.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -50,6 +52,9 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let listen: u16 = args[1].parse().expect("LISTEN_PORT");
     let origin: u16 = args[2].parse().expect("ORIGIN_PORT");
+    if std::env::var_os("PROXY_LOG").is_some_and(|v| v == "1") {
+        portcullis::telemetry::init(portcullis::config::LogFormat::Json, "info");
+    }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("allow.toml"),

@@ -1,10 +1,23 @@
 //! Relaying a tunnel: bytes both ways between the client and the origin.
 //!
-//! An idle tunnel holds no buffer: each direction waits for readiness, then reads
-//! into a per-thread 64 KiB buffer and writes straight out. Only bytes the other side
-//! cannot take yet are copied into a heap buffer, freed once written. That keeps an
-//! idle tunnel to its task, two sockets and a timer (see the RSS figures in
-//! BENCHMARKS.md), where `tokio::io::copy_bidirectional` would hold 16 KiB each.
+//! On Linux each direction moves its bytes with splice(2), socket to pipe to socket,
+//! so the payload never enters user space. A pipe belongs to a direction only while
+//! it holds bytes: when the source is readable the direction takes an empty pipe
+//! from a small per-thread pool, splices what the source has into it and out to the
+//! destination, and gives it back once it is empty. If the destination cannot take
+//! everything, the direction keeps its pipe, bytes and all, until they are written;
+//! a pipe with bytes in it is never shared nor pooled, and one dropped with bytes in
+//! it (the tunnel closed meanwhile) is closed with them.
+//!
+//! Pipes cost two descriptors each, so their number is capped (a share of
+//! `RLIMIT_NOFILE`). Past the cap, on other systems, or if a socket cannot splice, a
+//! direction copies instead: it reads into a per-thread 64 KiB buffer and writes
+//! straight out; only bytes the destination cannot take yet are copied to the heap,
+//! freed once written.
+//!
+//! Either way an idle tunnel holds no buffer and no pipe: its task, two sockets and
+//! a timer (see the RSS figures in BENCHMARKS.md), where
+//! `tokio::io::copy_bidirectional` would hold 16 KiB each.
 
 use std::cell::RefCell;
 use std::io;
@@ -53,63 +66,160 @@ pub struct Relayed {
     pub reason: CloseReason,
 }
 
+/// What one step of a direction did.
 enum Step {
+    /// Bytes went through (all of them written to the destination).
+    Moved,
+    /// The source had nothing after all.
+    WouldBlock,
+    /// The source is at EOF.
+    Eof,
+    /// The source cannot splice: copy from now on.
+    #[cfg(target_os = "linux")]
+    Unsupported,
+}
+
+/// A direction's byte count and the tunnel's last activity (for the idle timeout).
+struct Progress<'a> {
+    count: &'a AtomicU64,
+    last: &'a AtomicU64,
+    epoch: Instant,
+}
+
+impl Progress<'_> {
+    fn moved(&self, n: usize) {
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One direction: `src` to `dst` until EOF or an error, then half-close `dst`: its
+/// peer gets a FIN either way, so an error on one side also ends the other direction
+/// (the origin sees EOF and closes) instead of waiting for the idle timeout.
+async fn pump(src: &TcpStream, dst: &TcpStream, progress: Progress<'_>) -> io::Result<()> {
+    let result = pump_to_eof(src, dst, &progress).await;
+    let _ = socket_shutdown_write(dst);
+    result
+}
+
+async fn pump_to_eof(src: &TcpStream, dst: &TcpStream, progress: &Progress<'_>) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    let mut splicing = true;
+    loop {
+        src.readable().await?;
+        #[cfg(target_os = "linux")]
+        if splicing && let Some(pipe) = pipe::Pipe::take() {
+            match splice_step(src, dst, pipe, progress).await? {
+                Step::Eof => return Ok(()),
+                Step::Moved | Step::WouldBlock => continue,
+                // Nothing was read: copy this time and from now on.
+                Step::Unsupported => splicing = false,
+            }
+        }
+        if let Step::Eof = copy_step(src, dst, progress).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Splices what `src` has into `pipe` and all of it out to `dst`. The pipe goes back to
+/// the pool only empty; an error or a cancelled wait for `dst` drops (closes) it.
+#[cfg(target_os = "linux")]
+async fn splice_step(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: pipe::Pipe,
+    progress: &Progress<'_>,
+) -> io::Result<Step> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+
+    let filled = src.try_io(Interest::READABLE, || pipe.fill(src.as_raw_fd()));
+    let mut left = match filled {
+        Ok(0) => {
+            pipe.give_back();
+            return Ok(Step::Eof);
+        }
+        Ok(n) => n,
+        // splice(2) moves nothing when it fails: the pipe is still empty.
+        Err(e) => {
+            pipe.give_back();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(Step::WouldBlock),
+                _ if pipe::unsupported(&e) => Ok(Step::Unsupported),
+                _ => Err(e),
+            };
+        }
+    };
+    while left > 0 {
+        match dst.try_io(Interest::WRITABLE, || pipe.drain(dst.as_raw_fd(), left)) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(w) => {
+                left -= w;
+                progress.moved(w);
+            }
+            // The bytes stay in this direction's own pipe while it waits.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    pipe.give_back();
+    Ok(Step::Moved)
+}
+
+enum Copied {
     Wrote(usize),
     Partial(Vec<u8>, usize),
     Eof,
     WouldBlock,
 }
 
-/// One direction: `src` to `dst` until EOF, then half-close `dst`.
-async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    count: &AtomicU64,
-    last: &AtomicU64,
-    epoch: Instant,
-) -> io::Result<()> {
-    loop {
-        src.readable().await?;
-        let step = BUF.with(|buf| -> io::Result<Step> {
-            let mut buf = buf.borrow_mut();
-            let n = match src.try_read(&mut buf[..]) {
-                Ok(0) => return Ok(Step::Eof),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::WouldBlock),
-                Err(e) => return Err(e),
-            };
-            match dst.try_write(&buf[..n]) {
-                Ok(w) if w == n => Ok(Step::Wrote(n)),
-                Ok(w) => Ok(Step::Partial(buf[w..n].to_vec(), n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    Ok(Step::Partial(buf[..n].to_vec(), n))
-                }
-                Err(e) => Err(e),
+/// Reads what `src` has into the per-thread buffer and writes it to `dst`; what `dst`
+/// cannot take yet is copied to the heap and written as `dst` allows.
+async fn copy_step(src: &TcpStream, dst: &TcpStream, progress: &Progress<'_>) -> io::Result<Step> {
+    let copied = BUF.with(|buf| -> io::Result<Copied> {
+        let mut buf = buf.borrow_mut();
+        let n = match src.try_read(&mut buf[..]) {
+            Ok(0) => return Ok(Copied::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::WouldBlock),
+            Err(e) => return Err(e),
+        };
+        match dst.try_write(&buf[..n]) {
+            Ok(w) if w == n => Ok(Copied::Wrote(n)),
+            Ok(w) => Ok(Copied::Partial(buf[w..n].to_vec(), w)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Ok(Copied::Partial(buf[..n].to_vec(), 0))
             }
-        })?;
-        match step {
-            Step::WouldBlock => continue,
-            Step::Eof => {
-                let _ = socket_shutdown_write(dst);
-                return Ok(());
-            }
-            Step::Wrote(n) => {
-                count.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Step::Partial(rest, n) => {
-                let mut off = 0;
-                while off < rest.len() {
-                    dst.writable().await?;
-                    match dst.try_write(&rest[off..]) {
-                        Ok(w) => off += w,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                count.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            Err(e) => Err(e),
         }
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    })?;
+    match copied {
+        Copied::WouldBlock => Ok(Step::WouldBlock),
+        Copied::Eof => Ok(Step::Eof),
+        Copied::Wrote(n) => {
+            progress.moved(n);
+            Ok(Step::Moved)
+        }
+        Copied::Partial(rest, written) => {
+            if written > 0 {
+                progress.moved(written);
+            }
+            let mut off = 0;
+            while off < rest.len() {
+                dst.writable().await?;
+                match dst.try_write(&rest[off..]) {
+                    Ok(w) => {
+                        off += w;
+                        progress.moved(w);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Step::Moved)
+        }
     }
 }
 
@@ -138,10 +248,15 @@ pub async fn relay(
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     let last = AtomicU64::new(0);
+    let progress = |count| Progress {
+        count,
+        last: &last,
+        epoch,
+    };
     let both = async {
         let (a, b) = tokio::join!(
-            pump(client, origin, &up, &last, epoch),
-            pump(origin, client, &down, &last, epoch)
+            pump(client, origin, progress(&up)),
+            pump(origin, client, progress(&down))
         );
         if a.is_err() || b.is_err() {
             CloseReason::Error
@@ -164,13 +279,529 @@ pub async fn relay(
         }
     };
     let reason = tokio::select! {
+        biased;
         r = both => r,
-        r = watchdog => r,
         _ = stop => CloseReason::Shutdown,
+        r = watchdog => r,
     };
     Relayed {
         up: up.load(Ordering::Relaxed),
         down: down.load(Ordering::Relaxed),
         reason,
+    }
+}
+
+/// Pipes for splice(2): a per-thread pool of empty ones, a process-wide cap.
+#[cfg(target_os = "linux")]
+mod pipe {
+    use std::cell::RefCell;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Asked for with `F_SETPIPE_SZ` (the default is 64 KiB; at most
+    /// `/proc/sys/fs/pipe-max-size`, 1 MiB by default). One splice moves at most this.
+    const PIPE_SIZE: usize = 256 * 1024;
+    /// Empty pipes a thread keeps for the next step; more are closed.
+    const POOL_PER_THREAD: usize = 4;
+
+    /// Pipes open in the process: pooled ones and ones a direction holds.
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+    thread_local! {
+        static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        /// Tests: no pipes on this thread (the copy path).
+        pub(super) static FORCE_COPY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Tests: pipes created minus pipes closed on this thread.
+        static CREATED: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// At most 1/32 of the descriptor limit goes to pipes (two descriptors each), so
+    /// tunnels' sockets and accept(2) never starve for them.
+    fn cap() -> usize {
+        static CAP: OnceLock<usize> = OnceLock::new();
+        *CAP.get_or_init(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes the local struct.
+            let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+            let fds = if ok { lim.rlim_cur as usize } else { 1024 };
+            (fds / 32).clamp(4, 1024)
+        })
+    }
+
+    pub(super) struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        size: usize,
+    }
+
+    impl Pipe {
+        /// An empty pipe from this thread's pool, or a new one within the cap.
+        pub(super) fn take() -> Option<Pipe> {
+            #[cfg(test)]
+            if FORCE_COPY.with(|f| f.get()) {
+                return None;
+            }
+            if let Ok(Some(pipe)) = POOL.try_with(|pool| pool.borrow_mut().pop()) {
+                return Some(pipe);
+            }
+            if LIVE.fetch_add(1, Ordering::Relaxed) >= cap() {
+                LIVE.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
+            match Pipe::open() {
+                Ok(pipe) => Some(pipe),
+                Err(_) => {
+                    LIVE.fetch_sub(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        }
+
+        fn open() -> io::Result<Pipe> {
+            let mut fds = [0 as RawFd; 2];
+            // SAFETY: pipe2 writes two descriptors into `fds`.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: both descriptors were just opened and are owned by nothing else.
+            let (read, write) =
+                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            // SAFETY: fcntl on a descriptor we own; failure leaves the default size.
+            let size = match unsafe {
+                libc::fcntl(
+                    write.as_raw_fd(),
+                    libc::F_SETPIPE_SZ,
+                    PIPE_SIZE as libc::c_int,
+                )
+            } {
+                n if n > 0 => n as usize,
+                _ => 64 * 1024,
+            };
+            #[cfg(test)]
+            let _ = CREATED.try_with(|c| c.set(c.get() + 1));
+            Ok(Pipe { read, write, size })
+        }
+
+        /// Back to this thread's pool. Only for an empty pipe.
+        pub(super) fn give_back(self) {
+            let mut pipe = Some(self);
+            let _ = POOL.try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                if pool.len() < POOL_PER_THREAD {
+                    pool.extend(pipe.take());
+                }
+            });
+        }
+
+        /// Splices what `src` has (up to the pipe's size) into the empty pipe.
+        pub(super) fn fill(&self, src: RawFd) -> io::Result<usize> {
+            splice(src, self.write.as_raw_fd(), self.size)
+        }
+
+        /// Splices up to `len` bytes from the pipe to `dst`.
+        pub(super) fn drain(&self, dst: RawFd, len: usize) -> io::Result<usize> {
+            splice(self.read.as_raw_fd(), dst, len)
+        }
+    }
+
+    impl Drop for Pipe {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            #[cfg(test)]
+            let _ = CREATED.try_with(|c| c.set(c.get() - 1));
+        }
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        loop {
+            // SAFETY: plain descriptors, no offsets. Both sockets and the pipe are
+            // non-blocking. A write to a socket whose peer is gone raises SIGPIPE, which
+            // the Rust runtime ignores (the call fails with EPIPE instead).
+            let n = unsafe {
+                libc::splice(
+                    from,
+                    std::ptr::null_mut(),
+                    to,
+                    std::ptr::null_mut(),
+                    len,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// splice(2) does not work on this descriptor (not a failure of the connection).
+    pub(super) fn unsupported(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+        )
+    }
+
+    /// Tests: pipes a direction holds on this thread (open minus pooled).
+    #[cfg(test)]
+    pub(super) fn held_here() -> isize {
+        CREATED.with(|c| c.get()) - POOL.with(|p| p.borrow().len() as isize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Run on tokio's current-thread runtime: the relay, both ends and the pipe pool
+    //! share the test's thread, so `pipe::held_here()` sees every pipe a direction holds.
+
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
+
+    use super::{CloseReason, Relayed, relay};
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    /// Both copies of each test: splice (where there is one) and the copy path.
+    fn modes() -> [bool; 2] {
+        [false, true]
+    }
+
+    fn force_copy(on: bool) {
+        #[cfg(target_os = "linux")]
+        super::pipe::FORCE_COPY.with(|f| f.set(on));
+        let _ = on;
+    }
+
+    fn held() -> isize {
+        #[cfg(target_os = "linux")]
+        return super::pipe::held_here();
+        #[cfg(not(target_os = "linux"))]
+        0
+    }
+
+    fn set_buf(s: &TcpStream, opt: libc::c_int, bytes: libc::c_int) {
+        // SAFETY: setsockopt on a socket we own, with a c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// The ends the applications hold, and the relay between them.
+    struct Tunnel {
+        client: TcpStream,
+        origin: TcpStream,
+        relay: JoinHandle<Relayed>,
+    }
+
+    /// `small`: tiny socket buffers on the way to the client, so the relay's writes
+    /// to it are partial and then would block as soon as the client stops reading.
+    async fn tunnel(idle: Duration, max_life: Duration, small: bool) -> Tunnel {
+        let (client, proxy_client) = pair().await;
+        let (proxy_origin, origin) = pair().await;
+        if small {
+            // Far below one pipe's worth (tiny ones make loopback TCP crawl).
+            set_buf(&client, libc::SO_RCVBUF, 32 * 1024);
+            set_buf(&proxy_client, libc::SO_SNDBUF, 32 * 1024);
+        }
+        let relay = tokio::spawn(async move {
+            relay(
+                &proxy_client,
+                &proxy_origin,
+                idle,
+                max_life,
+                std::future::pending(),
+            )
+            .await
+        });
+        Tunnel {
+            client,
+            origin,
+            relay,
+        }
+    }
+
+    /// A pattern whose period (251) divides no buffer or pipe size: a lost, repeated or
+    /// reordered chunk shows.
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i % 251) as u8) ^ seed).collect()
+    }
+
+    async fn read_all(s: &mut TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn every_byte_arrives_in_order_through_partial_writes_both_ways() {
+        for copy in modes() {
+            force_copy(copy);
+            let t = tunnel(LONG, LONG, true).await;
+            let (client, origin) = (t.client, t.origin);
+            let down = pattern(0x5a, 6 << 20);
+            let up = pattern(0xa5, 3 << 20);
+            let sender = {
+                let down = down.clone();
+                let (mut r, mut w) = origin.into_split();
+                tokio::spawn(async move {
+                    w.write_all(&down).await.unwrap();
+                    w.shutdown().await.unwrap();
+                    let mut got = Vec::new();
+                    r.read_to_end(&mut got).await.unwrap();
+                    got
+                })
+            };
+            // The client does not read yet: the relay's writes to it fill its buffers,
+            // and then the direction waits, holding its pipe with the bytes in it.
+            if !copy && cfg!(target_os = "linux") {
+                let mut waited = 0;
+                while held() != 1 && waited < 500 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    waited += 1;
+                }
+                assert_eq!(
+                    held(),
+                    1,
+                    "a direction with bytes it cannot write keeps its pipe"
+                );
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (mut r, mut w) = client.into_split();
+            let upload = {
+                let up = up.clone();
+                tokio::spawn(async move {
+                    w.write_all(&up).await.unwrap();
+                    w.shutdown().await.unwrap();
+                })
+            };
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1000];
+            loop {
+                // Small, slow reads: the relay keeps meeting a full destination.
+                let n = r.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.len() % 97 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            upload.await.unwrap();
+            let relay_result = t.relay.await;
+            assert!(got == down, "copy={copy}: the download arrived intact");
+            let got_up = sender.await.unwrap();
+            assert!(got_up == up, "copy={copy}: the upload arrived intact");
+            let relayed = relay_result.unwrap();
+            assert_eq!(relayed.reason, CloseReason::Done, "copy={copy}");
+            assert_eq!(relayed.up, up.len() as u64, "copy={copy}");
+            assert_eq!(relayed.down, down.len() as u64, "copy={copy}");
+            assert_eq!(held(), 0, "copy={copy}: every pipe is back in the pool");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_waiting_on_its_pipe_does_not_share_it() {
+        for copy in modes() {
+            force_copy(copy);
+            // A: the client does not read; its direction holds bytes.
+            let mut a = tunnel(LONG, LONG, true).await;
+            let a_down = pattern(1, 2 << 20);
+            let a_send = {
+                let data = a_down.clone();
+                let (_r, mut w) = a.origin.into_split();
+                tokio::spawn(async move {
+                    w.write_all(&data).await.unwrap();
+                    w.shutdown().await.unwrap();
+                    _r
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // B, on the same thread, meanwhile moves its own bytes.
+            let mut b = tunnel(LONG, LONG, false).await;
+            let b_down = pattern(2, 2 << 20);
+            b.origin.write_all(&b_down).await.unwrap();
+            b.origin.shutdown().await.unwrap();
+            b.client.shutdown().await.unwrap();
+            assert!(
+                read_all(&mut b.client).await == b_down,
+                "copy={copy}: B intact"
+            );
+            let rb = b.relay.await.unwrap();
+            assert_eq!(
+                (rb.reason, rb.down),
+                (CloseReason::Done, b_down.len() as u64)
+            );
+            // A's bytes, still waiting, are A's alone.
+            a.client.shutdown().await.unwrap();
+            assert!(
+                read_all(&mut a.client).await == a_down,
+                "copy={copy}: A intact"
+            );
+            drop(a_send.await.unwrap());
+            let ra = a.relay.await.unwrap();
+            assert_eq!(
+                (ra.reason, ra.down),
+                (CloseReason::Done, a_down.len() as u64)
+            );
+            assert_eq!(held(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn half_close_passes_through_and_the_other_way_goes_on() {
+        for copy in modes() {
+            force_copy(copy);
+            let mut t = tunnel(LONG, LONG, false).await;
+            t.client.write_all(b"request").await.unwrap();
+            t.client.shutdown().await.unwrap();
+            // The origin sees the request, then EOF: the client's FIN went through.
+            assert_eq!(read_all(&mut t.origin).await, b"request", "copy={copy}");
+            // The other direction still works after the half-close.
+            t.origin.write_all(b"response").await.unwrap();
+            t.origin.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut t.client).await, b"response", "copy={copy}");
+            let r = t.relay.await.unwrap();
+            assert_eq!(
+                (r.reason, r.up, r.down),
+                (CloseReason::Done, 7, 8),
+                "copy={copy}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn eof_at_once_ends_with_nothing_relayed() {
+        for copy in modes() {
+            force_copy(copy);
+            let t = tunnel(LONG, LONG, false).await;
+            drop(t.client);
+            drop(t.origin);
+            let r = tokio::time::timeout(Duration::from_secs(5), t.relay)
+                .await
+                .expect("the relay ends")
+                .unwrap();
+            assert_eq!((r.up, r.down), (0, 0), "copy={copy}");
+            assert_eq!(held(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_tunnel_holds_no_pipe_and_closes_after_the_idle_timeout() {
+        for copy in modes() {
+            force_copy(copy);
+            let idle = Duration::from_millis(1000);
+            let mut t = tunnel(idle, LONG, false).await;
+            let started = tokio::time::Instant::now();
+            // Traffic every 100 ms for 1.5 s keeps it open past the idle timeout.
+            let mut buf = [0u8; 64];
+            for _ in 0..15 {
+                t.origin.write_all(&[7u8; 64]).await.unwrap();
+                t.client.read_exact(&mut buf).await.unwrap();
+                assert_eq!(held(), 0, "copy={copy}: no pipe between bursts");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(
+                !t.relay.is_finished(),
+                "copy={copy}: activity resets the idle timer"
+            );
+            let r = t.relay.await.unwrap();
+            assert_eq!(r.reason, CloseReason::Idle, "copy={copy}");
+            assert_eq!(r.down, 15 * 64);
+            assert!(
+                started.elapsed() >= Duration::from_millis(2400),
+                "copy={copy}"
+            );
+            assert_eq!(held(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn max_lifetime_closes_a_busy_tunnel() {
+        let mut t = tunnel(LONG, Duration::from_millis(300), false).await;
+        let mut buf = [0u8; 8];
+        let r = loop {
+            if t.relay.is_finished() {
+                break t.relay.await.unwrap();
+            }
+            if t.client.write_all(b"12345678").await.is_err()
+                || t.origin.read_exact(&mut buf).await.is_err()
+            {
+                break t.relay.await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(r.reason, CloseReason::MaxLifetime);
+    }
+
+    #[tokio::test]
+    async fn a_reset_client_ends_the_tunnel_without_waiting_for_the_idle_timeout() {
+        for copy in modes() {
+            force_copy(copy);
+            let mut t = tunnel(LONG, LONG, false).await;
+            t.client.write_all(b"hi").await.unwrap();
+            let mut buf = [0u8; 2];
+            t.origin.read_exact(&mut buf).await.unwrap();
+            // SO_LINGER 0: close sends a RST.
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on a socket we own, with a `linger` value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    t.client.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+            drop(t.client);
+            // The origin gets a FIN (it closes then), and the relay ends with an error.
+            let rest = tokio::time::timeout(Duration::from_secs(5), read_all(&mut t.origin))
+                .await
+                .expect("the origin sees EOF");
+            assert!(rest.is_empty());
+            drop(t.origin);
+            let r = tokio::time::timeout(Duration::from_secs(5), t.relay)
+                .await
+                .expect("the relay ends")
+                .unwrap();
+            assert_eq!((r.reason, r.up), (CloseReason::Error, 2), "copy={copy}");
+            assert_eq!(held(), 0);
+        }
     }
 }

@@ -1,0 +1,632 @@
+//! The load driver and origin for `benches/proxy.sh`: native, multi-threaded, in its
+//! own process (never the proxy's). Loopback only: every address it dials or binds
+//! is 127.0.0.1.
+//!
+//! ```text
+//! proxy_load origin PORT                        bulk sender, PING/PONG responder, HOLD
+//! proxy_load bulk    --origin PORT [--proxy PORT --target HOST:PORT] --mib N     [--pid PID]
+//! proxy_load tunnels --origin PORT [--proxy PORT --target HOST:PORT] --secs S    [--pid PID]
+//! proxy_load idle    --origin PORT  --proxy PORT --target HOST:PORT  --count N    --pid PID
+//! proxy_load report RUNS.tsv                    medians and ranges as a Markdown table
+//! ```
+//!
+//! Every tunnel speaks the same protocol, direct or through a proxy: (`CONNECT
+//! target`, wait for `200`), a TLS ClientHello record naming `bench.test` (the proxy
+//! checks the SNI on TLS ports), then one command line: `BULK n` (the origin sends
+//! `n` bytes and half-closes), `PING` (the origin answers `PONG` and closes; the
+//! client closes when it has read it) or `HOLD` (the origin waits for the client to
+//! close).
+//!
+//! Who closes first matters on loopback: a connecting socket that closes first sits
+//! in TIME_WAIT on its ephemeral port, and at 14,000 connections/s the 28,000 ports
+//! run out (reuse needs a second's age), which capped the direct column at ~14,000/s
+//! whatever the proxy did.
+//!
+//! Measurements print one tab-separated row each on stdout (`metric label value`)
+//! and a readable line on stderr. `--pid` names the proxy's process: its CPU time
+//! (utime + stime of it and its children, from /proc/PID/stat) is reported per GiB
+//! and per 1,000 tunnels, and its RSS for the idle tunnels.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SNI: &str = "bench.test";
+const CHUNK: usize = 1 << 20;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve BULK / PING / HOLD on 127.0.0.1:PORT until killed.
+    Origin { port: u16 },
+    /// Bulk download through one tunnel.
+    Bulk {
+        #[command(flatten)]
+        via: Via,
+        /// MiB to move.
+        #[arg(long, default_value_t = 4096)]
+        mib: u64,
+    },
+    /// Tunnels per second, one PING/PONG each, from `conc` concurrent workers.
+    Tunnels {
+        #[command(flatten)]
+        via: Via,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 50)]
+        conc: usize,
+    },
+    /// RSS of the proxy per idle tunnel.
+    Idle {
+        #[command(flatten)]
+        via: Via,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Summarises the rows the script collected: `round pin metric label value`.
+    Report { file: String },
+}
+
+#[derive(Args, Clone)]
+struct Via {
+    /// Name of the row (direct, portcullis, squid).
+    #[arg(long)]
+    label: String,
+    /// The origin's port on 127.0.0.1.
+    #[arg(long)]
+    origin: u16,
+    /// The proxy's port on 127.0.0.1; none: a direct connection to the origin.
+    #[arg(long)]
+    proxy: Option<u16>,
+    /// The CONNECT target (default bench.test:ORIGIN).
+    #[arg(long)]
+    target: Option<String>,
+    /// The proxy's process id, for CPU time and RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+impl Via {
+    fn connect_request(&self) -> Option<Vec<u8>> {
+        self.proxy?;
+        let target = self
+            .target
+            .clone()
+            .unwrap_or_else(|| format!("{SNI}:{}", self.origin));
+        Some(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").into_bytes())
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.proxy.unwrap_or(self.origin)))
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Command::Report { file } = &cli.command {
+        report(file);
+        return;
+    }
+    raise_nofile();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        match cli.command {
+            Command::Origin { port } => origin(port).await,
+            Command::Bulk { via, mib } => bulk(via, mib).await,
+            Command::Tunnels { via, secs, conc } => tunnels(via, secs, conc).await,
+            Command::Idle { via, count } => idle(via, count).await,
+            Command::Report { .. } => unreachable!(),
+        }
+    });
+}
+
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A TLS 1.3-shaped ClientHello record with one extension: server_name.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let n = name.len() as u16;
+    let mut ext = Vec::new();
+    ext.extend_from_slice(&0u16.to_be_bytes()); // server_name
+    ext.extend_from_slice(&(n + 5).to_be_bytes());
+    ext.extend_from_slice(&(n + 3).to_be_bytes());
+    ext.push(0); // host_name
+    ext.extend_from_slice(&n.to_be_bytes());
+    ext.extend_from_slice(name);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
+    body.extend_from_slice(&[1, 0]); // null compression
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
+}
+
+// ---------------------------------------------------------------------------------
+// Origin
+
+async fn origin(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind origin");
+    let chunk: &'static [u8] = Box::leak(vec![0u8; CHUNK].into_boxed_slice());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let _ = serve(stream, chunk).await;
+        });
+    }
+}
+
+async fn serve(mut s: TcpStream, chunk: &'static [u8]) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut tmp = [0u8; 1024];
+    let command = loop {
+        if buf.len() >= 5 {
+            let record = 5 + u16::from_be_bytes([buf[3], buf[4]]) as usize;
+            if let Some(nl) = buf
+                .get(record..)
+                .and_then(|r| r.iter().position(|&b| b == b'\n'))
+            {
+                break String::from_utf8_lossy(&buf[record..record + nl]).into_owned();
+            }
+        }
+        let n = s.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    if let Some(n) = command.strip_prefix("BULK ") {
+        let mut left: u64 = n.trim().parse().unwrap_or(0);
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            s.write_all(&chunk[..n]).await?;
+            left -= n as u64;
+        }
+        s.shutdown().await?;
+    } else if command == "PING" {
+        // Answer and close, as an HTTP/1.0 server would: the side that closes first
+        // keeps the TIME_WAIT, and the origin has no ephemeral port to run out of.
+        return s.write_all(b"PONG\n").await;
+    }
+    // BULK and HOLD: until the client closes.
+    while s.read(&mut tmp).await? > 0 {}
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Clients
+
+/// Opens a tunnel to the origin (through the proxy if any: `CONNECT`, then wait for
+/// the `200`) and sends the ClientHello and `command`.
+async fn open(
+    via: &Via,
+    connect: Option<&[u8]>,
+    hello: &[u8],
+    command: &[u8],
+) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect(via.addr()).await?;
+    s.set_nodelay(true)?;
+    if let Some(request) = connect {
+        s.write_all(request).await?;
+        let mut head = [0u8; 512];
+        let mut len = 0;
+        loop {
+            let n = s.read(&mut head[len..]).await?;
+            if n == 0 {
+                return Err(io::Error::other("the proxy closed before answering"));
+            }
+            len += n;
+            if head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+            if len == head.len() {
+                return Err(io::Error::other("response head too long"));
+            }
+        }
+        if !head[..len].starts_with(b"HTTP/1.1 200") && !head[..len].starts_with(b"HTTP/1.0 200") {
+            let line = String::from_utf8_lossy(&head[..len]);
+            return Err(io::Error::other(format!(
+                "proxy refused: {}",
+                line.lines().next().unwrap_or("")
+            )));
+        }
+    }
+    s.write_all(hello).await?;
+    s.write_all(command).await?;
+    Ok(s)
+}
+
+/// utime + stime of `pid` and its descendants, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut parent: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut ticks: BTreeMap<u32, u64> = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // Fields after the ")" that closes comm: state(3) ppid(4) ... utime(14) stime(15).
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.len() < 13 {
+                continue;
+            }
+            let ppid = f[1].parse().unwrap_or(0);
+            let t = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+            parent.insert(p, ppid);
+            ticks.insert(p, t);
+        }
+    }
+    let mut total = 0u64;
+    for (&p, &t) in &ticks {
+        let mut q = p;
+        for _ in 0..64 {
+            if q == pid {
+                total += t;
+                break;
+            }
+            match parent.get(&q) {
+                Some(&pp) if pp != 0 => q = pp,
+                _ => break,
+            }
+        }
+    }
+    total as f64 / hz
+}
+
+/// Busy and total jiffies of each core, from /proc/stat.
+fn core_ticks() -> Vec<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect()
+}
+
+/// Rows `WHAT_coreN_busy_pct` for the interval since `before`.
+fn core_rows(what: &str, label: &str, before: &[(u64, u64)]) {
+    let after = core_ticks();
+    let mut text = Vec::new();
+    for (i, (a, b)) in after.iter().zip(before).enumerate() {
+        let total = a.1.saturating_sub(b.1).max(1);
+        let pct = a.0.saturating_sub(b.0) as f64 * 100.0 / total as f64;
+        text.push(format!("core {i} {pct:.0}%"));
+        row(&format!("{what}_core{i}_busy_pct"), label, pct);
+    }
+    eprintln!("{label:10} {what}: busy {}", text.join(", "));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn row(metric: &str, label: &str, value: f64) {
+    println!("{metric}\t{label}\t{value:.3}");
+}
+
+async fn bulk(via: Via, mib: u64) {
+    let connect = via.connect_request();
+    let hello = client_hello(SNI);
+    let bytes = mib << 20;
+    let cpu0 = via.pid.map(cpu_seconds);
+    let cores = core_ticks();
+    let mut s = open(
+        &via,
+        connect.as_deref(),
+        &hello,
+        format!("BULK {bytes}\n").as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: bulk tunnel: {e}", via.label));
+    let t = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => panic!("{}: bulk read: {e}", via.label),
+        }
+    }
+    let dt = t.elapsed().as_secs_f64();
+    assert_eq!(got, bytes, "{}: short bulk transfer", via.label);
+    let mbps = got as f64 / dt / 1e6;
+    eprintln!(
+        "{:10} bulk: {mbps:8.0} MB/s ({} MiB in {dt:.2} s)",
+        via.label,
+        got >> 20
+    );
+    row("bulk_MBps", &via.label, mbps);
+    core_rows("bulk", &via.label, &cores);
+    if let (Some(pid), Some(cpu0)) = (via.pid, cpu0) {
+        let cpu = cpu_seconds(pid) - cpu0;
+        let per_gib = cpu / (got as f64 / (1u64 << 30) as f64);
+        eprintln!(
+            "{:10} bulk: proxy CPU {cpu:.2} s = {per_gib:.3} s/GiB",
+            via.label
+        );
+        row("cpu_s_per_GiB", &via.label, per_gib);
+    }
+}
+
+async fn tunnels(via: Via, secs: f64, conc: usize) {
+    let connect: Option<Arc<[u8]>> = via.connect_request().map(Into::into);
+    let hello: Arc<[u8]> = client_hello(SNI).into();
+    let via = Arc::new(via);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let cpu0 = via.pid.map(cpu_seconds);
+    let cores = core_ticks();
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..conc {
+        let (via, connect, hello, stop, errors) = (
+            via.clone(),
+            connect.clone(),
+            hello.clone(),
+            stop.clone(),
+            errors.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(16 * 1024);
+            let mut pong = [0u8; 5];
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let one = async {
+                    let mut s = open(&via, connect.as_deref(), &hello, b"PING\n").await?;
+                    s.read_exact(&mut pong).await?;
+                    if &pong != b"PONG\n" {
+                        return Err(io::Error::other("not PONG"));
+                    }
+                    io::Result::Ok(())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), one).await {
+                    Ok(Ok(())) => lat.push(t.elapsed().as_micros() as u32),
+                    Ok(Err(e)) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("{}: first error: {e}", via.label);
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for w in workers {
+        lat.extend(w.await.expect("worker"));
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        if lat.is_empty() {
+            f64::NAN
+        } else {
+            lat[((q * lat.len() as f64) as usize).min(lat.len() - 1)] as f64 / 1e3
+        }
+    };
+    let rate = lat.len() as f64 / dt;
+    let errors = errors.load(Ordering::Relaxed);
+    eprintln!(
+        "{:10} tunnels: {rate:8.0}/s, set-up + exchange p50 {:.2} ms p99 {:.2} ms ({conc} concurrent, {} tunnels, {errors} errors)",
+        via.label,
+        pct(0.5),
+        pct(0.99),
+        lat.len()
+    );
+    row("tunnels_per_s", &via.label, rate);
+    row("p50_ms", &via.label, pct(0.5));
+    row("p99_ms", &via.label, pct(0.99));
+    row("errors", &via.label, errors as f64);
+    core_rows("tunnels", &via.label, &cores);
+    if let (Some(pid), Some(cpu0)) = (via.pid, cpu0) {
+        let cpu = cpu_seconds(pid) - cpu0;
+        let per_1k = cpu / (lat.len().max(1) as f64 / 1000.0);
+        eprintln!(
+            "{:10} tunnels: proxy CPU {cpu:.2} s = {:.1} ms per 1k tunnels",
+            via.label,
+            per_1k * 1e3
+        );
+        row("cpu_ms_per_1k", &via.label, per_1k * 1e3);
+    }
+}
+
+async fn idle(via: Via, count: usize) {
+    let pid = via.pid.expect("idle needs --pid");
+    let connect: Option<Arc<[u8]>> = via.connect_request().map(Into::into);
+    let hello: Arc<[u8]> = client_hello(SNI).into();
+    let via = Arc::new(via);
+    // Warm up: the first tunnels allocate once-per-thread buffers and runtime state.
+    for _ in 0..100 {
+        let mut s = open(&via, connect.as_deref(), &hello, b"PING\n")
+            .await
+            .expect("warm-up tunnel");
+        let mut pong = [0u8; 5];
+        s.read_exact(&mut pong).await.expect("warm-up PONG");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib(pid);
+    let mut held = Vec::with_capacity(count);
+    let mut left = count;
+    while left > 0 {
+        let batch = left.min(50);
+        left -= batch;
+        let mut opening = Vec::new();
+        for _ in 0..batch {
+            let (via, connect, hello) = (via.clone(), connect.clone(), hello.clone());
+            opening.push(tokio::spawn(async move {
+                open(&via, connect.as_deref(), &hello, b"HOLD\n").await
+            }));
+        }
+        for o in opening {
+            held.push(o.await.expect("task").expect("idle tunnel"));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    let per = (after as f64 - before as f64) / count as f64;
+    eprintln!(
+        "{:10} idle: {count} tunnels, RSS {before} -> {after} KiB = {per:.1} KiB per idle tunnel",
+        via.label
+    );
+    row("idle_KiB", &via.label, per);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+// ---------------------------------------------------------------------------------
+// Report
+
+fn report(file: &str) {
+    let text = std::fs::read_to_string(file).expect("runs file");
+    // (pin, metric, label) -> values
+    let mut values: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() != 5 {
+            continue;
+        }
+        if let Ok(v) = f[4].parse::<f64>() {
+            values
+                .entry((f[1].into(), f[2].into(), f[3].into()))
+                .or_default()
+                .push(v);
+        }
+    }
+    let labels = ["direct", "portcullis", "squid"];
+    let metrics = [
+        ("bulk_MBps", "bulk CONNECT, MB/s", 0),
+        ("tunnels_per_s", "tunnels/s, one PING/PONG each", 0),
+        ("p50_ms", "p50 set-up + exchange, ms", 2),
+        ("p99_ms", "p99 set-up + exchange, ms", 2),
+        ("errors", "tunnel errors", 0),
+        ("cpu_s_per_GiB", "proxy CPU s per GiB", 3),
+        ("cpu_ms_per_1k", "proxy CPU ms per 1k tunnels", 0),
+        ("idle_KiB", "RSS per idle tunnel, KiB", 1),
+    ];
+    let pins: Vec<String> = {
+        let mut p: Vec<String> = values.keys().map(|k| k.0.clone()).collect();
+        p.dedup();
+        p.sort();
+        p.dedup();
+        p
+    };
+    for pin in &pins {
+        println!("\n### {pin}\n");
+        println!("median [min-max] of the rounds\n");
+        println!("| | direct | portcullis | squid | portcullis / direct |");
+        println!("|---|---:|---:|---:|---:|");
+        for (metric, title, prec) in metrics {
+            let mut cells = Vec::new();
+            let mut medians = BTreeMap::new();
+            let mut any = false;
+            for label in labels {
+                match values.get(&(pin.clone(), metric.into(), label.into())) {
+                    Some(v) if !v.is_empty() => {
+                        any = true;
+                        let mut v = v.clone();
+                        v.sort_by(f64::total_cmp);
+                        let med = if v.len() % 2 == 1 {
+                            v[v.len() / 2]
+                        } else {
+                            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+                        };
+                        medians.insert(label, med);
+                        cells.push(format!(
+                            "{med:.prec$} [{:.prec$}-{:.prec$}] (n={})",
+                            v[0],
+                            v[v.len() - 1],
+                            v.len()
+                        ));
+                    }
+                    _ => cells.push("-".into()),
+                }
+            }
+            if !any {
+                continue;
+            }
+            let ratio = match (medians.get("portcullis"), medians.get("direct")) {
+                (Some(p), Some(d))
+                    if *d > 0.0 && matches!(metric, "bulk_MBps" | "tunnels_per_s") =>
+                {
+                    format!("{:.0}%", p / d * 100.0)
+                }
+                _ => String::new(),
+            };
+            println!("| {title} | {} | {ratio} |", cells.join(" | "));
+        }
+    }
+}
