@@ -2,12 +2,25 @@
 
 use std::path::PathBuf;
 
-use portcullis::lists::parse::{Format, parse_list};
+use std::sync::Arc;
+
+use portcullis::lists::load::compile_list;
+use portcullis::lists::parse::Format;
 use portcullis::policy::groups::ALL_GROUPS;
 use portcullis::policy::rules::{ListInfo, RuleSetBuilder};
 
+fn shared_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/blocklists")
+}
+
+/// One shared list's text, by file name.
+#[allow(dead_code)] // not every bench uses it
+pub fn shared_list(file: &str) -> Option<String> {
+    std::fs::read_to_string(shared_dir().join(file)).ok()
+}
+
 pub fn shared_lists() -> Option<Vec<(String, String)>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/blocklists");
+    let dir = shared_dir();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .ok()?
         .filter_map(Result::ok)
@@ -74,17 +87,19 @@ pub fn build(lists: &[(String, String)]) -> (portcullis::policy::rules::RuleSet,
     }
     let mut entries = 0u64;
     for (name, text) in lists {
-        let id = builder
-            .add_list(ListInfo {
-                name: name.clone(),
-                source: name.clone(),
-                groups: ALL_GROUPS,
-            })
-            .expect("list");
-        let report = parse_list(text, Format::Auto, |line, entry| {
-            let _ = builder.add_entry(id, line, entry);
-        });
-        entries += u64::from(report.entries);
+        // As the gate does: each list compiled on its own, one at a time.
+        let compiled = compile_list(info(name), text, Format::Auto, 0, &[]).expect("list");
+        entries += u64::from(compiled.report.entries);
+        builder.add_compiled(Arc::new(compiled.list)).expect("list");
     }
     (builder.build().expect("rule set"), entries)
+}
+
+/// How the benches describe a list: applies to every group.
+pub fn info(name: &str) -> ListInfo {
+    ListInfo {
+        name: name.to_owned(),
+        source: name.to_owned(),
+        groups: ALL_GROUPS,
+    }
 }

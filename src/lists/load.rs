@@ -7,17 +7,18 @@
 //! from the config, and `url` lists from the last-known-good cache
 //! ([`super::store`]); a `url` list with no cached copy yet is reported not ready and
 //! contributes nothing until the refresher ([`super::refresh`]) has downloaded it. List texts
-//! are read one at a time and dropped once parsed, so building holds at most one list text
-//! beside the rule sets.
+//! are read one at a time, compiled into that list's own tables and dropped, so building holds
+//! at most one list text and one list's collected entries beside the compiled lists.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{BareNames, Config, ConfigError, ListConfig, allowlist};
 use crate::policy::Policy;
 use crate::policy::groups::{ALL_GROUPS, GroupMask, Groups};
-use crate::policy::rules::{ListInfo, RuleSetBuilder};
+use crate::policy::rules::{CompiledList, ListBuilder, ListInfo, RuleError, RuleSetBuilder};
 
-use super::parse::{ParseReport, SkipReason, Skipped, parse_list};
+use super::parse::{Format, ParseReport, SkipReason, Skipped, parse_list};
 use super::store::{Meta, Store};
 
 /// Where a list comes from.
@@ -102,29 +103,15 @@ pub fn store_for(config: &Config) -> Store {
 
 /// Builds the policy a configuration describes, from local files, inline rules and the list
 /// cache; never the network. Any error leaves nothing half-built.
+///
+/// Every configured list gets its slot in the rule set, in configuration order, also when
+/// nothing of it is served yet (an empty list), so that the refresher can later replace it on
+/// its own ([`crate::policy::Policy::with_list`]).
 pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
-    build_policy_sized(config, 0)
-}
-
-/// [`build_policy`], reserving room for about `expected_names` deny names first (the
-/// refresher passes the running policy's count, so the table is allocated once at its final
-/// size instead of doubling while it fills, which briefly holds both halves).
-pub fn build_policy_sized(config: &Config, expected_names: usize) -> Result<Loaded, ConfigError> {
     let started = Instant::now();
-    let mut groups = Groups::default();
-    for (name, nets) in &config.groups {
-        let id = groups
-            .add(name)
-            .ok_or_else(|| config.origin.invalid(0, "groups", "too many groups"))?;
-        for net in nets {
-            groups.add_net(*net.get_ref(), id);
-        }
-    }
+    let groups = groups_of(config)?;
 
     let mut builder = RuleSetBuilder::new();
-    if expected_names > 0 {
-        builder.reserve(expected_names);
-    }
     let (allow_text, allow_file) = match &config.allowlist {
         Some(path) => {
             let path = config.resolve(path);
@@ -149,14 +136,15 @@ pub fn build_policy_sized(config: &Config, expected_names: usize) -> Result<Load
     let mut statuses = Vec::with_capacity(config.lists.len());
     for list in &config.lists {
         let name = list.name.get_ref().clone();
-        let mask: GroupMask = match &list.groups {
-            None => ALL_GROUPS,
-            Some(gs) => gs
-                .iter()
-                .map(|g| groups.id(g.get_ref()).map_or(0, |id| id.mask()))
-                .fold(0, |a, b| a | b),
-        };
         let mut status = ListStatus::new(config, list);
+        let info = list_info_with(config, list, &groups);
+        let mut add = |compiled: CompiledList| {
+            builder.add_compiled(Arc::new(compiled)).map_err(|e| {
+                config
+                    .origin
+                    .invalid(list.name.span().start, "lists", e.to_string())
+            })
+        };
         // Inline rules report lines of the config file itself.
         let mut line_base = 0u32;
         let text = match (&list.path, &list.url, &list.inline) {
@@ -169,6 +157,7 @@ pub fn build_policy_sized(config: &Config, expected_names: usize) -> Result<Load
                         status.error = Some("file not found (optional)".into());
                         // Nothing is missing that the operator asked for.
                         status.ready = true;
+                        add(CompiledList::empty(info))?;
                         statuses.push(status);
                         continue;
                     }
@@ -194,12 +183,14 @@ pub fn build_policy_sized(config: &Config, expected_names: usize) -> Result<Load
                         status.error = Some(format!(
                             "cached copy unreadable ({e}); not served until downloaded"
                         ));
+                        add(CompiledList::empty(info))?;
                         statuses.push(status);
                         continue;
                     }
                     None => {
                         status.error =
                             Some("no cached copy yet; not served until downloaded".into());
+                        add(CompiledList::empty(info))?;
                         statuses.push(status);
                         continue;
                     }
@@ -218,40 +209,11 @@ pub fn build_policy_sized(config: &Config, expected_names: usize) -> Result<Load
             }
             (None, None, None) => unreachable!("validated: a list has a path, url or inline rules"),
         };
-        let id = builder
-            .add_list(ListInfo {
-                name: name.clone(),
-                source: status.source.clone(),
-                groups: mask,
-            })
-            .map_err(|e| {
-                config
-                    .origin
-                    .invalid(list.name.span().start, "lists", e.to_string())
-            })?;
-        let mut rule_errors: Vec<Skipped> = Vec::new();
-        let mut report = parse_list(&text, list.format, |line, entry| {
-            let line = line + line_base;
-            if let Err(e) = builder.add_entry(id, line, entry) {
-                rule_errors.push(Skipped {
-                    line,
-                    text: e.to_string(),
-                    reason: SkipReason::UnsupportedSyntax,
-                });
-            }
-        });
+        let compiled = compile_list(info, &text, list.format, line_base, &list.keywords)
+            .map_err(|e| config.origin.invalid(0, "lists", e.to_string()))?;
         drop(text);
-        for word in &list.keywords {
-            builder.add_keyword(id, 0, word);
-        }
-        // Rules the parser accepted but the compiler refused count as skipped.
-        for skipped in rule_errors {
-            report.entries = report.entries.saturating_sub(1);
-            report.skipped += 1;
-            *report.skipped_by_reason.entry(skipped.reason).or_default() += 1;
-            report.examples.push(skipped);
-        }
-        status.apply_report(&report);
+        add(compiled.list)?;
+        status.apply_report(&compiled.report);
         status.ready = true;
         statuses.push(status);
     }
@@ -269,6 +231,137 @@ pub fn build_policy_sized(config: &Config, expected_names: usize) -> Result<Load
         allow_rules: allow_count,
         build_time: started.elapsed(),
     })
+}
+
+/// [`build_policy`]; `expected_names` is no longer needed (each list's tables are sized from
+/// its own entries) and is ignored. Kept for callers of the earlier signature.
+pub fn build_policy_sized(config: &Config, _expected_names: usize) -> Result<Loaded, ConfigError> {
+    build_policy(config)
+}
+
+/// The client groups a configuration defines.
+pub fn groups_of(config: &Config) -> Result<Groups, ConfigError> {
+    let mut groups = Groups::default();
+    for (name, nets) in &config.groups {
+        let id = groups
+            .add(name)
+            .ok_or_else(|| config.origin.invalid(0, "groups", "too many groups"))?;
+        for net in nets {
+            groups.add_net(*net.get_ref(), id);
+        }
+    }
+    Ok(groups)
+}
+
+/// What the rule set records about `list`: name, source and the groups it applies to.
+pub fn list_info(config: &Config, list: &ListConfig) -> Result<ListInfo, ConfigError> {
+    Ok(list_info_with(config, list, &groups_of(config)?))
+}
+
+fn list_info_with(config: &Config, list: &ListConfig, groups: &Groups) -> ListInfo {
+    let groups: GroupMask = match &list.groups {
+        None => ALL_GROUPS,
+        Some(gs) => gs
+            .iter()
+            .map(|g| groups.id(g.get_ref()).map_or(0, |id| id.mask()))
+            .fold(0, |a, b| a | b),
+    };
+    let source = match (&list.path, &list.url) {
+        (Some(path), _) => config.resolve(path).display().to_string(),
+        (None, Some(url)) => url.get_ref().clone(),
+        (None, None) => config.origin.file.clone(),
+    };
+    ListInfo {
+        name: list.name.get_ref().clone(),
+        source,
+        groups,
+    }
+}
+
+/// One list compiled from its text, and how the parse went.
+pub struct CompiledSource {
+    pub list: CompiledList,
+    /// Entries the rule compiler refused are counted as skipped here.
+    pub report: ParseReport,
+    /// Entries the parser produced (what the sanity guard compares), refused ones included.
+    pub parsed_entries: u32,
+}
+
+/// One list parsed, its rules collected but its tables not built yet: the text is no longer
+/// needed, so a caller can drop it before [`ParsedList::finish`] builds the tables.
+pub struct ParsedList {
+    builder: ListBuilder,
+    pub report: ParseReport,
+    /// Entries the parser produced (what the sanity guard compares), refused ones included.
+    pub parsed_entries: u32,
+}
+
+impl ParsedList {
+    /// Compiles the regex and keyword rules (the part that can fail) ahead of [`Self::finish`].
+    pub fn compile_patterns(&mut self) -> Result<(), RuleError> {
+        self.builder.compile_patterns()
+    }
+
+    /// Builds the list's tables.
+    pub fn finish(self) -> Result<CompiledSource, RuleError> {
+        Ok(CompiledSource {
+            list: self.builder.finish()?,
+            report: self.report,
+            parsed_entries: self.parsed_entries,
+        })
+    }
+}
+
+/// Parses one list's text into a [`ParsedList`]: lines are numbered from `line_base + 1`, and
+/// `keywords` (a list's `keywords` setting) are added as substring rules. Rules the parser
+/// accepted but the compiler refused (a bad regex) are reported as skipped.
+pub fn parse_into_list(
+    info: ListInfo,
+    text: &str,
+    format: Format,
+    line_base: u32,
+    keywords: &[String],
+) -> ParsedList {
+    let mut builder = ListBuilder::new(info);
+    // About a name a line (hosts lines with several names grow it).
+    builder.reserve(text.bytes().filter(|&b| b == b'\n').count() + 1);
+    let mut rule_errors: Vec<Skipped> = Vec::new();
+    let mut report = parse_list(text, format, |line, entry| {
+        let line = line + line_base;
+        if let Err(e) = builder.add_entry(line, entry) {
+            rule_errors.push(Skipped {
+                line,
+                text: e.to_string(),
+                reason: SkipReason::UnsupportedSyntax,
+            });
+        }
+    });
+    let parsed_entries = report.entries;
+    for word in keywords {
+        builder.add_keyword(0, word);
+    }
+    for skipped in rule_errors {
+        report.entries = report.entries.saturating_sub(1);
+        report.skipped += 1;
+        *report.skipped_by_reason.entry(skipped.reason).or_default() += 1;
+        report.examples.push(skipped);
+    }
+    ParsedList {
+        builder,
+        report,
+        parsed_entries,
+    }
+}
+
+/// [`parse_into_list`] and [`ParsedList::finish`]: one list compiled from its text.
+pub fn compile_list(
+    info: ListInfo,
+    text: &str,
+    format: Format,
+    line_base: u32,
+    keywords: &[String],
+) -> Result<CompiledSource, RuleError> {
+    parse_into_list(info, text, format, line_base, keywords).finish()
 }
 
 /// UTF-8 without a copy when it is valid (it nearly always is); lossy otherwise.
@@ -331,7 +424,8 @@ impl ListStatus {
         self.last_modified = meta.last_modified.clone();
     }
 
-    fn apply_report(&mut self, report: &ParseReport) {
+    /// Copies what a parse of the served copy found.
+    pub fn apply_report(&mut self, report: &ParseReport) {
         self.format = report.format.as_str().to_owned();
         self.lines = report.lines;
         self.entries = report.entries;

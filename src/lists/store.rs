@@ -87,6 +87,34 @@ impl Store {
         self.dir.join(format!("{}.meta.json", file_stem(name)))
     }
 
+    /// `.NAME.pending`: a downloaded body that waits on disk, not in memory, for its turn to
+    /// be checked (never read as a cached copy; removed once read back).
+    pub fn pending_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!(".{}.pending", file_stem(name)))
+    }
+
+    /// Parks `body` in [`Self::pending_path`]; no sync, it is scratch.
+    pub fn park(&self, name: &str, body: &[u8]) -> Result<(), StoreError> {
+        let path = self.pending_path(name);
+        let io = |source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        std::fs::write(&path, body).map_err(io)
+    }
+
+    /// Reads a parked body back and removes it.
+    pub fn unpark(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.pending_path(name);
+        let body = std::fs::read(&path);
+        let _ = std::fs::remove_file(&path);
+        body.map_err(|source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
     /// The metadata of a source, if any was written for this URL. An unreadable or foreign
     /// file counts as absent (it is rewritten by the next download).
     pub fn read_meta(&self, name: &str, url: &str) -> Option<Meta> {
@@ -253,5 +281,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_parked_body_reads_back_once_and_is_never_the_cached_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("cache"));
+        store.park("x", b"c.example\n").unwrap();
+        assert!(store.read_list("x").is_err(), "not a cached copy");
+        assert_eq!(store.unpark("x").unwrap(), b"c.example\n");
+        assert!(!store.pending_path("x").exists());
+        assert!(store.unpark("x").is_err());
     }
 }

@@ -64,7 +64,8 @@ impl Verdict<'_> {
     }
 }
 
-/// A compiled, immutable policy. Built off the hot path and published whole.
+/// A compiled, immutable policy. Built off the hot path and published whole; a refresh of
+/// one list publishes a new policy that shares every other list's tables ([`Policy::with_list`]).
 pub struct Policy {
     pub rules: RuleSet,
     pub groups: Groups,
@@ -83,6 +84,24 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// This policy with list `id` replaced by `list` (a refresh of that one list): groups,
+    /// allow rules and every other list are shared or copied as they are. Publish the result
+    /// whole (one `ArcSwap` store), so that a query sees either the old or the new list.
+    ///
+    /// # Panics
+    /// When there is no list `id`.
+    pub fn with_list(
+        &self,
+        id: rules::ListId,
+        list: std::sync::Arc<rules::CompiledList>,
+    ) -> Policy {
+        Policy {
+            rules: self.rules.with_list(id, list),
+            groups: self.groups.clone(),
+            bare_names_nxdomain: self.bare_names_nxdomain,
+        }
+    }
+
     /// Decides for an already normalised name. This is the hot path.
     pub fn decide(&self, name: &Name, group: GroupId) -> Verdict<'_> {
         if let Some(rule) = self.rules.allowed_by(name, group) {
