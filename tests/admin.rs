@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use gate::{Gate, dig};
+use gate::{Gate, admin_addr, dig};
 
 const CONFIG: &str = r#"
 [dns]
@@ -29,14 +29,6 @@ evil.example
 """
 "#;
 
-/// The admin address the gate logged.
-fn admin_addr(gate: &Gate) -> String {
-    let line = gate
-        .wait_for_log("listening admin", Duration::from_secs(5))
-        .expect("admin listener logged");
-    gate::json_field(&line, "addr").expect("addr")
-}
-
 /// One plain HTTP/1.1 request; (status, body).
 fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     http_with(addr, method, path, "")
@@ -44,24 +36,7 @@ fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
 
 /// One request with extra header lines (each ending in `\r\n`).
 fn http_with(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to admin");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    (status, body.to_owned())
+    gate::http(addr, method, path, headers)
 }
 
 /// The value of one sample line (`name{labels} value`), exactly as written.

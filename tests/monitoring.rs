@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gate::{Gate, dig};
+use gate::{Gate, admin_addr, dig};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -677,34 +677,9 @@ fn every_dashboard_query_is_valid_promql() {
 // ---------------------------------------------------------------------------------------
 // Against the real binary.
 
-/// The admin address the gate logged.
-fn admin_addr(gate: &Gate) -> String {
-    let line = gate
-        .wait_for_log("listening admin", Duration::from_secs(5))
-        .expect("admin listener logged");
-    gate::json_field(&line, "addr").expect("addr")
-}
-
 /// One plain HTTP/1.1 GET; (status, body).
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to admin");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    (status, body.to_owned())
+    gate::http(addr, "GET", path, "")
 }
 
 /// Sample names of a scrape in the Prometheus text format, each with the label names

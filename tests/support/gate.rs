@@ -226,3 +226,34 @@ pub fn dig(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> Dig {
     }
     dig
 }
+
+/// The admin address the gate logged.
+pub fn admin_addr(gate: &Gate) -> String {
+    let line = gate
+        .wait_for_log("listening admin", Duration::from_secs(5))
+        .expect("admin listener logged");
+    json_field(&line, "addr").expect("addr")
+}
+
+/// One plain HTTP/1.1 request (extra header lines each end in `\r\n`); (status, body).
+pub fn http(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, body.to_owned())
+}
