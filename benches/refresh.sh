@@ -17,6 +17,8 @@
 # through /proc/PID/clear_refs) and RSS at the end of each run.
 #
 # Loopback only. The gate is pinned to core 0 and dnsperf to core 1 (needs 2 cores).
+# The refresh loop of the harness itself (file appends, log polling) runs at SCHED_IDLE so that it
+# does not compete with the gate and dnsperf (HARNESS_IDLE=0: normal priority, as before).
 # Knobs: DURATION (20), RATE (20000), CLIENTS (10), LISTS_DIR, BIN (skip the build),
 # MALLOC (extra environment for the gate; MALLOC=NO_TUNE=1 skips
 # portcullis::lists::refresh::tune_allocator(), glibc's defaults then apply),
@@ -121,6 +123,9 @@ run() { # $1 = label
     local perf=$!
     if [ "$1" = refresh ]; then
         local end=$((SECONDS + DURATION - 1))
+        # The harness's own work (touching the files, polling the log: a grep every 50 ms) runs
+        # at idle priority, so that it does not take the benchmark cores from the gate or dnsperf.
+        if [ "${HARNESS_IDLE:-1}" = 1 ]; then chrt -i -p 0 "$BASHPID" >/dev/null 2>&1 || true; fi
         while [ $SECONDS -lt $end ]; do refresh_round; done
     fi
     wait "$perf"

@@ -485,7 +485,9 @@ impl Lists {
                 last_modified,
                 content_type,
             }) => {
-                let sum = digest(&bytes);
+                // Off the async workers, which also answer queries: hashing a body of a few MB
+                // takes milliseconds.
+                let (sum, bytes) = in_background(move || (digest(&bytes), bytes)).await;
                 if have_body && meta.digest.as_deref() == Some(sum.as_str()) {
                     meta.etag = etag;
                     meta.last_modified = last_modified;
@@ -509,24 +511,22 @@ impl Lists {
                         Ok(turn) => (turn, Ok(bytes)),
                         Err(_) => {
                             let (store2, name2) = (store.clone(), name.clone());
-                            let parked = tokio::task::spawn_blocking(move || {
+                            let parked = in_background(move || {
                                 store2.park(&name2, &bytes).map_err(|_| bytes)
                             })
-                            .await
-                            .expect("parking a body panicked");
+                            .await;
                             let turn = self.inner.checking.lock().await;
                             let bytes = match parked {
                                 // Could not park it (disk full?): it waited in memory.
                                 Err(bytes) => Ok(bytes),
                                 Ok(()) => {
                                     let (store2, name2) = (store.clone(), name.clone());
-                                    tokio::task::spawn_blocking(move || store2.unpark(&name2))
-                                        .await
-                                        .expect("reading a parked body panicked")
-                                        .map_err(|source| RefreshError::Store {
+                                    in_background(move || store2.unpark(&name2)).await.map_err(
+                                        |source| RefreshError::Store {
                                             name: name.clone(),
                                             source,
-                                        })
+                                        },
+                                    )
                                 }
                             };
                             (turn, bytes)
