@@ -225,15 +225,24 @@ impl Fetcher {
             url: url.to_owned(),
             source,
         };
-        let len = tokio::fs::metadata(&path).await.map_err(file_err)?.len();
-        if len > self.settings.max_bytes {
+        // Read (and gunzip) at the lowest priority: copying a list of many MB on a thread of
+        // normal priority delays the queries on that core by milliseconds.
+        let max_bytes = self.settings.max_bytes;
+        let read = super::background::in_background(move || {
+            let len = std::fs::metadata(&path)?.len();
+            if len > max_bytes {
+                return Ok(None);
+            }
+            super::background::read(&path).map(Some)
+        })
+        .await;
+        let Some(bytes) = read.map_err(file_err)? else {
             return Err(FetchError::TooLarge {
                 url: url.to_owned(),
                 limit: self.settings.max_bytes,
             });
-        }
-        let bytes = tokio::fs::read(&path).await.map_err(file_err)?;
-        let bytes = self.gunzip_if_needed(url, bytes)?;
+        };
+        let bytes = self.gunzip_if_needed(url, bytes).await?;
         Ok(Fetched::Body {
             bytes,
             etag: None,
@@ -289,7 +298,7 @@ impl Fetcher {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let bytes = self.gunzip_if_needed(url, bytes)?;
+        let bytes = self.gunzip_if_needed(url, bytes).await?;
         Ok(Fetched::Body {
             bytes,
             etag: header(&headers, ETAG),
@@ -300,19 +309,25 @@ impl Fetcher {
 
     /// A body that is itself a gzip file (a `.gz` list, or a server that sends one without
     /// `Content-Encoding`) is decompressed, within the size cap.
-    fn gunzip_if_needed(&self, url: &str, bytes: Vec<u8>) -> Result<Vec<u8>, FetchError> {
+    /// Inflates a gzip body (by its magic bytes), on a low-priority thread: inflating a
+    /// list of many MB takes tens of milliseconds of CPU.
+    async fn gunzip_if_needed(&self, url: &str, bytes: Vec<u8>) -> Result<Vec<u8>, FetchError> {
         if !bytes.starts_with(&[0x1f, 0x8b]) {
             return Ok(bytes);
         }
         let limit = self.settings.max_bytes;
-        let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit as usize));
-        flate2::read::MultiGzDecoder::new(&bytes[..])
-            .take(limit + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| FetchError::Gzip {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let out = super::background::in_background(move || {
+            let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit as usize));
+            flate2::read::MultiGzDecoder::new(&bytes[..])
+                .take(limit + 1)
+                .read_to_end(&mut out)
+                .map(|_| out)
+        })
+        .await
+        .map_err(|e| FetchError::Gzip {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
         if out.len() as u64 > limit {
             return Err(FetchError::TooLarge {
                 url: url.to_owned(),

@@ -150,7 +150,7 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
         let text = match (&list.path, &list.url, &list.inline) {
             (Some(path), _, _) => {
                 let path = config.resolve(path);
-                match std::fs::read(&path) {
+                match super::background::read(&path) {
                     Ok(bytes) => into_text(bytes),
                     Err(e) if list.optional && e.kind() == std::io::ErrorKind::NotFound => {
                         tracing::warn!(list = %name, path = %path.display(), "optional list file not found; skipped");

@@ -1,5 +1,6 @@
 //! Threat-list formats and sources: parsing, downloading, the on-disk cache and refresh.
 
+mod background;
 pub mod fetch;
 pub mod load;
 pub mod parse;

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::background::in_background;
 use crate::config::{Config, ConfigError, ListConfig};
 use crate::dns::upstream::UpstreamPool;
 use crate::error::{Fault, HasFault};
@@ -610,9 +611,7 @@ impl Lists {
             Err(e) => meta.last_error = Some(e.detail()),
         }
         let (store2, name2) = (store.clone(), name.clone());
-        let written = tokio::task::spawn_blocking(move || store2.write_meta(&name2, &meta))
-            .await
-            .expect("metadata write panicked");
+        let written = in_background(move || store2.write_meta(&name2, &meta)).await;
         if let Err(error) = written {
             tracing::warn!(list = %name, %error, "cannot record the list download in the cache");
         }
@@ -688,21 +687,6 @@ fn trim_allocator() {
     }
 }
 
-/// Runs `work` on a thread of its own at the lowest CPU priority (`SCHED_IDLE`, and nice 19),
-/// so that parsing lists and building rule sets take only the CPU that answering queries
-/// leaves: a query worker that wakes up preempts it at once.
-async fn in_background<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("portcullis-lists".into())
-        .spawn(move || {
-            lower_priority();
-            let _ = tx.send(work());
-        })
-        .expect("spawning the list thread");
-    rx.await.expect("list thread panicked")
-}
-
 /// Makes glibc's allocator give rebuilt rule sets back to the system: allocations of 1 MiB and
 /// more always get their own mapping (returned on free; by default the threshold creeps up to
 /// 32 MiB after the first free, so later rule tables land in arenas that never shrink), and at
@@ -719,27 +703,6 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
-
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    // SAFETY: neither call has memory-safety preconditions beyond a valid `sched_param`; on
-    // Linux `pid = 0` / `who = 0` name the calling thread only.
-    unsafe {
-        // SCHED_IDLE: a normal thread that wakes up always preempts this one (with nice 19
-        // alone, the scheduler may let it run out its slice first: milliseconds of latency).
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            tracing::debug!("could not move the list thread to SCHED_IDLE");
-        }
-        // Nice 19 too, should the policy above be refused.
-        if libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0 {
-            tracing::debug!("could not lower the list thread's priority");
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
 
 /// When a source is next downloaded.
 struct Slot {

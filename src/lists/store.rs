@@ -9,11 +9,11 @@
 //! only costs one unconditional download).
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::background;
 use crate::error::{Fault, HasFault};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,13 +101,15 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
-        std::fs::write(&path, body).map_err(io)
+        File::create(&path)
+            .and_then(|mut file| background::write_all(&mut file, body))
+            .map_err(io)
     }
 
     /// Reads a parked body back and removes it.
     pub fn unpark(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.pending_path(name);
-        let body = std::fs::read(&path);
+        let body = background::read(&path);
         let _ = std::fs::remove_file(&path);
         body.map_err(|source| StoreError::Io {
             path: path.display().to_string(),
@@ -133,7 +135,7 @@ impl Store {
     /// The cached body of a source.
     pub fn read_list(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.list_path(name);
-        std::fs::read(&path).map_err(|source| StoreError::Io {
+        background::read(&path).map_err(|source| StoreError::Io {
             path: path.display().to_string(),
             source,
         })
@@ -186,7 +188,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     ));
     let result = (|| {
         let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
+        background::write_all(&mut file, bytes)?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, path)?;
