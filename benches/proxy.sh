@@ -7,8 +7,17 @@
 # The driver and the origin are examples/proxy_load.rs (native, multi-threaded, each
 # its own process); the proxy is examples/proxy_bench_gate.rs.
 #
+# Two kinds of tunnel (MODES, default "raw tls"):
+#   raw: a bare ClientHello record, then plain bytes: no TLS work at either end, so the
+#        proxy's share of the CPU is as large as it can be (the worst case for a proxy).
+#   tls: what an agent's HTTPS request is: a real TLS 1.3 handshake (rustls, ring) with
+#        the origin through the tunnel, then the command and the bytes inside TLS. The
+#        origin mints its CA and certificate for bench.test at start.
+# The idle-tunnel RSS is measured in raw mode only (the proxy sees the same bytes).
+#
 # Usage: benches/proxy.sh                 (squid: apt-get install squid; skipped if absent)
 # Env:   ROUNDS (3)   BULK_MIB (4096)   DURATION (s, 5)   CONC (50)   IDLE (1000)
+#        MODES ("raw tls")
 #        PINS ("pinned unpinned"): pinned = the proxy on core $PROXY_CORE (0), the
 #        driver and the origin on core $LOAD_CORE (1), each process started under
 #        taskset (tokio sizes its runtime from the affinity); unpinned = no taskset.
@@ -21,7 +30,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3} BULK_MIB=${BULK_MIB:-4096} DURATION=${DURATION:-5} CONC=${CONC:-50} IDLE=${IDLE:-1000}
-PINS=${PINS:-pinned unpinned} PROXY_CORE=${PROXY_CORE:-0} LOAD_CORE=${LOAD_CORE:-1}
+PINS=${PINS:-pinned unpinned} MODES=${MODES:-raw tls} PROXY_CORE=${PROXY_CORE:-0} LOAD_CORE=${LOAD_CORE:-1}
 ORIGIN_PORT=${ORIGIN_PORT:-39080} GATE_PORT=${GATE_PORT:-39128} SQUID_PORT=${SQUID_PORT:-39129}
 OUT=${OUT:-target/bench-proxy} RT=${RT:-} LOGS=${LOGS:-}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -85,14 +94,17 @@ else
   echo "squid not installed (apt-get install squid): its column stays empty" >&2
 fi
 
-# Starts the origin, the gate and squid, pinned or not; sets GATE and SQUID.
+# start_all PIN MODE: starts the origin, the gate and squid, pinned or not; sets GATE,
+# SQUID and TLS (the driver's --tls arguments).
 start_all() {
   local pc="" lc="" rt=""
   [ -n "$RT" ] && rt="chrt -f 10"
   if [ "$1" = pinned ]; then pc="taskset -c $PROXY_CORE" lc="taskset -c $LOAD_CORE"; fi
   pc="$rt $pc" lc="$rt $lc"
   LOAD="$lc $LOAD_BIN"
-  $lc "$LOAD_BIN" origin "$ORIGIN_PORT" & PIDS+=($!)
+  TLS=()
+  if [ "$2" = tls ]; then TLS=(--tls "$WORK/ca.pem"); rm -f "$WORK/ca.pem"; fi
+  $lc "$LOAD_BIN" origin "$ORIGIN_PORT" "${TLS[@]}" & PIDS+=($!)
   if [ -n "$LOGS" ]; then
     PROXY_LOG=1 $pc "$GATE_BIN" "$GATE_PORT" "$ORIGIN_PORT" 2>>"$OUT/gate.log" & GATE=$!
   else
@@ -116,7 +128,7 @@ run() {
     portcullis) via+=(--proxy "$GATE_PORT" --pid "$GATE") ;;
     squid) via+=(--proxy "$SQUID_PORT" --target "127.0.0.1:$ORIGIN_PORT" --pid "$SQUID") ;;
   esac
-  $LOAD "$sub" "${via[@]}" "$@" | sed "s/^/$round\t$pin\t/" >>"$RUNS"
+  $LOAD "$sub" "${via[@]}" "${TLS[@]}" "$@" | sed "s/^/$round\t$pin\t/" >>"$RUNS"
 }
 
 LABELS=(direct portcullis)
@@ -126,24 +138,32 @@ LABELS=(direct portcullis)
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src examples benches 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
   echo "squid: $(squid -v 2>/dev/null | head -1)"
-  echo "settings: ROUNDS=$ROUNDS BULK_MIB=$BULK_MIB DURATION=$DURATION CONC=$CONC IDLE=$IDLE RT=${RT:-0} LOGS=${LOGS:-0} PINS=$PINS"
+  echo "settings: ROUNDS=$ROUNDS BULK_MIB=$BULK_MIB DURATION=$DURATION CONC=$CONC IDLE=$IDLE RT=${RT:-0} LOGS=${LOGS:-0} PINS=$PINS MODES=$MODES"
 } | tee "$OUT/meta.txt"
 
+for mode in $MODES; do
 for pin in $PINS; do
   for round in $(seq "$ROUNDS"); do
     # Fresh processes each round: the idle-tunnel RSS is measured first, before
     # earlier rounds' tunnels have grown the heap that later ones would reuse.
-    start_all "$pin"
-    echo "== $pin, round $round/$ROUNDS; load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/meta.txt"
+    start_all "$pin" "$mode"
+    if [ "$mode" = tls ]; then
+      for _ in $(seq 50); do [ -s "$WORK/ca.pem" ] && break; sleep 0.1; done
+    fi
+    key="$pin, $mode"
+    echo "== $key, round $round/$ROUNDS; load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/meta.txt"
     # Rotate the order each round so no column always runs first.
     order=("${LABELS[@]:$(( (round - 1) % ${#LABELS[@]} ))}" "${LABELS[@]:0:$(( (round - 1) % ${#LABELS[@]} ))}")
-    for l in "${order[@]}"; do
-      if [ "$l" != direct ]; then run "$round" "$pin" "$l" idle --count "$IDLE"; fi
-    done
-    for l in "${order[@]}"; do run "$round" "$pin" "$l" bulk --mib "$BULK_MIB"; done
-    for l in "${order[@]}"; do run "$round" "$pin" "$l" tunnels --secs "$DURATION" --conc "$CONC"; done
+    if [ "$mode" = raw ]; then
+      for l in "${order[@]}"; do
+        if [ "$l" != direct ]; then run "$round" "$key" "$l" idle --count "$IDLE"; fi
+      done
+    fi
+    for l in "${order[@]}"; do run "$round" "$key" "$l" bulk --mib "$BULK_MIB"; done
+    for l in "${order[@]}"; do run "$round" "$key" "$l" tunnels --secs "$DURATION" --conc "$CONC"; done
     stop_all
   done
+done
 done
 echo "== load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/meta.txt"
 "$LOAD_BIN" report "$RUNS" | tee "$OUT/report.md"

@@ -3,19 +3,28 @@
 //! is 127.0.0.1.
 //!
 //! ```text
-//! proxy_load origin PORT                        bulk sender, PING/PONG responder, HOLD
-//! proxy_load bulk    --origin PORT [--proxy PORT --target HOST:PORT] --mib N     [--pid PID]
-//! proxy_load tunnels --origin PORT [--proxy PORT --target HOST:PORT] --secs S    [--pid PID]
+//! proxy_load origin PORT [--tls CA.pem]         bulk sender, PING/PONG responder, HOLD
+//! proxy_load bulk    --origin PORT [--proxy PORT --target HOST:PORT] --mib N     [--pid PID] [--tls CA.pem]
+//! proxy_load tunnels --origin PORT [--proxy PORT --target HOST:PORT] --secs S    [--pid PID] [--tls CA.pem]
 //! proxy_load idle    --origin PORT  --proxy PORT --target HOST:PORT  --count N    --pid PID
 //! proxy_load report RUNS.tsv                    medians and ranges as a Markdown table
 //! ```
 //!
 //! Every tunnel speaks the same protocol, direct or through a proxy: (`CONNECT
-//! target`, wait for `200`), a TLS ClientHello record naming `bench.test` (the proxy
-//! checks the SNI on TLS ports), then one command line: `BULK n` (the origin sends
-//! `n` bytes and half-closes), `PING` (the origin answers `PONG` and closes; the
-//! client closes when it has read it) or `HOLD` (the origin waits for the client to
-//! close).
+//! target`, wait for `200`), a TLS ClientHello naming `bench.test` (the proxy checks
+//! the SNI on TLS ports), then one command line: `BULK n` (the origin sends `n` bytes
+//! and half-closes), `PING` (the origin answers `PONG` and closes; the client closes
+//! when it has read it) or `HOLD` (the origin waits for the client to close).
+//!
+//! Two kinds of tunnel:
+//! - raw (the default): the ClientHello is a bare record the driver writes, and the
+//!   command and the bytes that follow are plain TCP. No TLS work on either end, so
+//!   the proxy's share of the CPU is as large as it can be: the worst case for it.
+//! - `--tls CA.pem`: what an agent's HTTPS request is. The origin mints a CA and a
+//!   certificate for `bench.test` at start (rcgen, written to CA.pem for the driver)
+//!   and every tunnel carries a real rustls handshake (TLS 1.3, ring; the client's
+//!   default session cache, so later tunnels resume) and the command and bytes
+//!   inside TLS records.
 //!
 //! Who closes first matters on loopback: a connecting socket that closes first sits
 //! in TIME_WAIT on its ephemeral port, and at 14,000 connections/s the 28,000 ports
@@ -35,8 +44,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+
+#[path = "../tests/support/certs.rs"]
+mod certs;
 
 const SNI: &str = "bench.test";
 const CHUNK: usize = 1 << 20;
@@ -50,7 +65,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve BULK / PING / HOLD on 127.0.0.1:PORT until killed.
-    Origin { port: u16 },
+    Origin {
+        port: u16,
+        /// Speak TLS as `bench.test`; the CA that signed its certificate is written here.
+        #[arg(long)]
+        tls: Option<String>,
+    },
     /// Bulk download through one tunnel.
     Bulk {
         #[command(flatten)]
@@ -96,6 +116,9 @@ struct Via {
     /// The proxy's process id, for CPU time and RSS.
     #[arg(long)]
     pid: Option<u32>,
+    /// Real TLS inside the tunnel, trusting the CA in this PEM file (see `origin --tls`).
+    #[arg(long)]
+    tls: Option<String>,
 }
 
 impl Via {
@@ -126,7 +149,7 @@ fn main() {
         .expect("runtime");
     rt.block_on(async move {
         match cli.command {
-            Command::Origin { port } => origin(port).await,
+            Command::Origin { port, tls } => origin(port, tls).await,
             Command::Bulk { via, mib } => bulk(via, mib).await,
             Command::Tunnels { via, secs, conc } => tunnels(via, secs, conc).await,
             Command::Idle { via, count } => idle(via, count).await,
@@ -179,10 +202,20 @@ fn client_hello(sni: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------
 // Origin
 
-async fn origin(port: u16) {
+async fn origin(port: u16, tls: Option<String>) {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind origin");
+    let acceptor = tls.map(|ca| {
+        let ca = std::path::Path::new(&ca);
+        let dir = ca.parent().filter(|d| !d.as_os_str().is_empty());
+        let (acceptor, _) = certs::tls_acceptor(
+            SNI,
+            dir.unwrap_or(std::path::Path::new(".")),
+            &ca.file_name().expect("CA file name").to_string_lossy(),
+        );
+        acceptor
+    });
     let chunk: &'static [u8] = Box::leak(vec![0u8; CHUNK].into_boxed_slice());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -190,24 +223,41 @@ async fn origin(port: u16) {
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let _ = serve(stream, chunk).await;
+            let _ = match acceptor {
+                None => serve(stream, chunk, true).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => serve(tls, chunk, false).await,
+                    Err(_) => Ok(()),
+                },
+            };
         });
     }
 }
 
-async fn serve(mut s: TcpStream, chunk: &'static [u8]) -> io::Result<()> {
+/// Reads the command line (after the bare ClientHello record when `raw`) and serves it.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    chunk: &'static [u8],
+    raw: bool,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut tmp = [0u8; 1024];
     let command = loop {
-        if buf.len() >= 5 {
-            let record = 5 + u16::from_be_bytes([buf[3], buf[4]]) as usize;
-            if let Some(nl) = buf
-                .get(record..)
+        let start = if raw && buf.len() >= 5 {
+            Some(5 + u16::from_be_bytes([buf[3], buf[4]]) as usize)
+        } else if raw {
+            None
+        } else {
+            Some(0)
+        };
+        if let Some(start) = start
+            && let Some(nl) = buf
+                .get(start..)
                 .and_then(|r| r.iter().position(|&b| b == b'\n'))
-            {
-                break String::from_utf8_lossy(&buf[record..record + nl]).into_owned();
-            }
+        {
+            break String::from_utf8_lossy(&buf[start..start + nl]).into_owned();
         }
         let n = s.read(&mut tmp).await?;
         if n == 0 {
@@ -226,7 +276,11 @@ async fn serve(mut s: TcpStream, chunk: &'static [u8]) -> io::Result<()> {
     } else if command == "PING" {
         // Answer and close, as an HTTP/1.0 server would: the side that closes first
         // keeps the TIME_WAIT, and the origin has no ephemeral port to run out of.
-        return s.write_all(b"PONG\n").await;
+        s.write_all(b"PONG\n").await?;
+        if !raw {
+            s.shutdown().await?; // close_notify
+        }
+        return Ok(());
     }
     // BULK and HOLD: until the client closes.
     while s.read(&mut tmp).await? > 0 {}
@@ -236,44 +290,90 @@ async fn serve(mut s: TcpStream, chunk: &'static [u8]) -> io::Result<()> {
 // ---------------------------------------------------------------------------------
 // Clients
 
-/// Opens a tunnel to the origin (through the proxy if any: `CONNECT`, then wait for
-/// the `200`) and sends the ClientHello and `command`.
-async fn open(
-    via: &Via,
-    connect: Option<&[u8]>,
-    hello: &[u8],
-    command: &[u8],
-) -> io::Result<TcpStream> {
-    let mut s = TcpStream::connect(via.addr()).await?;
-    s.set_nodelay(true)?;
-    if let Some(request) = connect {
-        s.write_all(request).await?;
-        let mut head = [0u8; 512];
-        let mut len = 0;
-        loop {
-            let n = s.read(&mut head[len..]).await?;
-            if n == 0 {
-                return Err(io::Error::other("the proxy closed before answering"));
+/// A tunnel's stream: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What every tunnel of one measurement sends: the `CONNECT` (through a proxy), and
+/// either the bare ClientHello record (raw) or a real TLS handshake.
+#[derive(Clone)]
+struct Opener {
+    addr: SocketAddr,
+    connect: Option<Arc<[u8]>>,
+    hello: Arc<[u8]>,
+    tls: Option<TlsConnector>,
+}
+
+impl Opener {
+    fn new(via: &Via) -> Self {
+        let tls = via.tls.as_ref().map(|ca| {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+                roots.add(cert.expect("CA PEM")).expect("CA certificate");
             }
-            len += n;
-            if head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-            if len == head.len() {
-                return Err(io::Error::other("response head too long"));
-            }
-        }
-        if !head[..len].starts_with(b"HTTP/1.1 200") && !head[..len].starts_with(b"HTTP/1.0 200") {
-            let line = String::from_utf8_lossy(&head[..len]);
-            return Err(io::Error::other(format!(
-                "proxy refused: {}",
-                line.lines().next().unwrap_or("")
-            )));
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            TlsConnector::from(Arc::new(config))
+        });
+        Opener {
+            addr: via.addr(),
+            connect: via.connect_request().map(Into::into),
+            hello: client_hello(SNI).into(),
+            tls,
         }
     }
-    s.write_all(hello).await?;
-    s.write_all(command).await?;
-    Ok(s)
+
+    /// Opens a tunnel to the origin (through the proxy if any: `CONNECT`, then wait
+    /// for the `200`), says hello and sends `command`.
+    async fn open(&self, command: &[u8]) -> io::Result<Box<dyn Io>> {
+        let mut s = TcpStream::connect(self.addr).await?;
+        s.set_nodelay(true)?;
+        if let Some(request) = &self.connect {
+            s.write_all(request).await?;
+            let mut head = [0u8; 512];
+            let mut len = 0;
+            loop {
+                let n = s.read(&mut head[len..]).await?;
+                if n == 0 {
+                    return Err(io::Error::other("the proxy closed before answering"));
+                }
+                len += n;
+                if head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+                if len == head.len() {
+                    return Err(io::Error::other("response head too long"));
+                }
+            }
+            if !head[..len].starts_with(b"HTTP/1.1 200")
+                && !head[..len].starts_with(b"HTTP/1.0 200")
+            {
+                let line = String::from_utf8_lossy(&head[..len]);
+                return Err(io::Error::other(format!(
+                    "proxy refused: {}",
+                    line.lines().next().unwrap_or("")
+                )));
+            }
+        }
+        let mut s: Box<dyn Io> = match &self.tls {
+            None => {
+                s.write_all(&self.hello).await?;
+                Box::new(s)
+            }
+            Some(tls) => {
+                let name = ServerName::try_from(SNI).expect("server name");
+                Box::new(tls.connect(name, s).await?)
+            }
+        };
+        s.write_all(command).await?;
+        s.flush().await?;
+        Ok(s)
+    }
 }
 
 /// utime + stime of `pid` and its descendants, seconds.
@@ -372,19 +472,14 @@ fn row(metric: &str, label: &str, value: f64) {
 }
 
 async fn bulk(via: Via, mib: u64) {
-    let connect = via.connect_request();
-    let hello = client_hello(SNI);
+    let opener = Opener::new(&via);
     let bytes = mib << 20;
     let cpu0 = via.pid.map(cpu_seconds);
     let cores = core_ticks();
-    let mut s = open(
-        &via,
-        connect.as_deref(),
-        &hello,
-        format!("BULK {bytes}\n").as_bytes(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}: bulk tunnel: {e}", via.label));
+    let mut s = opener
+        .open(format!("BULK {bytes}\n").as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{}: bulk tunnel: {e}", via.label));
     let t = Instant::now();
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0u64;
@@ -392,6 +487,8 @@ async fn bulk(via: Via, mib: u64) {
         match s.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => got += n as u64,
+            // The origin closes the TCP connection after its close_notify.
+            Err(e) if got == bytes && e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(e) => panic!("{}: bulk read: {e}", via.label),
         }
     }
@@ -417,8 +514,7 @@ async fn bulk(via: Via, mib: u64) {
 }
 
 async fn tunnels(via: Via, secs: f64, conc: usize) {
-    let connect: Option<Arc<[u8]>> = via.connect_request().map(Into::into);
-    let hello: Arc<[u8]> = client_hello(SNI).into();
+    let opener = Opener::new(&via);
     let via = Arc::new(via);
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -427,20 +523,15 @@ async fn tunnels(via: Via, secs: f64, conc: usize) {
     let t0 = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..conc {
-        let (via, connect, hello, stop, errors) = (
-            via.clone(),
-            connect.clone(),
-            hello.clone(),
-            stop.clone(),
-            errors.clone(),
-        );
+        let (via, opener, stop, errors) =
+            (via.clone(), opener.clone(), stop.clone(), errors.clone());
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(16 * 1024);
             let mut pong = [0u8; 5];
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let one = async {
-                    let mut s = open(&via, connect.as_deref(), &hello, b"PING\n").await?;
+                    let mut s = opener.open(b"PING\n").await?;
                     s.read_exact(&mut pong).await?;
                     if &pong != b"PONG\n" {
                         return Err(io::Error::other("not PONG"));
@@ -506,14 +597,11 @@ async fn tunnels(via: Via, secs: f64, conc: usize) {
 
 async fn idle(via: Via, count: usize) {
     let pid = via.pid.expect("idle needs --pid");
-    let connect: Option<Arc<[u8]>> = via.connect_request().map(Into::into);
-    let hello: Arc<[u8]> = client_hello(SNI).into();
+    let opener = Opener::new(&via);
     let via = Arc::new(via);
     // Warm up: the first tunnels allocate once-per-thread buffers and runtime state.
     for _ in 0..100 {
-        let mut s = open(&via, connect.as_deref(), &hello, b"PING\n")
-            .await
-            .expect("warm-up tunnel");
+        let mut s = opener.open(b"PING\n").await.expect("warm-up tunnel");
         let mut pong = [0u8; 5];
         s.read_exact(&mut pong).await.expect("warm-up PONG");
     }
@@ -526,10 +614,8 @@ async fn idle(via: Via, count: usize) {
         left -= batch;
         let mut opening = Vec::new();
         for _ in 0..batch {
-            let (via, connect, hello) = (via.clone(), connect.clone(), hello.clone());
-            opening.push(tokio::spawn(async move {
-                open(&via, connect.as_deref(), &hello, b"HOLD\n").await
-            }));
+            let opener = opener.clone();
+            opening.push(tokio::spawn(async move { opener.open(b"HOLD\n").await }));
         }
         for o in opening {
             held.push(o.await.expect("task").expect("idle tunnel"));
