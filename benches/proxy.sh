@@ -24,6 +24,7 @@
 #        RT=1: every process under `chrt -f 10` (SCHED_FIFO), as benches/dnsperf.sh
 #        does: on a VM shared with other builds, normal scheduling measures the
 #        neighbours more than the proxy (a SCHED_FIFO task gets at most 95% of a core).
+#        RELAY=splice: the gate relays with splice(2) (`[proxy] relay`; default copy).
 #        LOGS=1: the gate writes its JSON decision lines (to $OUT/gate.log) as in
 #        production; by default it logs nothing.
 #        OUT (target/bench-proxy): runs.tsv (every figure of every round), report.md.
@@ -32,7 +33,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3} BULK_MIB=${BULK_MIB:-4096} DURATION=${DURATION:-5} CONC=${CONC:-50} IDLE=${IDLE:-1000}
 PINS=${PINS:-pinned unpinned} MODES=${MODES:-raw tls} PROXY_CORE=${PROXY_CORE:-0} LOAD_CORE=${LOAD_CORE:-1}
 ORIGIN_PORT=${ORIGIN_PORT:-39080} GATE_PORT=${GATE_PORT:-39128} SQUID_PORT=${SQUID_PORT:-39129}
-OUT=${OUT:-target/bench-proxy} RT=${RT:-} LOGS=${LOGS:-}
+OUT=${OUT:-target/bench-proxy} RT=${RT:-} LOGS=${LOGS:-} RELAY=${RELAY:-copy}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --example proxy_bench_gate --example proxy_load >/dev/null
 LOAD_BIN=./target/release/examples/proxy_load
@@ -106,9 +107,9 @@ start_all() {
   if [ "$2" = tls ]; then TLS=(--tls "$WORK/ca.pem"); rm -f "$WORK/ca.pem"; fi
   $lc "$LOAD_BIN" origin "$ORIGIN_PORT" "${TLS[@]}" & PIDS+=($!)
   if [ -n "$LOGS" ]; then
-    PROXY_LOG=1 $pc "$GATE_BIN" "$GATE_PORT" "$ORIGIN_PORT" 2>>"$OUT/gate.log" & GATE=$!
+    PROXY_RELAY=$RELAY PROXY_LOG=1 $pc "$GATE_BIN" "$GATE_PORT" "$ORIGIN_PORT" 2>>"$OUT/gate.log" & GATE=$!
   else
-    $pc "$GATE_BIN" "$GATE_PORT" "$ORIGIN_PORT" 2>/dev/null & GATE=$!
+    PROXY_RELAY=$RELAY $pc "$GATE_BIN" "$GATE_PORT" "$ORIGIN_PORT" 2>/dev/null & GATE=$!
   fi
   PIDS+=($GATE)
   SQUID=""
@@ -138,7 +139,7 @@ LABELS=(direct portcullis)
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src examples benches 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
   echo "squid: $(squid -v 2>/dev/null | head -1)"
-  echo "settings: ROUNDS=$ROUNDS BULK_MIB=$BULK_MIB DURATION=$DURATION CONC=$CONC IDLE=$IDLE RT=${RT:-0} LOGS=${LOGS:-0} PINS=$PINS MODES=$MODES"
+  echo "settings: ROUNDS=$ROUNDS BULK_MIB=$BULK_MIB DURATION=$DURATION CONC=$CONC IDLE=$IDLE RT=${RT:-0} LOGS=${LOGS:-0} RELAY=$RELAY PINS=$PINS MODES=$MODES"
 } | tee "$OUT/meta.txt"
 
 for mode in $MODES; do

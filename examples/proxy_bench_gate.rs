@@ -3,6 +3,7 @@
 //! Loopback only. Usage: `proxy_bench_gate LISTEN_PORT ORIGIN_PORT`.
 //! `PROXY_LOG=1`: the production JSON decision lines on stderr (two per tunnel);
 //! without it no subscriber is installed and logging costs nothing.
+//! `PROXY_RELAY=splice`: `[proxy] relay = "splice"` (default: copy).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -72,6 +73,9 @@ async fn main() {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], listen))],
         ..ProxyConfig::default()
     };
+    if std::env::var_os("PROXY_RELAY").is_some_and(|v| v == "splice") {
+        proxy_config.relay = proxy::RelayMode::Splice;
+    }
     proxy_config.max_connections = 100_000;
     proxy_config.max_connections_per_client = 100_000;
     let listeners = proxy::bind(&proxy_config.listen).await.unwrap();

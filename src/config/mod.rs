@@ -729,6 +729,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2") && err.contains("listen"), "{err}");
+        let err = parse("[proxy]\nrelay = \"zero-copy\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("relay") && err.contains("splice"),
+            "{err}"
+        );
+        let ok = parse("[proxy]\nrelay = \"splice\"\n").unwrap();
+        assert_eq!(ok.proxy.relay, crate::proxy::RelayMode::Splice);
     }
 
     #[test]

@@ -39,6 +39,19 @@ impl ProxyMode {
     }
 }
 
+/// How a tunnel's bytes are moved between its two sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayMode {
+    /// read(2) into a per-thread buffer and write(2) out (the default): the higher
+    /// throughput when the other end of the tunnel is on the same host (BENCHMARKS.md).
+    #[default]
+    Copy,
+    /// splice(2) through a pipe, the payload never in user space: less than half the
+    /// proxy's CPU per GiB, at some throughput when the sender shares the host (Linux).
+    Splice,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
@@ -87,6 +100,8 @@ pub struct ProxyConfig {
     pub max_body_bytes: usize,
     /// Largest origin response head on plain HTTP, bytes (502 beyond).
     pub max_response_header_bytes: usize,
+    /// `copy` (default) or `splice`: see [`RelayMode`].
+    pub relay: RelayMode,
 }
 
 impl Default for ProxyConfig {
@@ -112,6 +127,7 @@ impl Default for ProxyConfig {
             max_headers: 100,
             max_body_bytes: 8 << 20,
             max_response_header_bytes: 64 * 1024,
+            relay: RelayMode::Copy,
         }
     }
 }

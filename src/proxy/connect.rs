@@ -231,6 +231,7 @@ async fn tunnel_counted(
     let mut relayed = relay(
         &client,
         &origin,
+        state.config.relay,
         state.config.idle_timeout(),
         state.config.tunnel_max(),
         stop.cancelled(),

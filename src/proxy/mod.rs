@@ -36,7 +36,7 @@ use crate::policy::Policy;
 use crate::policy::addr::AddrClassifier;
 use crate::policy::name::Name;
 
-pub use config::{ProxyConfig, ProxyMode};
+pub use config::{ProxyConfig, ProxyMode, RelayMode};
 pub use dial::{Dial, TcpDialer};
 pub use error::ProxyError;
 pub use server::{bind, serve};
