@@ -150,6 +150,7 @@ for pin in $PINS; do
     start_all "$pin" "$mode"
     if [ "$mode" = tls ]; then
       for _ in $(seq 50); do [ -s "$WORK/ca.pem" ] && break; sleep 0.1; done
+      [ -s "$WORK/ca.pem" ] || { echo "the TLS origin wrote no $WORK/ca.pem" >&2; exit 1; }
     fi
     key="$pin, $mode"
     echo "== $key, round $round/$ROUNDS; load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/meta.txt"

@@ -487,7 +487,7 @@ async fn bulk(via: Via, mib: u64) {
         match s.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => got += n as u64,
-            // The origin closes the TCP connection after its close_notify.
+            // An origin that closed the TCP connection without a close_notify.
             Err(e) if got == bytes && e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(e) => panic!("{}: bulk read: {e}", via.label),
         }
@@ -515,6 +515,7 @@ async fn bulk(via: Via, mib: u64) {
 
 async fn tunnels(via: Via, secs: f64, conc: usize) {
     let opener = Opener::new(&via);
+    let tls = opener.tls.is_some();
     let via = Arc::new(via);
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -535,6 +536,12 @@ async fn tunnels(via: Via, secs: f64, conc: usize) {
                     s.read_exact(&mut pong).await?;
                     if &pong != b"PONG\n" {
                         return Err(io::Error::other("not PONG"));
+                    }
+                    if tls {
+                        // The origin's close_notify: closing with it unread would send
+                        // an RST instead of a FIN through the proxy.
+                        let mut rest = [0u8; 64];
+                        while s.read(&mut rest).await? > 0 {}
                     }
                     io::Result::Ok(())
                 };

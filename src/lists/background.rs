@@ -84,14 +84,38 @@ fn lower_priority() {}
 /// tens of microseconds.
 const SLICE: usize = 64 * 1024;
 
-/// `std::fs::read`, in system calls of at most [`SLICE`] bytes.
+/// `std::fs::read`, in system calls of at most [`SLICE`] bytes. A file too large for
+/// memory is an error, not an abort.
 pub(crate) fn read(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
+    use std::io::{Error, ErrorKind, Read};
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(len);
-    while (&mut file).take(SLICE as u64).read_to_end(&mut bytes)? > 0 {}
-    Ok(bytes)
+    let mut bytes = Vec::new();
+    // One byte more than the size, so the read that finds the end needs no reallocation.
+    let reserve = |bytes: &mut Vec<u8>, n: usize| {
+        bytes
+            .try_reserve_exact(n)
+            .map_err(|e| Error::new(ErrorKind::OutOfMemory, e))
+    };
+    reserve(&mut bytes, len.saturating_add(1))?;
+    loop {
+        if bytes.len() == bytes.capacity() {
+            // The file grew since its size was read.
+            reserve(&mut bytes, SLICE)?;
+        }
+        let start = bytes.len();
+        let end = bytes.capacity().min(start + SLICE);
+        bytes.resize(end, 0);
+        match file.read(&mut bytes[start..]) {
+            Ok(0) => {
+                bytes.truncate(start);
+                return Ok(bytes);
+            }
+            Ok(n) => bytes.truncate(start + n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => bytes.truncate(start),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `write_all`, in system calls of at most [`SLICE`] bytes.

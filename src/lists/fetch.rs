@@ -233,7 +233,9 @@ impl Fetcher {
             if len > max_bytes {
                 return Ok(None);
             }
-            super::background::read(&path).map(Some)
+            let bytes = super::background::read(&path)?;
+            // It may have grown since its size was read.
+            Ok((bytes.len() as u64 <= max_bytes).then_some(bytes))
         })
         .await;
         let Some(bytes) = read.map_err(file_err)? else {
@@ -308,9 +310,8 @@ impl Fetcher {
     }
 
     /// A body that is itself a gzip file (a `.gz` list, or a server that sends one without
-    /// `Content-Encoding`) is decompressed, within the size cap.
-    /// Inflates a gzip body (by its magic bytes), on a low-priority thread: inflating a
-    /// list of many MB takes tens of milliseconds of CPU.
+    /// `Content-Encoding`) is decompressed, within the size cap, on the low-priority list
+    /// thread: inflating a list of many MB takes tens of milliseconds of CPU.
     async fn gunzip_if_needed(&self, url: &str, bytes: Vec<u8>) -> Result<Vec<u8>, FetchError> {
         if !bytes.starts_with(&[0x1f, 0x8b]) {
             return Ok(bytes);

@@ -611,7 +611,11 @@ impl Lists {
             Err(e) => meta.last_error = Some(e.detail()),
         }
         let (store2, name2) = (store.clone(), name.clone());
-        let written = in_background(move || store2.write_meta(&name2, &meta)).await;
+        // A few hundred bytes and two fsyncs: waiting on the disk, not the CPU, and not
+        // worth a place in the list thread's queue.
+        let written = tokio::task::spawn_blocking(move || store2.write_meta(&name2, &meta))
+            .await
+            .expect("metadata write panicked");
         if let Err(error) = written {
             tracing::warn!(list = %name, %error, "cannot record the list download in the cache");
         }
