@@ -398,6 +398,29 @@ fn suffix_starts(full: &str) -> ([u8; 128], usize) {
     (starts, count)
 }
 
+/// The suffixes of `full` that a listed name could be, probed from the shortest up: where
+/// each starts, its hash, and the rule flags that cover `full` from there (an exact rule
+/// only at `full` itself). The top-level label alone only when `single_label` (some rule
+/// names a whole TLD).
+#[inline]
+fn parents(full: &str, single_label: bool) -> impl Iterator<Item = (u8, u64, u32)> + '_ {
+    let (starts, count) = suffix_starts(full);
+    let shortest = if single_label || count == 1 {
+        count
+    } else {
+        count - 1
+    };
+    (0..shortest).rev().map(move |i| {
+        let start = starts[i];
+        let covers = if i == 0 {
+            F_SUBDOMAINS | F_EXACT
+        } else {
+            F_SUBDOMAINS
+        };
+        (start, name_hash(&full[usize::from(start)..]), covers)
+    })
+}
+
 /// Where a rule came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
@@ -961,20 +984,7 @@ impl RuleSet {
             return None;
         }
         let mask = group.mask();
-        let full = name.as_str();
-        let (starts, count) = suffix_starts(full);
-        let shortest = if self.exceptions_single_label || count == 1 {
-            count
-        } else {
-            count - 1
-        };
-        for (i, &start) in starts[..shortest].iter().enumerate().rev() {
-            let hash = name_hash(&full[usize::from(start)..]);
-            let covers = if i == 0 {
-                F_SUBDOMAINS | F_EXACT
-            } else {
-                F_SUBDOMAINS
-            };
+        for (start, hash, covers) in parents(name.as_str(), self.exceptions_single_label) {
             for &id in &self.with_exceptions {
                 let list = &self.lists[usize::from(id)];
                 if list.info.groups & mask == 0 {
@@ -1006,25 +1016,11 @@ impl RuleSet {
         if self.index.is_empty() {
             return None;
         }
-        let full = name.as_str();
-        let (starts, count) = suffix_starts(full);
-        // The top-level label alone only when some rule names a whole TLD.
-        let shortest = if self.has_single_label || count == 1 {
-            count
-        } else {
-            count - 1
-        };
-        for (i, &start) in starts[..shortest].iter().enumerate().rev() {
-            let hash = name_hash(&full[usize::from(start)..]);
+        for (start, hash, covers) in parents(name.as_str(), self.has_single_label) {
             let mut holders = self.index.get(hash);
             if holders == 0 {
                 continue;
             }
-            let covers = if i == 0 {
-                F_SUBDOMAINS | F_EXACT
-            } else {
-                F_SUBDOMAINS
-            };
             while holders != 0 {
                 let bit = holders.trailing_zeros() as usize;
                 holders &= holders - 1;
