@@ -18,6 +18,21 @@ use portcullis::dns::upstream::UpstreamPool;
 use portcullis::lists::load::{Loaded, build_policy};
 use portcullis::lists::refresh::{Lists, fetch_into_cache, tune_allocator};
 
+/// `print!` and `println!` that return a write error to the caller instead of panicking:
+/// output into a closed pipe (`portcullis lists | head -1`) then ends quietly in `main`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)?
+    }};
+}
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
@@ -102,11 +117,20 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portcullis: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The reader of our output went away (`| head`): nothing left to say, and no one to say it to.
+fn closed_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -119,10 +143,36 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Reads a configuration and builds everything `run` builds from it short of binding
+/// sockets, so `config check`, `check`, `lists` and a reload refuse exactly what `run`
+/// would refuse.
 fn load_all(path: Option<&Path>) -> anyhow::Result<(Config, Loaded)> {
     let config = load_config(path)?;
+    let pool = upstream_pool(&config)?;
+    Lists::check_settings(&config, &Arc::new(pool))?;
     let loaded = build_policy(&config)?;
     Ok((config, loaded))
+}
+
+/// The upstream pool of `config`; a bad upstream is reported at its line in the file.
+fn upstream_pool(config: &Config) -> anyhow::Result<UpstreamPool> {
+    UpstreamPool::new(
+        &config.upstream.servers,
+        config.upstream.strategy,
+        Duration::from_millis(config.upstream.timeout_ms),
+    )
+    .map_err(|error| {
+        let at = match &error {
+            portcullis::dns::upstream::UpstreamError::BadSpec { url, .. } => {
+                config.origin.source.find(url.as_str())
+            }
+            _ => None,
+        };
+        config
+            .origin
+            .invalid(at.unwrap_or(0), "upstream.servers", error.to_string())
+            .into()
+    })
 }
 
 fn check(
@@ -134,9 +184,9 @@ fn check(
     let (_, loaded) = load_all(path)?;
     let explanation = loaded.policy.explain(name, client);
     if json {
-        println!("{}", serde_json::to_string_pretty(&explanation)?);
+        outln!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
-        print!("{explanation}");
+        out!("{explanation}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -157,8 +207,8 @@ fn health(url: &str, timeout: u64) -> anyhow::Result<ExitCode> {
 
 fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let (config, loaded) = load_all(path)?;
-    println!("{}: ok", config.origin.file);
-    println!(
+    outln!("{}: ok", config.origin.file);
+    outln!(
         "  {} allow rules, {} lists, {} distinct deny names, {} groups",
         loaded.allow_rules,
         loaded.lists.len(),
@@ -167,10 +217,13 @@ fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     );
     for list in &loaded.lists {
         match &list.error {
-            Some(e) => println!("  list {}: {e}", list.name),
-            None => println!(
+            Some(e) => outln!("  list {}: {e}", list.name),
+            None => outln!(
                 "  list {}: {} entries, {} skipped ({})",
-                list.name, list.entries, list.skipped, list.source
+                list.name,
+                list.entries,
+                list.skipped,
+                list.source
             ),
         }
     }
@@ -180,13 +233,13 @@ fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
 fn lists_status(path: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let (_, loaded) = load_all(path)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&loaded.lists)?);
+        outln!("{}", serde_json::to_string_pretty(&loaded.lists)?);
     } else {
         for list in &loaded.lists {
-            print!("{list}");
+            out!("{list}");
         }
         if !loaded.ready() {
-            println!("NOT READY: some url lists have no copy yet (`portcullis lists fetch`)");
+            outln!("NOT READY: some url lists have no copy yet (`portcullis lists fetch`)");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -199,16 +252,14 @@ fn lists_fetch(path: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let pool = Arc::new(UpstreamPool::new(
-            &config.upstream.servers,
-            config.upstream.strategy,
-            Duration::from_millis(config.upstream.timeout_ms),
-        )?);
+        let pool = Arc::new(upstream_pool(&config)?);
         let (report, statuses) = fetch_into_cache(&config, pool).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&statuses)?);
+            outln!("{}", serde_json::to_string_pretty(&statuses)?);
         } else {
-            statuses.iter().for_each(|s| print!("{s}"));
+            for status in &statuses {
+                out!("{status}");
+            }
         }
         let mut failed = false;
         for error in report.failures() {
@@ -275,11 +326,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let statuses = loaded.lists.clone();
     let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
-    let upstream = Arc::new(UpstreamPool::new(
-        &config.upstream.servers,
-        config.upstream.strategy,
-        Duration::from_millis(config.upstream.timeout_ms),
-    )?);
+    let upstream = Arc::new(upstream_pool(&config)?);
     let lists = Lists::new(config.clone(), policy.clone(), statuses, upstream.clone())?;
     let _refresher = lists.spawn();
     let filter = Arc::new(Filter::new(

@@ -140,6 +140,92 @@ fn config_check_validates_and_names_file_line_and_key() {
     );
 }
 
+/// `config check` refuses what `run` refuses (issue 11, item 3): here a DoH upstream whose
+/// CA file is missing, which only building the upstream pool finds.
+#[test]
+fn config_check_refuses_what_run_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &bad,
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[[upstream.servers]]\nurl = \"https://192.0.2.10/dns-query\"\nca_file = \"/nonexistent/ca.pem\"\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    let (ok, _, check_err) = portcullis(&["config", "check", bad]);
+    assert!(!ok, "config check passed a config run refuses");
+    assert!(
+        check_err.contains("portcullis.toml:5: key `upstream.servers`")
+            && check_err.contains("/nonexistent/ca.pem"),
+        "{check_err}"
+    );
+    let (ok, _, run_err) = portcullis(&["--config", bad]);
+    assert!(!ok);
+    assert!(run_err.contains("/nonexistent/ca.pem"), "{run_err}");
+
+    // Without tls_name, an IP upstream is verified against the IP itself: accepted.
+    let good = dir.path().join("ip.toml");
+    std::fs::write(
+        &good,
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[[upstream.servers]]\nurl = \"https://192.0.2.10/dns-query\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = portcullis(&["config", "check", good.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+}
+
+/// A list header with a multi-byte character at byte 8 panicked format detection, so
+/// neither `config check` nor `check` could read the configuration (issue 11, item 1).
+#[test]
+fn a_header_with_a_multibyte_character_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path());
+    std::fs::write(dir.path().join("threats.txt"), "[abcdefé]\nevil.example\n").unwrap();
+    let (ok, out, err) = portcullis(&["config", "check", &cfg]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = portcullis(&["--config", &cfg, "check", "evil.example"]);
+    assert!(ok && out.contains("decision: blocked"), "{out}{err}");
+}
+
+/// Output into a closed pipe ends quietly, as `ls | head` does (issue 11, item 2).
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path());
+    for args in [
+        &["lists"][..],
+        &["lists", "--json"],
+        &["check", "evil.example"],
+        &["check", "evil.example", "--json"],
+        &["config", "check"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env_remove("PORTCULLIS_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before the child writes anything: every write fails with EPIPE.
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{args:?}: {status:?} {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn the_gate_refuses_to_start_on_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();

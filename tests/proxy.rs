@@ -833,10 +833,19 @@ async fn curl_through_the_proxy_to_a_local_tls_origin() {
     let port = origin.addr.port();
     let url = format!("https://origin.test:{port}/");
     let ca = origin.ca_file.clone().unwrap();
-    for (private, want_ok) in [(true, true), (false, false)] {
+    let rule = |ports: &str, private: bool| {
+        format!("[[allow]]\nhost = \"origin.test\"\nports = [{ports}]\nprivate = {private}\n")
+    };
+    let here = port.to_string();
+    // The rule for the port asked decides, in DNS and proxy alike, wherever it stands in
+    // the file (issue 11, item 5).
+    for (allow, want_ok) in [
+        (rule(&here, true), true),
+        (rule(&here, false), false),
+        (rule("443", false) + &rule(&here, true), true),
+        (rule(&here, false) + &rule("443", true), false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let allow =
-            format!("[[allow]]\nhost = \"origin.test\"\nports = [{port}]\nprivate = {private}\n");
         let (filter, _) = filter_for(&doh, dir.path(), &allow);
         let config: ProxyConfig = toml::from_str("listen = [\"127.0.0.1:0\"]").unwrap();
         let listeners = proxy::bind(&config.listen).await.unwrap();

@@ -89,6 +89,37 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Without `tls_name`, the certificate must name the upstream's IP (public DoH resolvers'
+/// certificates carry IP SANs); one that names only a host is refused at the handshake.
+#[tokio::test]
+async fn doh_without_tls_name_verifies_the_ip_against_the_certificate() {
+    let with_ip = DohServer::start_with_ip_san(zone()).await;
+    let spec = UpstreamSpec {
+        tls_name: None,
+        ..doh("ip-san", &with_ip)
+    };
+    let answer = pool(&[spec], Strategy::Parallel)
+        .resolve(&query("www.example.test.", RecordType::A))
+        .await
+        .unwrap();
+    assert_eq!(a_records(&answer), [Ipv4Addr::new(192, 0, 2, 1)]);
+
+    let host_only = DohServer::start(zone()).await;
+    let spec = UpstreamSpec {
+        tls_name: None,
+        ..doh("host-only", &host_only)
+    };
+    let error = pool(&[spec], Strategy::Parallel)
+        .resolve(&query("www.example.test.", RecordType::A))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("certificate") || error.to_string().contains("Certificate"),
+        "{error}"
+    );
+    assert_eq!(host_only.queries(), 0);
+}
+
 #[tokio::test]
 async fn doh_answers_a_cname_chain_and_nxdomain() {
     let server = DohServer::start(zone()).await;

@@ -231,7 +231,10 @@ impl Filter {
                     format!("malformed name: {e}"),
                 ));
             }
-            Verdict::Allowed(rule) => (rule.private, Some(rule.host.clone())),
+            Verdict::Allowed(_) => match policy.allow_for(&name, group, None) {
+                Some(allow) => (allow.private, Some(allow.rule.host.clone())),
+                None => (false, None),
+            },
             Verdict::Excepted(_) | Verdict::Pass => (false, None),
         };
         let pending = Pending {

@@ -605,12 +605,10 @@ impl Upstream {
             Scheme::Udp => Transport::Udp,
             Scheme::Tcp => Transport::Tcp,
             Scheme::Tls | Scheme::Https => {
-                let tls_name = spec.tls_name.as_deref().ok_or_else(|| {
-                    bad(
-                        "tls_name is required: the host is an IP, the certificate names a host"
-                            .into(),
-                    )
-                })?;
+                // Without tls_name the certificate must name the IP itself (an IP SAN, as
+                // public DoH resolvers' certificates carry).
+                let ip_name = url.addr.ip().to_string();
+                let tls_name = spec.tls_name.as_deref().unwrap_or(&ip_name);
                 let server_name = ServerName::try_from(tls_name.to_string())
                     .map_err(|e| bad(format!("tls_name {tls_name:?}: {e}")))?;
                 let alpn: &[u8] = if url.scheme == Scheme::Https {
@@ -1127,7 +1125,9 @@ mod tests {
     #[test]
     fn validates_specs() {
         assert!(matches!(new_pool(&[]), Err(UpstreamError::NoUpstreams)));
-        let err = new_pool(&[spec("https://1.1.1.1/dns-query", None)]).unwrap_err();
+        // Without tls_name the certificate is checked against the IP itself.
+        assert!(new_pool(&[spec("https://1.1.1.1/dns-query", None)]).is_ok());
+        let err = new_pool(&[spec("udp://1.1.1.1", Some("x.example"))]).unwrap_err();
         assert!(matches!(err, UpstreamError::BadSpec { .. }), "{err}");
         assert_eq!(err.fault(), Fault::Internal);
         assert!(new_pool(&[spec("udp://1.1.1.1", Some("x.example"))]).is_err());

@@ -15,11 +15,24 @@ pub(crate) async fn in_background<T: Send + 'static>(
 ) -> T {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = tx.send(work());
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
     });
     pool().send(job).expect("the list threads never stop");
-    // A job that panicked dropped its sender.
-    rx.await.expect("list job panicked")
+    match rx.await.expect("a list job always answers") {
+        Ok(value) => value,
+        // Raised again in the caller's task, which turns it into that list's failure
+        // (`refresh::guarded`): the thread itself goes on with the next job.
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// The message of a caught panic, for a list's status.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -46,8 +59,8 @@ fn pool() -> &'static std::sync::mpsc::Sender<Job> {
                             Ok(job) => job,
                             Err(_) => return,
                         };
-                        // A panic ends the job (its caller sees it), not the thread.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        // The job catches its own panic and hands it to its caller.
+                        job();
                     }
                 })
                 .expect("spawning a list thread");

@@ -336,7 +336,9 @@ pub fn detect_format(text: &str) -> Format {
             continue;
         };
         if first == b'[' && is_header(line) {
-            adblock_header |= line.len() >= 8 && line[1..8].eq_ignore_ascii_case("adblock");
+            adblock_header |= line
+                .get(1..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("adblock"));
             continue;
         }
         if first == b';' {
@@ -1285,6 +1287,21 @@ mod tests {
         let mut text = "a.example\n".repeat(DETECT_LINES);
         text.push_str(&"0.0.0.0 b.example\n".repeat(100));
         assert_eq!(detect_format(&text), Format::Domains);
+    }
+
+    #[test]
+    fn detection_takes_headers_with_multibyte_characters() {
+        // Byte 8 falls inside `é`: slicing there panicked (issue 11, item 1).
+        for text in [
+            "[abcdefé]\na.example\n",
+            "[é]\n",
+            "[Adblocké Plus]\n||a.example^\n",
+        ] {
+            let _ = detect_format(text);
+        }
+        assert_eq!(detect_format("[abcdefé]\na.example\n"), Format::Domains);
+        let (_, report) = run("[abcdefé]\na.example\n", Format::Auto);
+        assert_eq!(report.format, Format::Domains);
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub enum RefreshError {
     Store { name: String, source: StoreError },
     #[error("rebuilding the policy after a list refresh: {0}")]
     Build(#[from] ConfigError),
+    /// A bug met in this list's download, check or build: the list is marked failed and the
+    /// other lists go on refreshing.
+    #[error("list `{name}`: internal error while refreshing: {message}")]
+    Panicked { name: String, message: String },
 }
 
 impl RefreshError {
@@ -58,6 +62,7 @@ impl RefreshError {
             RefreshError::Rejected { reason, .. } => format!("download rejected: {reason}"),
             RefreshError::Store { source, .. } => source.to_string(),
             RefreshError::Build(e) => e.to_string(),
+            RefreshError::Panicked { message, .. } => format!("internal error: {message}"),
         }
     }
 }
@@ -69,6 +74,7 @@ impl HasFault for RefreshError {
             RefreshError::Rejected { .. } => Fault::Upstream,
             RefreshError::Store { source, .. } => source.fault(),
             RefreshError::Build(e) => e.fault(),
+            RefreshError::Panicked { .. } => Fault::Internal,
         }
     }
 }
@@ -122,6 +128,11 @@ pub fn check_and_parse(
     keywords: &[String],
 ) -> Result<Result<ParsedList, crate::policy::rules::RuleError>, Rejection> {
     let text = looks_like_a_list(bytes, content_type)?;
+    // Stands in for a parser bug in the tests of `guarded`.
+    #[cfg(test)]
+    if text.starts_with("!test: panic") {
+        panic!("a parser bug");
+    }
     let mut parsed = parse_into_list(info, &text, format, 0, keywords);
     guard(
         parsed.parsed_entries,
@@ -235,6 +246,13 @@ fn fetcher_for(config: &Config, pool: &Arc<UpstreamPool>) -> Result<Fetcher, Fet
 }
 
 impl Lists {
+    /// Checks the download settings of `config` (the TLS trust store of `sources.ca_file`)
+    /// as [`Lists::new`] would, without starting anything: `config check` refuses what the
+    /// gate would refuse at start.
+    pub fn check_settings(config: &Config, pool: &Arc<UpstreamPool>) -> Result<(), FetchError> {
+        fetcher_for(config, pool).map(drop)
+    }
+
     /// Takes over publishing list updates into `policy` (already holding the policy `lists`
     /// describes). Downloads resolve names through `pool`. No network I/O happens here.
     pub fn new(
@@ -316,7 +334,11 @@ impl Lists {
             .filter(|l| names.contains(l.name.get_ref()))
             .map(|list| async {
                 let _slot = self.inner.pipeline.acquire().await.expect("never closed");
-                self.refresh_source(&fetcher, &store, config, list).await
+                guarded(
+                    list.name.get_ref(),
+                    self.refresh_source(&fetcher, &store, config, list),
+                )
+                .await
             });
         let done = futures_util::future::join_all(jobs).await;
         let mut report = RefreshReport::default();
@@ -662,6 +684,31 @@ impl Lists {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = self.inner.wake.notified() => {}
             }
+        }
+    }
+}
+
+/// Runs one source's refresh so that a panic in it (a bug, say in a parser, met by some
+/// input) fails that source only: it is logged and shown in its status and in
+/// `portcullis_list_failing`, and the refresher goes on with every other list.
+async fn guarded(
+    name: &str,
+    work: impl std::future::Future<Output = (SourceRefresh, Option<Result<(), RefreshError>>)>,
+) -> (SourceRefresh, Option<Result<(), RefreshError>>) {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(done) => done,
+        Err(panic) => {
+            let message = super::background::panic_message(panic.as_ref());
+            tracing::error!(list = %name, %message, "list refresh panicked; the list is marked failed, the others go on");
+            let source = SourceRefresh {
+                name: name.to_owned(),
+                result: Err(RefreshError::Panicked {
+                    name: name.to_owned(),
+                    message,
+                }),
+            };
+            (source, None)
         }
     }
 }
@@ -1035,5 +1082,54 @@ mod tests {
         assert_eq!(blocked_by(&now, "c2-1.example").as_deref(), Some("c"));
         assert_eq!(blocked_by(&now, "c-1.example"), None);
         assert_eq!(blocked_by(&now, "a-1.example").as_deref(), Some("a"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_one_list_fails_that_list_and_the_others_go_on_refreshing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lists, policy) = gate(dir.path());
+        assert!(lists.refresh_all().await.rebuilt);
+        // b's parse panics (on the background thread); a and c change.
+        std::fs::write(dir.path().join("a.txt"), names("a2", 200)).unwrap();
+        std::fs::write(dir.path().join("b.txt"), "!test: panic\nx.example\n").unwrap();
+        std::fs::write(dir.path().join("c.txt"), names("c2", 200)).unwrap();
+        let report = lists.refresh_all().await;
+        let failed: Vec<_> = report
+            .sources
+            .iter()
+            .filter(|s| s.result.is_err())
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(failed, ["b"], "{report:?}");
+        let b = report.sources.iter().find(|s| s.name == "b").unwrap();
+        assert!(
+            matches!(&b.result, Err(RefreshError::Panicked { message, .. }) if message == "a parser bug"),
+            "{b:?}"
+        );
+        let now = policy.load_full();
+        assert_eq!(blocked_by(&now, "a2-1.example").as_deref(), Some("a"));
+        assert_eq!(blocked_by(&now, "c2-1.example").as_deref(), Some("c"));
+        // b keeps serving its older copy and says why it failed.
+        assert_eq!(blocked_by(&now, "b-1.example").as_deref(), Some("b"));
+        let status = lists
+            .statuses()
+            .into_iter()
+            .find(|s| s.name == "b")
+            .unwrap();
+        assert!(
+            status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("a parser bug")),
+            "{status:?}"
+        );
+        // The next round (the background thread survived) refreshes b again.
+        std::fs::write(dir.path().join("b.txt"), names("b2", 200)).unwrap();
+        let report = lists.refresh_all().await;
+        assert_eq!(report.failures().count(), 0, "{report:?}");
+        assert_eq!(
+            blocked_by(&policy.load_full(), "b2-1.example").as_deref(),
+            Some("b")
+        );
     }
 }

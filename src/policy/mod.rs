@@ -64,6 +64,14 @@ impl Verdict<'_> {
     }
 }
 
+/// An allow rule picked for a (name, group, port) by [`Policy::allow_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allow<'p> {
+    pub rule: &'p AllowRule,
+    /// May the name resolve to, and be dialled at, a private address?
+    pub private: bool,
+}
+
 /// A compiled, immutable policy. Built off the hot path and published whole; a refresh of
 /// one list publishes a new policy that shares every other list's tables ([`Policy::with_list`]).
 pub struct Policy {
@@ -125,6 +133,34 @@ impl Policy {
                 Some(important) => Verdict::Blocked(important),
                 None => Verdict::Excepted(exception),
             },
+        }
+    }
+
+    /// The allow rule that admits `name` for `group` on `port`: the one place that picks
+    /// it, for every front door.
+    ///
+    /// - `Some(port)` (the proxy): the most specific rule naming `name` whose ports include
+    ///   `port`; its `private` says whether a private destination may be dialled.
+    /// - `None` (DNS, whose answer serves every port): the most specific rule naming `name`;
+    ///   private answers pass when any rule naming it allows them, because a client may use
+    ///   that rule's port. The proxy then checks the addresses again against its port's rule.
+    pub fn allow_for<'p>(
+        &'p self,
+        name: &'p Name,
+        group: GroupId,
+        port: Option<u16>,
+    ) -> Option<Allow<'p>> {
+        let mut rules = self.rules.allow_rules_for(name, group);
+        match port {
+            Some(port) => rules.find(|r| r.ports.contains(&port)).map(|rule| Allow {
+                rule,
+                private: rule.private,
+            }),
+            None => {
+                let rule = rules.next()?;
+                let private = rule.private || rules.any(|r| r.private);
+                Some(Allow { rule, private })
+            }
         }
     }
 

@@ -76,8 +76,10 @@ fn rule_ref(rule: &AllowRule) -> String {
     format!("{} ({}:{})", rule.host, rule.file, rule.line)
 }
 
-fn port_ok(rule: &AllowRule, port: u16, kind: Kind) -> bool {
-    rule.ports.contains(&port) && !(kind == Kind::Connect && port == 80)
+/// CONNECT to port 80 is refused whatever the rules say: plain HTTP goes through the
+/// proxy as HTTP, where the request line and Host are checked.
+fn port_ok(port: u16, kind: Kind) -> bool {
+    !(kind == Kind::Connect && port == 80)
 }
 
 /// The production resolver: the gate's DNS pipeline.
@@ -215,7 +217,7 @@ impl ProxyState {
                 continue;
             }
             named = true;
-            if port_ok(rule, port, kind) {
+            if rule.ports.contains(&port) && port_ok(port, kind) {
                 return Ok((rule_ref(rule), rule.private));
             }
         }
@@ -288,8 +290,13 @@ impl ProxyState {
             Verdict::Allowed(_) => {
                 let rules: Vec<&AllowRule> =
                     policy.rules.allow_rules_for(name, asker.group).collect();
-                match rules.iter().find(|r| port_ok(r, port, kind)) {
-                    Some(rule) => return Ok((rule.private, approval(Some(rule_ref(rule)), None))),
+                let allow = policy
+                    .allow_for(name, asker.group, Some(port))
+                    .filter(|_| port_ok(port, kind));
+                match allow {
+                    Some(allow) => {
+                        return Ok((allow.private, approval(Some(rule_ref(allow.rule)), None)));
+                    }
                     None => {
                         let what = if kind == Kind::Connect && port == 80 {
                             "port 80 is plain HTTP: send http:// requests through the proxy instead of CONNECT".to_owned()

@@ -8,6 +8,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 pub fn mint_certificates(
     name: &str,
 ) -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    mint_certificates_for(&[name])
+}
+
+/// As [`mint_certificates`], with a leaf that names every one of `names` (an IP address
+/// becomes an IP SAN, as in public DoH resolvers' certificates).
+pub fn mint_certificates_for(
+    names: &[&str],
+) -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let name = names[0];
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -25,7 +34,8 @@ pub fn mint_certificates(
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
+    let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut leaf = CertificateParams::new(sans).unwrap();
     leaf.distinguished_name.push(DnType::CommonName, name);
     leaf.use_authority_key_identifier_extension = true;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];

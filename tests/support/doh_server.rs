@@ -8,7 +8,7 @@
 #[allow(clippy::duplicate_mod)]
 #[path = "certs.rs"]
 mod certs;
-use certs::mint_certificates;
+use certs::mint_certificates_for;
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -205,6 +205,9 @@ pub struct DohServer {
     pub ca_file: PathBuf,
     /// The name in the server certificate.
     pub tls_name: String,
+    /// The certificate also names the IP, and any HTTP authority is served (as public
+    /// resolvers do); otherwise the authority must be `tls_name`.
+    ip_san: bool,
     queries: Arc<AtomicUsize>,
     zone: Arc<TestZone>,
     h2_config: Arc<ServerConfig>,
@@ -220,8 +223,23 @@ impl DohServer {
 
     /// Listens on `ip` (free ports), e.g. an address inside a test's network namespace.
     pub async fn start_on(ip: std::net::IpAddr, zone: TestZone) -> Self {
+        Self::start_with(ip, zone, false).await
+    }
+
+    /// On 127.0.0.1, with a certificate that also names the IP address (an IP SAN).
+    pub async fn start_with_ip_san(zone: TestZone) -> Self {
+        Self::start_with(Ipv4Addr::LOCALHOST.into(), zone, true).await
+    }
+
+    async fn start_with(ip: std::net::IpAddr, zone: TestZone, ip_san: bool) -> Self {
         let tls_name = "doh.test".to_string();
-        let (ca_pem, chain, key) = mint_certificates(&tls_name);
+        let ip_text = ip.to_string();
+        let names: &[&str] = if ip_san {
+            &[&tls_name, &ip_text]
+        } else {
+            &[&tls_name]
+        };
+        let (ca_pem, chain, key) = mint_certificates_for(names);
         let dir = tempfile::tempdir().expect("temp dir");
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca_pem).expect("write CA");
@@ -246,6 +264,7 @@ impl DohServer {
             dot_addr: any,
             ca_file,
             tls_name,
+            ip_san,
             queries: Arc::new(AtomicUsize::new(0)),
             zone: Arc::new(zone),
             h2_config: tls(b"h2"),
@@ -315,7 +334,7 @@ impl DohServer {
                 https,
                 SERVER_TIMEOUT,
                 self.h2_config.clone(),
-                Some(self.tls_name.clone()),
+                Some(self.tls_name.clone()).filter(|_| !self.ip_san),
                 "/dns-query".to_string(),
             )
             .expect("https listener");
