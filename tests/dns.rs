@@ -717,3 +717,27 @@ path = "local.txt"
     assert_eq!(after.status, "NXDOMAIN", "{}", after.raw);
     doh.stop().await;
 }
+
+/// An allowed name is answered even when its CNAME target is on a threat list: the allow
+/// rule wins over every threat list, its answer included (issue 11, item 6). The same
+/// chain for a name nobody allowed is blocked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowed_name_whose_cname_target_is_listed_is_answered() {
+    let zone = zone()
+        .cname("ok.example", "x.tracker.example")
+        .cname("other.example", "x.tracker.example");
+    let doh = DohServer::start(zone).await;
+    let allow = format!("{ALLOWLIST}\n[[allow]]\nhost = \"ok.example\"\n");
+    let gate = Gate::start_full(&config(&doh, ""), &[("allowlist.toml", &allow)], &[]);
+    let allowed = dig(gate.dns, "ok.example", "A", &[]).await;
+    assert_eq!(allowed.status, "NOERROR", "{}", allowed.raw);
+    assert_eq!(
+        allowed.addresses(),
+        [PUBLIC_2.to_string()],
+        "{}",
+        allowed.raw
+    );
+    let other = dig(gate.dns, "other.example", "A", &[]).await;
+    assert_eq!(other.status, "NXDOMAIN", "{}", other.raw);
+    doh.stop().await;
+}

@@ -125,6 +125,15 @@ fn allow_rule(
         key: key.to_owned(),
         message,
     };
+    if entry.groups.as_ref().is_some_and(Vec::is_empty) {
+        // `groups = []` would match no client at all: a rule that silently does nothing.
+        let key_at = text[at..].find("groups").map_or(at, |i| at + i);
+        return Err(invalid(
+            key_at,
+            "allow.groups",
+            "an empty group list matches no client; name the groups, or leave `groups` out for every group".into(),
+        ));
+    }
     let mut mask: GroupMask = 0;
     for group in entry.groups.iter().flatten() {
         let id = groups.id(group.get_ref()).ok_or_else(|| {
@@ -219,6 +228,20 @@ mod tests {
         .to_string();
         assert!(
             err.starts_with("allow.toml:3: key `allow.groups`: unknown group `nobody`"),
+            "{err}"
+        );
+        // `groups = []` matches no client: refused, not silently dead (issue 11, item 13).
+        let err = parse(
+            "[[allow]]\nhost = \"a.example\"\nports = [443]\ngroups = []\n",
+            "allow.toml",
+            &groups,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "allow.toml:4: key `allow.groups`: an empty group list matches no client"
+            ),
             "{err}"
         );
         let err = parse("[[allow]]\nhost = \"*.com\"\n", "allow.toml", &groups)

@@ -274,6 +274,36 @@ impl Default for SourcesConfig {
     }
 }
 
+/// Shortest keyword accepted: a shorter substring (`a`, `co`) blocks a large share of
+/// every name there is.
+pub const MIN_KEYWORD_LEN: usize = 3;
+
+/// Why a keyword (a substring of normalised names) cannot be a rule, if it cannot.
+fn keyword_problem(keyword: &str) -> Option<String> {
+    if keyword.is_empty() {
+        return Some("an empty keyword would block every name".into());
+    }
+    if let Some(c) = keyword
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Some(format!(
+            "keyword `{keyword}`: {c:?} never occurs in a name (keywords use a-z, 0-9, `-`, `_` and `.`)"
+        ));
+    }
+    if keyword.len() < MIN_KEYWORD_LEN {
+        return Some(format!(
+            "keyword `{keyword}` is shorter than {MIN_KEYWORD_LEN} characters and would block too many names"
+        ));
+    }
+    if keyword.bytes().all(|b| b == b'.') {
+        return Some(format!(
+            "keyword `{keyword}` would block every name with dots"
+        ));
+    }
+    None
+}
+
 impl ListConfig {
     /// Exactly one of `path`, `url` and `inline`; a URL of a scheme the fetcher speaks.
     fn validate_source(&self, o: &ConfigOrigin) -> Result<(), ConfigError> {
@@ -313,6 +343,11 @@ impl ListConfig {
                 "lists.refresh_secs",
                 format!("list `{name}`: must be at least 60"),
             ));
+        }
+        if let Some(bad) = self.keywords.iter().find_map(|k| keyword_problem(k)) {
+            // Keywords carry no position of their own: the line of the list's `keywords` key.
+            let key_at = o.source[at..].find("keywords").map_or(at, |i| at + i);
+            return Err(o.invalid(key_at, "lists.keywords", format!("list `{name}`: {bad}")));
         }
         if self.min_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
             return Err(o.invalid(
@@ -564,6 +599,17 @@ impl Config {
                 ));
             }
             list.validate_source(o)?;
+            if list.groups.as_ref().is_some_and(Vec::is_empty) {
+                let key_at = o.source[at..].find("groups").map_or(at, |i| at + i);
+                return Err(o.invalid(
+                    key_at,
+                    "lists.groups",
+                    format!(
+                        "list `{}`: an empty group list applies to no client; name the groups, or leave `groups` out for every group",
+                        list.name.get_ref()
+                    ),
+                ));
+            }
             for group in list.groups.iter().flatten() {
                 if group.get_ref() != "default" && !self.groups.contains_key(group.get_ref()) {
                     return Err(o.invalid(
@@ -758,6 +804,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn keywords_and_empty_groups_are_validated() {
+        let list = |extra: &str| format!("[[lists]]\nname = \"a\"\ninline = \"x.com\"\n{extra}\n");
+        for (keywords, why) in [
+            ("[\"\"]", "an empty keyword would block every name"),
+            (
+                "[\"ok-word\", \"ab\"]",
+                "keyword `ab` is shorter than 3 characters",
+            ),
+            ("[\"bad word\"]", "' ' never occurs in a name"),
+            ("[\"...\"]", "would block every name with dots"),
+        ] {
+            let err = parse(&list(&format!("keywords = {keywords}")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("portcullis.toml:4: key `lists.keywords`: list `a`: ")
+                    && err.contains(why),
+                "{keywords}: {err}"
+            );
+        }
+        assert!(parse(&list("keywords = [\"exfil\", \"c2.\"]")).is_ok());
+        let err = parse(&format!(
+            "[groups]\nagent = [\"10.0.0.0/8\"]\n{}",
+            list("groups = []")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("portcullis.toml:6: key `lists.groups`: list `a`: an empty group list"),
+            "{err}"
+        );
     }
 
     #[test]

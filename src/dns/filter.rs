@@ -325,6 +325,7 @@ impl Filter {
                 policy,
                 settings,
                 pending.group,
+                pending.allow_host.is_some(),
                 pending.allow_private,
                 pending.query.name(),
                 pending.query.query_type(),
@@ -397,19 +398,25 @@ impl Filter {
 
     /// Checks an answer on its way back: CNAME targets against deny rules, answer
     /// addresses against IP lists and (rebinding protection) private ranges.
+    ///
+    /// For a name an operator allow rule names (`allowed`), no threat list blocks the
+    /// answer either: its CNAME targets and addresses are the operator's to trust (CDN names
+    /// of allowed APIs do turn up on lists). Rebinding protection still applies.
     #[allow(clippy::too_many_arguments)]
     fn inspect(
         &self,
         policy: &Policy,
         settings: &FilterSettings,
         group: GroupId,
+        allowed: bool,
         allow_private: bool,
         qname: &DnsName,
         qtype: RecordType,
         reply: &mut Reply,
     ) {
         let mut removed: Option<(IpAddr, AddrClass)> = None;
-        for record in &reply.answers {
+        let threat_lists = if allowed { &[][..] } else { &reply.answers[..] };
+        for record in threat_lists {
             match &record.data {
                 RData::CNAME(target) => {
                     let Ok(target) = Name::from_labels(target.0.iter()) else {

@@ -145,8 +145,19 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
                     .invalid(list.name.span().start, "lists", e.to_string())
             })
         };
+        // A list with nothing to read yet (no download, an optional file that is missing)
+        // still has the config's own rules of it: its keywords.
+        let no_copy = |info: ListInfo| {
+            compile_list(info, "", Format::Domains, 0, &list.keywords)
+                .map(|c| c.list)
+                .map_err(|e| {
+                    config
+                        .origin
+                        .invalid(list.name.span().start, "lists", e.to_string())
+                })
+        };
         // Inline rules report lines of the config file itself.
-        let mut line_base = 0u32;
+        let mut lines = LineMap::Offset(0);
         let text = match (&list.path, &list.url, &list.inline) {
             (Some(path), _, _) => {
                 let path = config.resolve(path);
@@ -157,7 +168,7 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
                         status.error = Some("file not found (optional)".into());
                         // Nothing is missing that the operator asked for.
                         status.ready = true;
-                        add(CompiledList::empty(info))?;
+                        add(no_copy(info)?)?;
                         statuses.push(status);
                         continue;
                     }
@@ -183,33 +194,27 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
                         status.error = Some(format!(
                             "cached copy unreadable ({e}); not served until downloaded"
                         ));
-                        add(CompiledList::empty(info))?;
+                        add(no_copy(info)?)?;
                         statuses.push(status);
                         continue;
                     }
                     None => {
                         status.error =
                             Some("no cached copy yet; not served until downloaded".into());
-                        add(CompiledList::empty(info))?;
+                        add(no_copy(info)?)?;
                         statuses.push(status);
                         continue;
                     }
                 }
             }
             (None, None, Some(inline)) => {
-                let opening = inline.span().start;
-                line_base = config.origin.line_of(opening) as u32;
-                // A multi-line string starting with a newline begins on the next line.
-                let rest = &config.origin.source[opening..];
-                if rest.starts_with("\"\"\"\n") || rest.starts_with("\"\"\"\r\n") {
-                    line_base += 1;
-                }
-                line_base -= 1;
+                lines = LineMap::Table(inline_lines(&config.origin.source, inline.span().start));
                 inline.get_ref().clone()
             }
             (None, None, None) => unreachable!("validated: a list has a path, url or inline rules"),
         };
-        let compiled = compile_list(info, &text, list.format, line_base, &list.keywords)
+        let compiled = parse_into_list_mapped(info, &text, list.format, &lines, &list.keywords)
+            .finish()
             .map_err(|e| config.origin.invalid(0, "lists", e.to_string()))?;
         drop(text);
         add(compiled.list)?;
@@ -231,12 +236,6 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
         allow_rules: allow_count,
         build_time: started.elapsed(),
     })
-}
-
-/// [`build_policy`]; `expected_names` is no longer needed (each list's tables are sized from
-/// its own entries) and is ignored. Kept for callers of the earlier signature.
-pub fn build_policy_sized(config: &Config, _expected_names: usize) -> Result<Loaded, ConfigError> {
-    build_policy(config)
 }
 
 /// The client groups a configuration defines.
@@ -322,12 +321,102 @@ pub fn parse_into_list(
     line_base: u32,
     keywords: &[String],
 ) -> ParsedList {
+    parse_into_list_mapped(info, text, format, &LineMap::Offset(line_base), keywords)
+}
+
+/// Where the lines of a list's text are in the file they were written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineMap {
+    /// Line `n` of the text is line `n + offset` of the file.
+    Offset(u32),
+    /// Line `n` of the text is at `table[n - 1]` (an `inline` string in the config: escapes
+    /// and line-ending backslashes make its lines and the file's differ).
+    Table(Vec<u32>),
+}
+
+impl LineMap {
+    pub fn line(&self, line: u32) -> u32 {
+        match self {
+            LineMap::Offset(offset) => line + offset,
+            LineMap::Table(table) => {
+                let at = (line as usize)
+                    .saturating_sub(1)
+                    .min(table.len().saturating_sub(1));
+                table.get(at).copied().unwrap_or(line)
+            }
+        }
+    }
+}
+
+/// The file line of each line of the TOML string value that starts at byte `opening` of
+/// `source`: basic and literal strings, one-line and multi-line, with TOML's escapes (`\n`
+/// adds a line without a new file line) and line-ending backslashes (file lines that are no
+/// lines of the value), and the newline right after an opening `"""` trimmed.
+pub fn inline_lines(source: &str, opening: usize) -> Vec<u32> {
+    let mut file_line = crate::config::line_of(source, opening) as u32;
+    let rest = source.get(opening..).unwrap_or_default();
+    let (delimiter, basic) = match rest.as_bytes() {
+        [b'"', b'"', b'"', ..] => ("\"\"\"", true),
+        [b'\'', b'\'', b'\'', ..] => ("\'\'\'", false),
+        [b'"', ..] => ("\"", true),
+        _ => ("\'", false),
+    };
+    let multi = delimiter.len() == 3;
+    let mut body = &rest[delimiter.len()..];
+    if multi
+        && let Some(after) = body
+            .strip_prefix("\r\n")
+            .or_else(|| body.strip_prefix('\n'))
+    {
+        body = after;
+        file_line += 1;
+    }
+    let mut lines = vec![file_line];
+    // Bytes, not chars: only ASCII is looked at, and the scan stays linear.
+    let bytes = body.as_bytes();
+    let blank = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    let mut i = 0;
+    while i < bytes.len() && !bytes[i..].starts_with(delimiter.as_bytes()) {
+        match bytes[i] {
+            b'\\' if basic => match bytes.get(i + 1) {
+                Some(b'n') => {
+                    lines.push(file_line);
+                    i += 2;
+                }
+                // A line-ending backslash: the value goes on after the blanks that follow.
+                Some(&w) if multi && blank(w) => {
+                    i += 1;
+                    while let Some(&w) = bytes.get(i).filter(|&&w| blank(w)) {
+                        file_line += u32::from(w == b'\n');
+                        i += 1;
+                    }
+                }
+                _ => i += 2,
+            },
+            b'\n' => {
+                file_line += 1;
+                lines.push(file_line);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    lines
+}
+
+fn parse_into_list_mapped(
+    info: ListInfo,
+    text: &str,
+    format: Format,
+    lines: &LineMap,
+    keywords: &[String],
+) -> ParsedList {
     let mut builder = ListBuilder::new(info);
     // About a name a line (hosts lines with several names grow it).
     builder.reserve(text.bytes().filter(|&b| b == b'\n').count() + 1);
     let mut rule_errors: Vec<Skipped> = Vec::new();
     let mut report = parse_list(text, format, |line, entry| {
-        let line = line + line_base;
+        let line = lines.line(line);
         if let Err(e) = builder.add_entry(line, entry) {
             rule_errors.push(Skipped {
                 line,
@@ -523,5 +612,69 @@ impl std::fmt::Display for ListStatus {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Verdict;
+    use crate::policy::groups::GroupId;
+    use crate::policy::name::Name;
+
+    fn load(text: &str) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(text, "test.toml", dir.path()).unwrap();
+        build_policy(&config).unwrap()
+    }
+
+    fn blocked_line(loaded: &Loaded, name: &str) -> Option<u32> {
+        match loaded
+            .policy
+            .decide(&Name::parse(name).unwrap(), GroupId::DEFAULT)
+        {
+            Verdict::Blocked(m) => Some(m.origin.line),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn inline_rules_report_the_config_line_they_are_written_on() {
+        let loaded = load(
+            "[[upstream.servers]]\nurl = \"udp://127.0.0.1:9\"\n[[lists]]\nname = \"one\"\ninline = \"a.example\\nb.example\"\n[[lists]]\nname = \"multi\"\ninline = \"\"\"\nc.example\nd.example \\\n\n  e.example\\nf.example\ng.example\"\"\"\n[[lists]]\nname = \"literal\"\ninline = '''h.example\ni.example'''\n",
+        );
+        // A one-line string: every rule is on line 5 (issue 11, item 12: it said 5 and 6).
+        assert_eq!(blocked_line(&loaded, "a.example"), Some(5));
+        assert_eq!(blocked_line(&loaded, "b.example"), Some(5));
+        // `"""` + newline: the value starts on the next line; `\` at a line end joins lines;
+        // `\n` splits one.
+        assert_eq!(blocked_line(&loaded, "c.example"), Some(9));
+        assert_eq!(blocked_line(&loaded, "d.example"), None, "joined with e");
+        assert_eq!(blocked_line(&loaded, "f.example"), Some(12));
+        assert_eq!(blocked_line(&loaded, "g.example"), Some(13));
+        assert_eq!(blocked_line(&loaded, "h.example"), Some(16));
+        assert_eq!(blocked_line(&loaded, "i.example"), Some(17));
+    }
+
+    #[test]
+    fn keywords_of_a_url_list_block_before_its_first_download() {
+        let loaded = load(
+            "[[upstream.servers]]\nurl = \"udp://127.0.0.1:9\"\n[[lists]]\nname = \"remote\"\nurl = \"https://lists.example/x.txt\"\nkeywords = [\"exfil\"]\n[[lists]]\nname = \"gone\"\npath = \"missing.txt\"\noptional = true\nkeywords = [\"tunnel\"]\n",
+        );
+        assert!(!loaded.ready(), "no copy of the url list yet");
+        assert!(blocked_line(&loaded, "data.exfil.example").is_some());
+        assert!(blocked_line(&loaded, "my-tunnel.example").is_some());
+        assert!(blocked_line(&loaded, "fine.example").is_none());
+    }
+
+    #[test]
+    fn inline_line_table() {
+        let src = "x = 1\ninline = \"a\\nb\"\n";
+        assert_eq!(inline_lines(src, src.find('"').unwrap()), [2, 2]);
+        let src = "inline = '''\na\nb'''";
+        assert_eq!(inline_lines(src, src.find('\'').unwrap()), [2, 3]);
+        // Multi-byte text and escaped quotes do not end the value early.
+        let src = "inline = \"\"\"é\\\"\"\"x\ny\"\"\"\nz = 2\n";
+        assert_eq!(inline_lines(src, src.find('"').unwrap()), [1, 2]);
     }
 }

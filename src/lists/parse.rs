@@ -45,8 +45,8 @@
 //!
 //! **`adblock`** (AdGuard DNS / uBlock Origin hostname rules):
 //! - `||name^` (also `||name^|`, `||*.name^`) — blocks `name`.
-//! - `||name^$important` — blocks `name`, and beats the same list's `@@`
-//!   exceptions (never the operator's allowlist).
+//! - `||name^$important` — blocks `name`, and beats `@@` exceptions (never the
+//!   operator's allowlist). Lists are pooled: see README, "Decision order".
 //! - `@@||name^` — an exception: allows `name` (and subdomains) against the
 //!   rules of the lists in the same groups.
 //! - Modifiers: only `$important` and `$all` (for a whole host, "all request
@@ -148,8 +148,8 @@ pub enum Entry<'a> {
     Block(Name),
     /// `=name`: only that exact name.
     BlockExact(Name),
-    /// adblock `||name^$important`: beats the list's own `@@` exceptions (but
-    /// never the operator's allowlist).
+    /// adblock `||name^$important`: beats `@@` exceptions of every list (but never
+    /// the operator's allowlist).
     BlockImportant(Name),
     /// `/.../` regex line (pattern text without the slashes); the caller
     /// compiles it with a size limit.

@@ -155,21 +155,24 @@ impl Store {
 }
 
 /// Letters, digits, `-`, `_` and `.` kept; everything else becomes `_`.
+/// The cache file stem of list `name`: the name itself where it is safe in a file name,
+/// each other byte as `%XX`. Distinct names get distinct files (`a b`, `a_b` and `a/b` once
+/// shared one, and overwrote each other's last-known-good copy).
 fn file_stem(name: &str) -> String {
-    let stem: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    match stem.trim_start_matches('.') {
-        "" => "_".to_owned(),
-        s => s.to_owned(),
+    use std::fmt::Write;
+    if name.is_empty() {
+        return "%".to_owned();
     }
+    let mut stem = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        // A leading dot would hide the file (and `.x.pending` is ours).
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') || (b == b'.' && i > 0) {
+            stem.push(char::from(b));
+        } else {
+            let _ = write!(stem, "%{b:02X}");
+        }
+    }
+    stem
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, renames it over `path` and
@@ -254,9 +257,20 @@ mod tests {
     #[test]
     fn names_become_safe_file_names() {
         assert_eq!(file_stem("stevenblack-unified"), "stevenblack-unified");
-        assert_eq!(file_stem("../etc/passwd"), "_etc_passwd");
-        assert_eq!(file_stem("a b/c"), "a_b_c");
-        assert_eq!(file_stem(".."), "_");
+        assert_eq!(file_stem("urlhaus.abuse.ch"), "urlhaus.abuse.ch");
+        assert_eq!(file_stem("../etc/passwd"), "%2E.%2Fetc%2Fpasswd");
+        assert_eq!(file_stem("a b/c"), "a%20b%2Fc");
+        assert_eq!(file_stem(".."), "%2E.");
+        assert_eq!(file_stem("é"), "%C3%A9");
+        // Distinct names, distinct files (issue 11, item 13).
+        let names = ["a b", "a_b", "a/b", "a%20b", "a%b", ".a", "a", "", "%", "_"];
+        let stems: std::collections::HashSet<String> = names.iter().map(|n| file_stem(n)).collect();
+        assert_eq!(stems.len(), names.len(), "{stems:?}");
+        assert!(
+            stems
+                .iter()
+                .all(|s| !s.contains('/') && !s.starts_with('.'))
+        );
     }
 
     #[test]

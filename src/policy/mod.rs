@@ -5,11 +5,11 @@
 //!
 //! 1. Malformed (does not survive [`name::Name`] normalisation) → refused.
 //! 2. An operator allow rule (`allowlist.toml`) of the client's group names it →
-//!    allowed; no threat list can block it.
+//!    allowed; no threat list can block it, nor its answer's CNAME targets and addresses.
 //! 3. Special-use names (`localhost`, `*.local`, `*.internal`, private reverse
 //!    zones, `resolver.arpa`, bare names) → answered locally.
 //! 4. A threat-list `$important` rule covers it → blocked.
-//! 5. A list's own `@@` exception covers it → allowed.
+//! 5. An `@@` exception of any list covers it → allowed (lists are pooled; README).
 //! 6. Any other deny rule (name and subdomains, `=exact`, regex, keyword) → blocked.
 //! 7. Otherwise it passes: DNS forwards it, and every answer address is then
 //!    classified by [`addr`] (rebinding protection) unless the allow rule of
@@ -369,6 +369,75 @@ mod tests {
         assert_eq!(p.decide(&n("ok.ads.example"), G).outcome(), "excepted");
         assert_eq!(p.decide(&n("x.ok.ads.example"), G).outcome(), "excepted");
         assert_eq!(p.decide(&n("other.ads.example"), G).outcome(), "blocked");
+    }
+
+    /// Lists are pooled (README, "Decision order"; issue 11, item 11): one list's `@@`
+    /// lets through what another blocks, and `$important` in one list beats another's `@@`.
+    #[test]
+    fn exceptions_and_important_rules_act_across_lists() {
+        let mut b = RuleSetBuilder::new();
+        let info = |name: &str| ListInfo {
+            name: name.into(),
+            source: format!("{name}.txt"),
+            groups: ALL_GROUPS,
+        };
+        let threats = b.add_list(info("threats")).unwrap();
+        let adblock = b.add_list(info("adblock")).unwrap();
+        b.add_entry(threats, 1, Entry::BlockImportant(n("c2.example")))
+            .unwrap();
+        b.add_entry(threats, 2, Entry::Block(n("cdn.example")))
+            .unwrap();
+        b.add_entry(adblock, 1, Entry::Allow(n("c2.example")))
+            .unwrap();
+        b.add_entry(adblock, 2, Entry::Allow(n("cdn.example")))
+            .unwrap();
+        let p = Policy {
+            rules: b.build().unwrap(),
+            ..Policy::default()
+        };
+        match p.decide(&n("x.c2.example"), G) {
+            Verdict::Blocked(m) => assert_eq!((m.origin.list, m.important), (threats, true)),
+            other => panic!("{other:?}"),
+        }
+        match p.decide(&n("cdn.example"), G) {
+            Verdict::Excepted(m) => assert_eq!(m.origin.list, adblock),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn allow_for_picks_the_rule_of_the_port() {
+        let mut b = RuleSetBuilder::new();
+        b.add_allow(AllowRule {
+            line: 1,
+            ..allow("priv.test", ALL_GROUPS)
+        });
+        b.add_allow(AllowRule {
+            ports: vec![8080],
+            private: true,
+            line: 4,
+            ..allow("priv.test", ALL_GROUPS)
+        });
+        let p = Policy {
+            rules: b.build().unwrap(),
+            ..Policy::default()
+        };
+        let name = n("priv.test");
+        let at = |port| {
+            p.allow_for(&name, G, port)
+                .map(|a| (a.rule.line, a.private))
+        };
+        assert_eq!(at(Some(443)), Some((1, false)));
+        assert_eq!(
+            at(Some(8080)),
+            Some((4, true)),
+            "the port's rule, not the first one"
+        );
+        assert_eq!(at(Some(22)), None);
+        // DNS serves every port: private answers pass when a rule of the name allows them.
+        assert_eq!(at(None), Some((1, true)));
+        assert!(p.allow_for(&name, GroupId(1), Some(443)).is_some());
+        assert!(p.allow_for(&n("other.test"), G, None).is_none());
     }
 
     #[test]

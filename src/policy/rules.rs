@@ -40,6 +40,9 @@ pub type ListId = u16;
 /// Longest regex rule accepted, and the compiled-size cap for one list's regex rules.
 pub const MAX_REGEX_LEN: usize = 512;
 const REGEX_SIZE_LIMIT: usize = 8 << 20;
+/// Names unlike each other in every way a rule could look at (length, labels, digits, `-`,
+/// `_`): a regex that matches them all matches every name.
+const EVERY_NAME_PROBES: [&str; 5] = ["a", "0.b", "x-y.z", "_srv.q9", "portcullis-probe.invalid"];
 const MAX_LISTS: usize = 1 << 12;
 
 #[derive(Debug, thiserror::Error)]
@@ -775,13 +778,21 @@ impl ListBuilder {
                         reason: format!("longer than {MAX_REGEX_LEN} characters"),
                     });
                 }
-                regex::RegexBuilder::new(pattern)
+                let compiled = regex::RegexBuilder::new(pattern)
                     .size_limit(REGEX_SIZE_LIMIT / 8)
                     .build()
                     .map_err(|e| RuleError::BadRegex {
                         pattern: pattern.to_owned(),
                         reason: e.to_string(),
                     })?;
+                // `/./`, `/.*/`, `/\w/`: a rule that blocks every name is a mistake, as an
+                // empty keyword is.
+                if EVERY_NAME_PROBES.iter().all(|n| compiled.is_match(n)) {
+                    return Err(RuleError::BadRegex {
+                        pattern: pattern.to_owned(),
+                        reason: "it matches every name".into(),
+                    });
+                }
                 self.regex.push((pattern.to_owned(), line));
             }
             Entry::Ip(net) => self.ips.push((net, line)),
@@ -1276,6 +1287,29 @@ mod tests {
     }
 
     const G: GroupId = GroupId::DEFAULT;
+
+    #[test]
+    fn a_regex_that_matches_every_name_is_refused() {
+        let info = ListInfo {
+            name: "l".into(),
+            source: "l.txt".into(),
+            groups: crate::policy::groups::ALL_GROUPS,
+        };
+        let mut b = ListBuilder::new(info);
+        for every in [".", ".*", "\\w", "^", "[a-z0-9_]", "(?:)|x"] {
+            let err = b.add_entry(1, Entry::BlockRegex(every)).unwrap_err();
+            assert!(
+                err.to_string().contains("matches every name"),
+                "/{every}/: {err}"
+            );
+        }
+        for narrow in ["^ads?\\.", "^c2-[0-9]+\\.", "tracker"] {
+            assert!(
+                b.add_entry(1, Entry::BlockRegex(narrow)).is_ok(),
+                "/{narrow}/"
+            );
+        }
+    }
 
     #[test]
     fn name_rules_cover_subdomains_and_report_origin() {
