@@ -731,9 +731,8 @@ async fn an_allowed_name_whose_cname_target_is_listed_is_answered() {
     let gate = Gate::start_full(&config(&doh, ""), &[("allowlist.toml", &allow)], &[]);
     let allowed = dig(gate.dns, "ok.example", "A", &[]).await;
     assert_eq!(allowed.status, "NOERROR", "{}", allowed.raw);
-    assert_eq!(
-        allowed.addresses(),
-        [PUBLIC_2.to_string()],
+    assert!(
+        allowed.addresses().contains(&PUBLIC_2.to_string()),
         "{}",
         allowed.raw
     );
