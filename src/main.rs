@@ -363,6 +363,11 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         own,
     ));
 
+    // Interface addresses and gateways come and go: keep what the proxy refuses current.
+    let _host_refresh = proxy_state
+        .host
+        .spawn_refresh(portcullis::host::REFRESH, portcullis::host::HostAddrs::read);
+
     let admin_state = Arc::new(portcullis::admin::AdminState {
         filter: filter.clone(),
         lists: lists.clone(),

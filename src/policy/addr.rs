@@ -355,7 +355,7 @@ impl AddrClassifier {
         &self.own
     }
 
-    /// Configured extra ranges first, then fixed ranges, gateway, own.
+    /// Configured extra ranges first, then gateway, own, then the fixed ranges.
     pub fn classify(&self, ip: IpAddr) -> AddrClass {
         self.classify_with_label(ip).0
     }
@@ -369,17 +369,15 @@ impl AddrClassifier {
         if let Some((_, label)) = self.extra.iter().find(|(net, _)| net.contains(&ip)) {
             return (AddrClass::Configured, Some(label.as_str()));
         }
-        let fixed = classify(ip);
-        if fixed.is_denied() {
-            return (fixed, None);
-        }
+        // The gateway and the gate's own addresses before the fixed ranges: a private
+        // gateway is a gateway, which `private = true` does not open.
         if self.gateways.contains(&ip) {
             return (AddrClass::Gateway, None);
         }
         if self.own.contains(&ip) {
             return (AddrClass::Own, None);
         }
-        (AddrClass::Public, None)
+        (classify(ip), None)
     }
 
     /// Reads the default gateways from `/proc/net/route` (IPv4) and
@@ -833,11 +831,12 @@ mod tests {
             c.classify_with_label(ip("203.0.115.9")),
             (Configured, Some("wide"))
         );
-        assert_eq!(c.classify_with_label(ip("172.17.0.1")), (Private, None));
+        assert_eq!(c.classify_with_label(ip("172.17.0.1")), (Gateway, None));
         // A v4 range never matches a v6 address and vice versa.
         assert_eq!(c.classify(ip("::ffff:44.1.1.1")), Ipv4Mapped);
-        // Fixed ranges come first: a private gateway stays Private.
-        assert_eq!(c.classify(ip("172.17.0.1")), Private);
+        // A private gateway is a gateway (which `private = true` does not open), not Private.
+        assert_eq!(c.classify(ip("172.17.0.1")), Gateway);
+        assert_eq!(c.classify(ip("172.17.0.2")), Private);
         assert_eq!(c.classify(ip("8.8.8.8")), Public);
     }
 

@@ -16,7 +16,8 @@ use super::error::ProxyError;
 use super::target::{Host, Target};
 use super::{ProxyState, Resolve};
 use crate::dns::filter::{Filter, Outcome, Reply};
-use crate::policy::addr::AddrClass;
+use crate::host::HostAddrs;
+use crate::policy::addr::{AddrClass, AddrClassifier};
 use crate::policy::groups::GroupId;
 use crate::policy::name::Name;
 use crate::policy::rules::AllowRule;
@@ -58,7 +59,8 @@ pub struct Approval {
 }
 
 /// Classes an allow rule with `private = true` lets through. Metadata endpoints,
-/// the gate itself, configured ranges and the odd special forms never pass.
+/// the gate itself, its default gateway, configured ranges and the odd special forms
+/// never pass.
 fn private_ok(class: AddrClass) -> bool {
     matches!(
         class,
@@ -68,7 +70,6 @@ fn private_ok(class: AddrClass) -> bool {
             | AddrClass::Cgnat
             | AddrClass::Ula
             | AddrClass::SiteLocal
-            | AddrClass::Gateway
     )
 }
 
@@ -80,6 +81,40 @@ fn rule_ref(rule: &AllowRule) -> String {
 /// proxy as HTTP, where the request line and Host are checked.
 fn port_ok(port: u16, kind: Kind) -> bool {
     !(kind == Kind::Connect && port == 80)
+}
+
+/// The class of a destination: the operator's `deny_ranges` first, then the host's own
+/// addresses and its default gateway (above the fixed ranges, so that `private = true`,
+/// which opens private ranges, never opens the gate itself or its gateway), then the
+/// fixed ranges.
+fn classify<'c>(
+    classifier: &'c AddrClassifier,
+    host: &HostAddrs,
+    ip: IpAddr,
+) -> (AddrClass, Option<&'c str>) {
+    let (class, label) = classifier.classify_with_label(ip);
+    if class == AddrClass::Configured {
+        (class, label)
+    } else if host.is_gateway(ip) {
+        (AddrClass::Gateway, None)
+    } else if host.is_own(ip) {
+        (AddrClass::Own, None)
+    } else {
+        (class, label)
+    }
+}
+
+/// Is `addr` one of the gate's own listeners? A wildcard listener (`0.0.0.0:3128`) is
+/// its port on each of the host's addresses, not the port on every host.
+fn is_own_listener(listeners: &[SocketAddr], host: &HostAddrs, addr: SocketAddr) -> bool {
+    let ip = addr.ip();
+    listeners.iter().any(|l| {
+        l.port() == addr.port()
+            && (l.ip() == ip
+                || ip.is_loopback()
+                || ip.is_unspecified()
+                || (l.ip().is_unspecified() && host.is_own(ip)))
+    })
 }
 
 /// The production resolver: the gate's DNS pipeline.
@@ -370,9 +405,10 @@ impl ProxyState {
         mut approval: Approval,
         host: &Host,
     ) -> Result<Approval, ProxyError> {
+        let me = self.host.load();
         for &addr in addrs {
-            let (class, label) = self.classifier.classify_with_label(addr.ip());
-            let own = self.is_own_listener(addr);
+            let (class, label) = classify(&self.classifier, &me, addr.ip());
+            let own = is_own_listener(&self.own_listeners, &me, addr);
             if own || (class.is_denied() && !(private && private_ok(class))) {
                 let why = if own {
                     format!("{addr} is one of the gate's own listeners")
@@ -404,16 +440,6 @@ impl ProxyState {
         Ok(approval)
     }
 
-    fn is_own_listener(&self, addr: SocketAddr) -> bool {
-        self.own_listeners.iter().any(|l| {
-            l.port() == addr.port()
-                && (l.ip() == addr.ip()
-                    || l.ip().is_unspecified()
-                    || addr.ip().is_loopback()
-                    || addr.ip().is_unspecified())
-        })
-    }
-
     fn ech_allowed(&self, name: &Name) -> bool {
         self.config
             .ech_hosts
@@ -422,5 +448,71 @@ impl ProxyState {
                 Some(base) => name.as_str() != base && name.is_within(base),
                 None => name.as_str() == h.trim_end_matches('.').to_ascii_lowercase(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn host() -> HostAddrs {
+        HostAddrs {
+            interfaces: vec![ip("127.0.0.1"), ip("172.18.0.2"), ip("::1")],
+            gateways: vec![ip("172.18.0.1")],
+        }
+    }
+
+    /// A wildcard listener is its port on the host's own addresses only (issue 11, item 9):
+    /// it used to refuse that port on every host.
+    #[test]
+    fn a_wildcard_listener_is_the_hosts_own_addresses_only() {
+        let listeners = [sa("0.0.0.0:3128"), sa("[::]:53"), sa("127.0.0.1:9953")];
+        let own = |to: &str| is_own_listener(&listeners, &host(), sa(to));
+        assert!(own("172.18.0.2:3128"));
+        assert!(own("127.0.0.1:3128"));
+        assert!(own("127.0.0.7:9953"), "any loopback address is this host");
+        assert!(own("0.0.0.0:53"));
+        assert!(
+            !own("93.184.216.34:3128"),
+            "another host on the listener's port"
+        );
+        assert!(!own("93.184.216.34:53"));
+        assert!(!own("172.18.0.9:9953"));
+        assert!(
+            !own("172.18.0.2:8080"),
+            "not a listener port (the class refuses it)"
+        );
+    }
+
+    /// The host's own addresses and its gateway rank above the private ranges, so that
+    /// `private = true` never opens them (issue 11, item 9).
+    #[test]
+    fn own_addresses_and_the_gateway_are_never_private_ok() {
+        let classifier = AddrClassifier::new().with_extra("172.18.0.0/30".parse().unwrap(), "x");
+        let class = |s: &str| classify(&classifier, &host(), ip(s)).0;
+        assert_eq!(
+            class("172.18.0.1"),
+            AddrClass::Configured,
+            "the operator's ranges first"
+        );
+        let classifier = AddrClassifier::new();
+        let class = |s: &str| classify(&classifier, &host(), ip(s)).0;
+        assert_eq!(class("172.18.0.1"), AddrClass::Gateway);
+        assert_eq!(class("172.18.0.2"), AddrClass::Own);
+        assert_eq!(class("127.0.0.1"), AddrClass::Own);
+        assert_eq!(class("172.18.0.3"), AddrClass::Private);
+        assert_eq!(class("127.0.0.2"), AddrClass::Loopback);
+        for never in ["172.18.0.1", "172.18.0.2", "127.0.0.1", "::1"] {
+            assert!(!private_ok(class(never)), "{never}");
+        }
+        assert!(private_ok(class("172.18.0.3")));
     }
 }

@@ -54,10 +54,13 @@ pub struct ProxyState {
     pub policy: Arc<ArcSwap<Policy>>,
     pub resolver: Arc<dyn Resolve>,
     pub dialer: Arc<dyn Dial>,
-    /// Fixed ranges plus the default gateway, the gate's own addresses and `deny_ranges`.
+    /// Fixed ranges plus the listeners' own addresses and `deny_ranges`.
     pub classifier: AddrClassifier,
     /// Every address the gate listens on (DNS and proxy): never dialled.
     pub own_listeners: Vec<SocketAddr>,
+    /// The host's interface addresses and default gateways, kept current
+    /// ([`crate::host::LiveHost::spawn_refresh`]): never dialled, whatever the allow rules say.
+    pub host: crate::host::LiveHost,
     pub(crate) limits: Limits,
 }
 
@@ -69,8 +72,9 @@ pub(crate) struct Limits {
 
 impl ProxyState {
     /// A state with the production pieces: `resolver` is normally the DNS [`Filter`](crate::dns::filter::Filter).
-    /// The classifier gets the detected default gateways, the listeners' own
-    /// (non-wildcard) addresses and the configured `deny_ranges`.
+    /// The classifier gets the listeners' own (non-wildcard) addresses and the configured
+    /// `deny_ranges`; the host's addresses and gateways are read now (the binary keeps them
+    /// current).
     pub fn new(
         config: ProxyConfig,
         policy: Arc<ArcSwap<Policy>>,
@@ -79,9 +83,6 @@ impl ProxyState {
         own_listeners: Vec<SocketAddr>,
     ) -> ProxyState {
         let mut classifier = AddrClassifier::new();
-        for gateway in AddrClassifier::detect_gateways() {
-            classifier = classifier.with_gateway(gateway);
-        }
         for listener in &own_listeners {
             if !listener.ip().is_unspecified() {
                 classifier = classifier.with_own(listener.ip());
@@ -97,6 +98,7 @@ impl ProxyState {
             dialer,
             classifier,
             own_listeners,
+            host: crate::host::LiveHost::new(crate::host::HostAddrs::read()),
             limits: Limits::default(),
         }
     }
