@@ -173,9 +173,10 @@ fn a_changed_file_is_reloaded_and_a_bad_one_refused_without_dropping_a_query() {
     );
 }
 
-/// An echo server on loopback; stops with the test process.
+/// An echo server on loopback (127.0.0.2: 127.0.0.1 is the gate's own address, which no
+/// allow rule opens); stops with the test process.
 fn echo_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind("127.0.0.2:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -208,7 +209,7 @@ fn sigterm_lets_an_open_tunnel_run_until_the_drain_deadline() {
         "allowlist = \"allow.toml\"\n{CONFIG}\n[proxy]\nlisten = [\"127.0.0.1:0\"]\n\
          opaque_ports = [{port}]\ndrain_secs = 3\n"
     );
-    let allow = format!("[[allow]]\nhost = \"127.0.0.1\"\nports = [{port}]\nprivate = true\n");
+    let allow = format!("[[allow]]\nhost = \"127.0.0.2\"\nports = [{port}]\nprivate = true\n");
     let mut gate = Gate::start_full(&config, &[("allow.toml", &allow), ("threats.txt", "")], &[]);
     let line = gate
         .wait_for_log("listening proxy", Duration::from_secs(5))
@@ -221,7 +222,7 @@ fn sigterm_lets_an_open_tunnel_run_until_the_drain_deadline() {
         .unwrap();
     write!(
         tunnel,
-        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        "CONNECT 127.0.0.2:{port} HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n"
     )
     .unwrap();
     let mut head = Vec::new();
