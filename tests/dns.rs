@@ -717,3 +717,81 @@ path = "local.txt"
     assert_eq!(after.status, "NXDOMAIN", "{}", after.raw);
     doh.stop().await;
 }
+
+/// Issue 11 item 4: `[cache] min_ttl`/`max_ttl` bound the TTLs clients are served, not
+/// only how long the gate keeps an answer: a week-long TTL and a negative answer's SOA
+/// (TTL and MINIMUM a week) come back within the clamp, from upstream (a cache miss),
+/// from the cache's full path and from its fast path alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn served_ttls_are_clamped_on_every_path() {
+    const WEEK: u32 = 604_800;
+    let zone = TestZone::new()
+        .with_ttl(WEEK)
+        .a("week.example", PUBLIC_1)
+        .with_ttl(1)
+        .a("brief.example", PUBLIC_2)
+        .with_soa(WEEK, WEEK);
+    let doh = DohServer::start(zone).await;
+    let extra = "[cache]\nmin_ttl = 20\nmax_ttl = 60\nnegative_ttl = 86400\n";
+    let gate = start(&doh, extra);
+    let ttls = |d: &Dig, section: &[String]| -> Vec<u32> {
+        let ttls: Vec<u32> = section
+            .iter()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        assert!(!ttls.is_empty(), "{}", d.raw);
+        ttls
+    };
+    for (name, qtype, status) in [
+        ("week.example", "A", "NOERROR"),
+        ("brief.example", "A", "NOERROR"),
+        // NXDOMAIN and NODATA: the SOA in the authority section.
+        ("nothere.example", "A", "NXDOMAIN"),
+        ("week.example", "AAAA", "NOERROR"),
+    ] {
+        // Forwarded, then cached through the full path (which encodes it), then the
+        // fast path; dig asks in 0x20 case the third time, as resolvers do.
+        for (i, asked) in [name.to_owned(), name.to_owned(), name.to_ascii_uppercase()]
+            .iter()
+            .enumerate()
+        {
+            let d = dig(gate.dns, asked, qtype, &[]).await;
+            assert_eq!(d.status, status, "{name} {qtype}: {}", d.raw);
+            let served = if d.answers.is_empty() {
+                ttls(&d, &d.authority)
+            } else {
+                ttls(&d, &d.answers)
+            };
+            for ttl in served {
+                assert!(
+                    ttl <= 60,
+                    "{name} {qtype} (query {i}): TTL {ttl}: {}",
+                    d.raw
+                );
+                // Raised to min_ttl, then counted down by the entry's age (at most a
+                // few seconds here).
+                if i == 0 {
+                    assert!(ttl >= 20, "{name} {qtype}: TTL {ttl}: {}", d.raw);
+                }
+            }
+        }
+    }
+    let outcomes: Vec<String> = gate
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("dns decision") && l.contains("\"week.example\""))
+        .filter_map(|l| json_field(&l, "outcome"))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "forwarded",
+            "cached",
+            "cached",
+            "forwarded",
+            "cached",
+            "cached"
+        ]
+    );
+    doh.stop().await;
+}

@@ -12,7 +12,7 @@ use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, Name as DnsName, RData, Record, RecordType};
 use tokio::sync::Semaphore;
 
-use super::cache::{Cache, CachedResponse, STALE_ANSWER_TTL};
+use super::cache::{Cache, CachedResponse};
 use super::upstream::UpstreamPool;
 use super::wire::{FastQuery, WireAnswer};
 use crate::config::{BlockAnswer, DnsConfig};
@@ -353,7 +353,9 @@ impl Filter {
         edns.set_max_payload(1232);
         request.edns = Some(edns);
         match self.upstream.resolve_named(&request).await {
-            Ok((response, upstream)) if is_usable(&response) => {
+            Ok((mut response, upstream)) if is_usable(&response) => {
+                // Clients see the clamped TTLs, from this answer and from the cache alike.
+                self.cache.clamp_ttls(&mut response);
                 let answer_id = crate::telemetry::next_id();
                 self.cache.insert(
                     pending.name.as_str(),
@@ -509,7 +511,7 @@ fn is_usable(response: &Message) -> bool {
 fn from_cache(hit: &super::cache::Hit, outcome: Outcome) -> Reply {
     let ttl = |record: &Record| {
         if hit.stale {
-            STALE_ANSWER_TTL
+            hit.stale_ttl
         } else {
             record.ttl.saturating_sub(hit.age)
         }
