@@ -795,3 +795,52 @@ async fn served_ttls_are_clamped_on_every_path() {
     );
     doh.stop().await;
 }
+
+/// Issue 11 item 8: a keyword or regex block says nothing about any other name, so its
+/// SOA is owned by the query name; a name rule's SOA is owned by the listed name (the
+/// blocked zone). A keyword's SOA used to be owned by the top-level domain.
+#[tokio::test(flavor = "multi_thread")]
+async fn pattern_blocks_carry_the_query_names_soa() {
+    let doh = DohServer::start(zone()).await;
+    let extra = r#"
+[[lists]]
+name = "patterns"
+format = "domains"
+inline = '''
+/^ads[0-9]+\./
+=only.exact.example
+'''
+keywords = ["tracking"]
+"#;
+    let gate = start(&doh, extra);
+    for (name, owner) in [
+        ("px.tracking-cdn.example", "px.tracking-cdn.example."),
+        ("ads12.shop.example", "ads12.shop.example."),
+        ("only.exact.example", "only.exact.example."),
+        // A name rule blocks its zone: the owner is the listed name.
+        ("deep.sub.evil.example", "evil.example."),
+    ] {
+        let d = dig(gate.dns, name, "A", &[]).await;
+        assert_eq!(d.status, "NXDOMAIN", "{name}: {}", d.raw);
+        let soa: Vec<&String> = d.authority.iter().filter(|l| l.contains("SOA")).collect();
+        assert_eq!(soa.len(), 1, "{name}: {}", d.raw);
+        assert_eq!(
+            soa[0].split_whitespace().next(),
+            Some(owner),
+            "{name}: {}",
+            d.raw
+        );
+    }
+    // block_answer = "zero_ip": the NODATA SOA of a keyword block is the query name's too.
+    let zero = start_with_env(&doh, extra, &[("PORTCULLIS_BLOCK_ANSWER", "zero_ip")]);
+    let d = dig(zero.dns, "px.tracking-cdn.example", "TXT", &[]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert!(
+        d.authority
+            .iter()
+            .any(|l| l.starts_with("px.tracking-cdn.example.") && l.contains("SOA")),
+        "{}",
+        d.raw
+    );
+    doh.stop().await;
+}

@@ -19,6 +19,7 @@ use crate::config::{BlockAnswer, DnsConfig};
 use crate::policy::addr::{AddrClass, classify};
 use crate::policy::groups::GroupId;
 use crate::policy::name::Name;
+use crate::policy::rules::{ListMatch, RuleKind};
 use crate::policy::special::SpecialUse;
 use crate::policy::{Policy, Verdict};
 
@@ -215,8 +216,7 @@ impl Filter {
                     m.rule,
                     list.as_deref().unwrap_or("?")
                 );
-                let mut reply =
-                    block_reply(&settings, qname, query.query_type(), Some(&m.rule), &reason);
+                let mut reply = block_reply(&settings, qname, query.query_type(), Some(m), &reason);
                 reply.list = list;
                 reply.rule = Some(m.rule.clone());
                 return Step::Done(reply);
@@ -556,22 +556,17 @@ fn block_soa(owner: &DnsName, ttl: u32) -> Record {
     )
 }
 
+/// A block answer for `qname`. `rule` is the list rule that matched the name itself;
+/// `None` for blocks found in the answer (a CNAME target, an `ips` list address).
 fn block_reply(
     settings: &FilterSettings,
     qname: &DnsName,
     qtype: RecordType,
-    rule: Option<&str>,
+    rule: Option<&ListMatch>,
     reason: &str,
 ) -> Reply {
     let ttl = settings.block_ttl;
-    // The SOA owner is the blocked zone when the rule names one, else the query name.
-    let owner = match rule.filter(|r| !r.starts_with('/') && !r.starts_with('=')) {
-        Some(r) => {
-            let labels = r.bytes().filter(|&b| b == b'.').count() + 1;
-            qname.trim_to(labels)
-        }
-        None => qname.clone(),
-    };
+    let owner = soa_owner(qname, rule);
     let mut reply = match settings.block_answer {
         BlockAnswer::Nxdomain => {
             let mut r = Reply::new(ResponseCode::NXDomain, Outcome::Blocked, reason);
@@ -596,6 +591,22 @@ fn block_reply(
     };
     reply.ede = Some((ede::BLOCKED, reason.to_owned()));
     reply
+}
+
+/// The owner of a block answer's SOA. A name rule (`evil.example`, name and
+/// subdomains) blocks a whole zone: the owner is that zone, so a client caching the
+/// NXDOMAIN learns the rule (RFC 8020). Every other rule (exact, keyword, regex) and a
+/// block found in the answer says nothing about any other name: the owner is the query
+/// name. (A keyword's text is no zone: trimming the query to its label count gave the
+/// top-level domain.)
+fn soa_owner(qname: &DnsName, rule: Option<&ListMatch>) -> DnsName {
+    match rule {
+        Some(m) if m.kind == RuleKind::NameAndSubdomains => {
+            let labels = m.rule.bytes().filter(|&b| b == b'.').count() + 1;
+            qname.trim_to(labels)
+        }
+        _ => qname.clone(),
+    }
 }
 
 /// Answers an A or AAAA question with the matching addresses of `ips`; any other
@@ -660,5 +671,38 @@ fn special_reply(
             r.authorities.push(block_soa(qname, ttl));
             r
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::rules::Origin;
+
+    #[test]
+    fn the_soa_owner_is_the_listed_zone_only_for_name_rules() {
+        let qname = DnsName::from_ascii("px.tracking-cdn.example.").unwrap();
+        let rule = |kind, rule: &str| ListMatch {
+            kind,
+            origin: Origin { list: 0, line: 1 },
+            rule: rule.to_owned(),
+            important: false,
+        };
+        let owner = |m: Option<&ListMatch>| soa_owner(&qname, m).to_ascii();
+        assert_eq!(
+            owner(Some(&rule(
+                RuleKind::NameAndSubdomains,
+                "tracking-cdn.example"
+            ))),
+            "tracking-cdn.example."
+        );
+        for m in [
+            rule(RuleKind::Keyword, "tracking"),
+            rule(RuleKind::Regex, "/^px\\./"),
+            rule(RuleKind::Exact, "=px.tracking-cdn.example"),
+        ] {
+            assert_eq!(owner(Some(&m)), "px.tracking-cdn.example.", "{m:?}");
+        }
+        assert_eq!(owner(None), "px.tracking-cdn.example.");
     }
 }
