@@ -844,3 +844,135 @@ keywords = ["tracking"]
     );
     doh.stop().await;
 }
+
+fn https_record(hints4: &[Ipv4Addr], hints6: &[std::net::Ipv6Addr]) -> RData {
+    use hickory_proto::rr::rdata::svcb::{Alpn, IpHint, SVCB, SvcParamKey, SvcParamValue};
+    use hickory_proto::rr::rdata::{A, AAAA, HTTPS};
+    let mut params = vec![(
+        SvcParamKey::Alpn,
+        SvcParamValue::Alpn(Alpn(vec!["h2".to_owned()])),
+    )];
+    if !hints4.is_empty() {
+        params.push((
+            SvcParamKey::Ipv4Hint,
+            SvcParamValue::Ipv4Hint(IpHint(hints4.iter().map(|ip| A(*ip)).collect())),
+        ));
+    }
+    if !hints6.is_empty() {
+        params.push((
+            SvcParamKey::Ipv6Hint,
+            SvcParamValue::Ipv6Hint(IpHint(hints6.iter().map(|ip| AAAA(*ip)).collect())),
+        ));
+    }
+    RData::HTTPS(HTTPS(SVCB::new(1, Name::root(), params)))
+}
+
+/// Issue 11 item 10: the `ipv4hint`/`ipv6hint` of HTTPS (and SVCB) answers are answer
+/// addresses: one pointing at a private or denied range is refused as an A/AAAA answer
+/// pointing there would be. And `[proxy] deny_ranges` applies to DNS answers too,
+/// whatever `private = true` and `rebinding_protection` say.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_hints_and_deny_ranges_are_checked_in_dns_answers() {
+    use std::net::Ipv6Addr;
+    let ranged = Ipv4Addr::new(44, 1, 2, 3);
+    let zone = zone()
+        .record(
+            "hint4.example",
+            https_record(&[Ipv4Addr::new(192, 168, 1, 7)], &[]),
+        )
+        .record(
+            "hint6.example",
+            https_record(&[], &["fd00::7".parse::<Ipv6Addr>().unwrap()]),
+        )
+        .record("goodhint.example", https_record(&[PUBLIC_1], &[]))
+        .record("somehints.example", https_record(&[PUBLIC_1], &[]))
+        .record(
+            "somehints.example",
+            https_record(&[PUBLIC_2, Ipv4Addr::new(127, 0, 0, 9)], &[]),
+        )
+        .record("rangedhint.example", https_record(&[ranged], &[]))
+        .a("ranged.example", ranged)
+        .a("private-ranged.example", ranged);
+    let doh = DohServer::start(zone).await;
+    let allow =
+        format!("{ALLOWLIST}\n[[allow]]\nhost = \"private-ranged.example\"\nprivate = true\n");
+    let extra = "[proxy]\ndeny_ranges = [\"44.0.0.0/8\"]\n";
+    let gate = Gate::start_full(&config(&doh, extra), &[("allowlist.toml", &allow)], &[]);
+
+    let refused = |d: &Dig, ip: &str, class: &str| {
+        assert_eq!(d.status, "REFUSED", "{}", d.raw);
+        let ede = d.ede.clone().expect("EDE");
+        assert!(
+            ede.starts_with("15 (Blocked)")
+                && ede.contains(&format!("answer pointed at {ip} ({class})")),
+            "{ede}"
+        );
+    };
+    refused(
+        &dig(gate.dns, "hint4.example", "HTTPS", &[]).await,
+        "192.168.1.7",
+        "private",
+    );
+    refused(
+        &dig(gate.dns, "hint6.example", "HTTPS", &[]).await,
+        "fd00::7",
+        "ula",
+    );
+    // The same outcome and reason as an A answer pointing there.
+    let line = decision_for(&gate, "hint4.example").unwrap();
+    assert_eq!(json_field(&line, "outcome").as_deref(), Some("refused"));
+    let rebind = dig(gate.dns, "rebind.example", "A", &[]).await;
+    refused(&rebind, "192.168.1.10", "private");
+
+    let good = dig(gate.dns, "goodhint.example", "HTTPS", &[]).await;
+    assert_eq!(good.status, "NOERROR", "{}", good.raw);
+    assert_eq!(good.answers.len(), 1, "{}", good.raw);
+    assert!(
+        good.answers[0].contains(&format!("ipv4hint={PUBLIC_1}")),
+        "{}",
+        good.raw
+    );
+    // Two records, one with a loopback hint: that record goes, the other stays.
+    let some = dig(gate.dns, "somehints.example", "HTTPS", &[]).await;
+    assert_eq!(some.status, "NOERROR", "{}", some.raw);
+    assert_eq!(some.answers.len(), 1, "{}", some.raw);
+    assert!(
+        some.answers[0].contains(&format!("ipv4hint={PUBLIC_1}")),
+        "{}",
+        some.raw
+    );
+
+    // deny_ranges: a public address the operator denied, as an A answer and as a hint.
+    refused(
+        &dig(gate.dns, "ranged.example", "A", &[]).await,
+        "44.1.2.3",
+        "configured",
+    );
+    let hint = dig(gate.dns, "rangedhint.example", "HTTPS", &[]).await;
+    refused(&hint, "44.1.2.3", "configured");
+    assert!(hint.ede.unwrap().contains("proxy.deny_ranges 44.0.0.0/8"));
+    // private = true opens the private ranges, never the operator's deny_ranges.
+    refused(
+        &dig(gate.dns, "private-ranged.example", "A", &[]).await,
+        "44.1.2.3",
+        "configured",
+    );
+    // Cached answers are inspected again: still refused on the second query.
+    refused(
+        &dig(gate.dns, "ranged.example", "A", &[]).await,
+        "44.1.2.3",
+        "configured",
+    );
+
+    // With rebinding protection off, private hints pass; deny_ranges still hold.
+    let text = config(&doh, extra).replace("[dns]\n", "[dns]\nrebinding_protection = false\n");
+    let off = Gate::start_full(&text, &[("allowlist.toml", &allow)], &[]);
+    let d = dig(off.dns, "hint4.example", "HTTPS", &[]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    refused(
+        &dig(off.dns, "ranged.example", "A", &[]).await,
+        "44.1.2.3",
+        "configured",
+    );
+    doh.stop().await;
+}
