@@ -333,7 +333,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         policy.clone(),
         upstream,
         Cache::new(&config.cache),
-        FilterSettings::from(&config.dns),
+        FilterSettings::from(&config),
         config.dns.max_inflight,
     ));
     let sockets = DnsSockets::bind(&config.dns.listen)
@@ -494,7 +494,7 @@ async fn reload_loop(
                 }
                 filter
                     .settings
-                    .store(Arc::new(FilterSettings::from(&config.dns)));
+                    .store(Arc::new(FilterSettings::from(&config)));
                 lists.publish(config, built).await;
                 portcullis::admin::metrics::config_reload(true);
                 tracing::info!(trigger, "configuration reloaded");

@@ -5,7 +5,7 @@
 //! listen = ["0.0.0.0:3128"]
 //! mode = "allowlist"                 # default mode: allowlist | public | report
 //! modes = { litellm = "allowlist", sandbox = "report" }
-//! deny_ranges = ["203.0.113.0/24"]   # extra ranges never dialled
+//! deny_ranges = ["203.0.113.0/24"]   # extra ranges never dialled nor answered by the DNS
 //! ```
 
 use std::collections::HashMap;
@@ -71,7 +71,9 @@ pub struct ProxyConfig {
     pub opaque_ports: Vec<u16>,
     /// Hosts (exact or `*.` wildcard) whose ClientHello may carry Encrypted Client Hello.
     pub ech_hosts: Vec<String>,
-    /// Extra ranges never dialled, whatever the allow rules say.
+    /// Extra ranges never dialled, whatever the allow rules say. The DNS front door
+    /// applies them too ([`FilterSettings`](crate::dns::filter::FilterSettings)):
+    /// answers pointing there are refused.
     pub deny_ranges: Vec<IpNet>,
     /// TCP connect timeout per address, milliseconds (504 when every address times out).
     pub connect_timeout_ms: u64,

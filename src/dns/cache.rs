@@ -1,7 +1,9 @@
 //! A bounded response cache with min/max TTL, negative caching and serve-stale (RFC 8767).
 //!
-//! Upstream answers are cached as received (before per-client inspection), so a
-//! cached answer is inspected for each client's group exactly like a fresh one.
+//! Upstream answers are cached before per-client inspection, so a cached answer is
+//! inspected for each client's group exactly like a fresh one. Their TTLs are clamped
+//! first ([`Cache::clamp_ttls`]): what clients are served, fresh or cached, is what the
+//! cache keeps, counted down by the entry's age.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub struct Hit {
     pub age: u32,
     /// Past its TTL: only to be served when no upstream answers.
     pub stale: bool,
+    /// The TTL a stale hit is served with ([`Cache::stale_ttl`]).
+    pub stale_ttl: u32,
 }
 
 pub struct Cache {
@@ -113,13 +117,40 @@ impl Cache {
                 response: entry,
                 age,
                 stale: false,
+                stale_ttl: self.stale_ttl(),
             });
         }
         (self.serve_stale && age - entry.ttl <= self.stale_max_age).then_some(Hit {
             response: entry,
             age,
             stale: true,
+            stale_ttl: self.stale_ttl(),
         })
+    }
+
+    /// Rewrites the TTLs of an upstream response to what clients may be served, as
+    /// blocky and unbound do: every record's TTL clamped to `[min_ttl, max_ttl]`, and in a
+    /// negative answer (NXDOMAIN, NODATA) the authority records (the SOA included) at
+    /// most as long as the answer is cached (RFC 2308 §5: the SOA's TTL is the negative
+    /// TTL). Called on every upstream answer, with or without a cache; the OPT record is
+    /// not a record here (hickory keeps it apart), and additional records are not served.
+    pub fn clamp_ttls(&self, response: &mut Message) {
+        let negative = self.ttl_for(response).filter(|_| is_negative(response));
+        let clamp = |ttl: u32| ttl.clamp(self.min_ttl, self.max_ttl);
+        for record in &mut response.answers {
+            record.ttl = clamp(record.ttl);
+        }
+        for record in &mut response.authorities {
+            record.ttl = match negative {
+                Some(cached) => clamp(record.ttl).min(cached),
+                None => clamp(record.ttl),
+            };
+        }
+    }
+
+    /// TTL of a stale answer: RFC 8767's 30 seconds, within the clamp.
+    pub fn stale_ttl(&self) -> u32 {
+        STALE_ANSWER_TTL.clamp(self.min_ttl, self.max_ttl)
     }
 
     /// Stores an upstream response; SERVFAIL and other failures are not cached.
@@ -152,13 +183,13 @@ impl Cache {
 
     /// How long a response may be cached, or `None` when it must not be.
     fn ttl_for(&self, response: &Message) -> Option<u32> {
-        let rcode = response.metadata.response_code;
-        let negative = match rcode {
-            ResponseCode::NoError => response.answers.is_empty(),
-            ResponseCode::NXDomain => true,
-            _ => return None,
-        };
-        let ttl = if negative {
+        if !matches!(
+            response.metadata.response_code,
+            ResponseCode::NoError | ResponseCode::NXDomain
+        ) {
+            return None;
+        }
+        let ttl = if is_negative(response) {
             // RFC 2308: the SOA's TTL bounded by its MINIMUM field.
             let soa_ttl = response
                 .authorities
@@ -215,6 +246,15 @@ impl Cache {
                 entries.insert(k, e);
             }
         }
+    }
+}
+
+/// NXDOMAIN, or NOERROR with no answer (NODATA).
+fn is_negative(response: &Message) -> bool {
+    match response.metadata.response_code {
+        ResponseCode::NoError => response.answers.is_empty(),
+        ResponseCode::NXDomain => true,
+        _ => false,
     }
 }
 
@@ -278,6 +318,34 @@ mod tests {
         let mut servfail = answer(100);
         servfail.metadata.response_code = ResponseCode::ServFail;
         assert_eq!(c.ttl_for(&servfail), None);
+    }
+
+    #[test]
+    fn served_ttls_are_clamped_like_the_cache_entry() {
+        let c = Cache::new(&config());
+        // A week-long answer and a 1-second one: served within [5, 600].
+        for (ttl, served) in [(604_800, 600), (1, 5), (100, 100)] {
+            let mut m = answer(ttl);
+            c.clamp_ttls(&mut m);
+            assert_eq!(m.answers[0].ttl, served, "upstream TTL {ttl}");
+            assert_eq!(c.ttl_for(&m), Some(served), "the entry lives as long");
+        }
+        // Negative answers: the SOA's TTL is the negative TTL (bounded by MINIMUM and
+        // negative_ttl, then clamped), and clamping again changes nothing.
+        for (soa_ttl, minimum, served) in [(604_800, 604_800, 60), (3600, 30, 30), (1, 1, 5)] {
+            let mut m = nxdomain(soa_ttl, minimum);
+            let cached = c.ttl_for(&m);
+            c.clamp_ttls(&mut m);
+            assert_eq!(m.authorities[0].ttl, served, "SOA TTL {soa_ttl}/{minimum}");
+            assert_eq!(c.ttl_for(&m), cached);
+            c.clamp_ttls(&mut m);
+            assert_eq!(m.authorities[0].ttl, served);
+        }
+        // Serve-stale's 30 s stays inside the clamp too.
+        let mut cfg = config();
+        cfg.max_ttl = 10;
+        assert_eq!(Cache::new(&cfg).stale_ttl(), 10);
+        assert_eq!(c.stale_ttl(), STALE_ANSWER_TTL);
     }
 
     #[test]

@@ -8,17 +8,20 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::rdata::svcb::{IpHint, SvcParamValue};
+use hickory_proto::rr::rdata::{A, AAAA, HTTPS, SOA};
 use hickory_proto::rr::{DNSClass, Name as DnsName, RData, Record, RecordType};
+use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
-use super::cache::{Cache, CachedResponse, STALE_ANSWER_TTL};
+use super::cache::{Cache, CachedResponse};
 use super::upstream::UpstreamPool;
 use super::wire::{FastQuery, WireAnswer};
-use crate::config::{BlockAnswer, DnsConfig};
+use crate::config::{BlockAnswer, Config, DnsConfig};
 use crate::policy::addr::{AddrClass, classify};
 use crate::policy::groups::GroupId;
 use crate::policy::name::Name;
+use crate::policy::rules::{ListMatch, RuleKind};
 use crate::policy::special::SpecialUse;
 use crate::policy::{Policy, Verdict};
 
@@ -124,6 +127,9 @@ pub struct FilterSettings {
     pub block_addresses: Vec<IpAddr>,
     pub block_ttl: u32,
     pub rebinding_protection: bool,
+    /// `[proxy] deny_ranges`: answers pointing there are refused like rebinding answers,
+    /// whatever `rebinding_protection` and `private = true` say.
+    pub deny_ranges: Vec<IpNet>,
 }
 
 impl From<&DnsConfig> for FilterSettings {
@@ -133,6 +139,17 @@ impl From<&DnsConfig> for FilterSettings {
             block_addresses: c.block_addresses.clone(),
             block_ttl: c.block_ttl,
             rebinding_protection: c.rebinding_protection,
+            deny_ranges: Vec::new(),
+        }
+    }
+}
+
+impl From<&Config> for FilterSettings {
+    /// `[dns]` and the `deny_ranges` both front doors apply.
+    fn from(c: &Config) -> Self {
+        FilterSettings {
+            deny_ranges: c.proxy.deny_ranges.iter().map(IpNet::trunc).collect(),
+            ..FilterSettings::from(&c.dns)
         }
     }
 }
@@ -215,8 +232,7 @@ impl Filter {
                     m.rule,
                     list.as_deref().unwrap_or("?")
                 );
-                let mut reply =
-                    block_reply(&settings, qname, query.query_type(), Some(&m.rule), &reason);
+                let mut reply = block_reply(&settings, qname, query.query_type(), Some(m), &reason);
                 reply.list = list;
                 reply.rule = Some(m.rule.clone());
                 return Step::Done(reply);
@@ -357,7 +373,9 @@ impl Filter {
         edns.set_max_payload(1232);
         request.edns = Some(edns);
         match self.upstream.resolve_named(&request).await {
-            Ok((response, upstream)) if is_usable(&response) => {
+            Ok((mut response, upstream)) if is_usable(&response) => {
+                // Clients see the clamped TTLs, from this answer and from the cache alike.
+                self.cache.clamp_ttls(&mut response);
                 let answer_id = crate::telemetry::next_id();
                 self.cache.insert(
                     pending.name.as_str(),
@@ -396,12 +414,14 @@ impl Filter {
         }
     }
 
-    /// Checks an answer on its way back: CNAME targets against deny rules, answer
-    /// addresses against IP lists and (rebinding protection) private ranges.
+    /// Checks an answer on its way back: CNAME targets against deny rules, and every
+    /// address it hands out (A, AAAA, and the `ipv4hint`/`ipv6hint` of SVCB and HTTPS
+    /// records) against IP lists, the operator's `deny_ranges` and (rebinding protection)
+    /// the special-purpose ranges.
     ///
     /// For a name an operator allow rule names (`allowed`), no threat list blocks the
-    /// answer either: its CNAME targets and addresses are the operator's to trust (CDN names
-    /// of allowed APIs do turn up on lists). Rebinding protection still applies.
+    /// answer: its CNAME targets and addresses are the operator's to trust (CDN names of
+    /// allowed APIs do turn up on lists). `deny_ranges` and rebinding protection still apply.
     #[allow(clippy::too_many_arguments)]
     fn inspect(
         &self,
@@ -414,7 +434,6 @@ impl Filter {
         qtype: RecordType,
         reply: &mut Reply,
     ) {
-        let mut removed: Option<(IpAddr, AddrClass)> = None;
         let threat_lists = if allowed { &[][..] } else { &reply.answers[..] };
         for record in threat_lists {
             match &record.data {
@@ -436,50 +455,59 @@ impl Filter {
                         return;
                     }
                 }
-                RData::A(A(ip)) => {
-                    if let Some(reason) = ip_list_hit(policy, group, IpAddr::V4(*ip)) {
-                        *reply = block_reply(settings, qname, qtype, None, &reason.0);
-                        reply.list = Some(reason.1);
+                data => {
+                    let listed =
+                        answer_addresses(data).find_map(|ip| ip_list_hit(policy, group, ip));
+                    if let Some((reason, list)) = listed {
+                        *reply = block_reply(settings, qname, qtype, None, &reason);
+                        reply.list = Some(list);
                         return;
                     }
                 }
-                RData::AAAA(AAAA(ip)) => {
-                    if let Some(reason) = ip_list_hit(policy, group, IpAddr::V6(*ip)) {
-                        *reply = block_reply(settings, qname, qtype, None, &reason.0);
-                        reply.list = Some(reason.1);
-                        return;
-                    }
-                }
-                _ => {}
             }
         }
-        if !settings.rebinding_protection || allow_private {
+        // `deny_ranges` hold whatever the allow rules and `rebinding_protection` say;
+        // the fixed ranges only while rebinding protection is on and no `private = true`
+        // rule opened them (as the proxy does: `Configured` is never opened).
+        let fixed = settings.rebinding_protection && !allow_private;
+        if !fixed && settings.deny_ranges.is_empty() {
             return;
         }
-        reply.answers.retain(|record| {
-            let ip = match &record.data {
-                RData::A(A(ip)) => IpAddr::V4(*ip),
-                RData::AAAA(AAAA(ip)) => IpAddr::V6(*ip),
-                _ => return true,
-            };
-            let class = classify(ip);
-            if class.is_denied() {
-                removed.get_or_insert((ip, class));
-                false
-            } else {
-                true
+        let denied = |ip: IpAddr| -> Option<(IpAddr, Denied)> {
+            if let Some(net) = settings.deny_ranges.iter().find(|net| net.contains(&ip)) {
+                return Some((ip, Denied::Configured(*net)));
             }
-        });
-        if let Some((ip, class)) = removed {
-            let has_address = reply
-                .answers
-                .iter()
-                .any(|r| matches!(r.data, RData::A(_) | RData::AAAA(_)));
+            if !fixed {
+                return None;
+            }
+            let class = classify(ip);
+            class.is_denied().then_some((ip, Denied::Class(class)))
+        };
+        let mut removed: Option<(IpAddr, Denied)> = None;
+        // A record that hands out a denied address goes whole: an HTTPS record is not
+        // rewritten to drop one hint, like an A record it is either served or not.
+        reply.answers.retain(
+            |record| match answer_addresses(&record.data).find_map(denied) {
+                Some(hit) => {
+                    removed.get_or_insert(hit);
+                    false
+                }
+                None => true,
+            },
+        );
+        if let Some((ip, why)) = removed {
+            let has_address = reply.answers.iter().any(|r| {
+                matches!(
+                    r.data,
+                    RData::A(_) | RData::AAAA(_) | RData::SVCB(_) | RData::HTTPS(_)
+                )
+            });
             if !has_address {
+                // The proxy tells a rebinding refusal by this prefix (src/proxy/check.rs).
                 let why = format!(
                     "answer pointed at {ip} ({}): {}",
-                    class.as_str(),
-                    class.describe()
+                    why.as_str(),
+                    why.describe()
                 );
                 let mut refused = Reply::new(ResponseCode::Refused, Outcome::Refused, why.clone());
                 refused.ede = Some((ede::BLOCKED, why));
@@ -487,10 +515,64 @@ impl Filter {
                 refused.answer_id = reply.answer_id;
                 *reply = refused;
             } else {
-                reply.reason = format!("removed {} from the answer ({})", ip, class.as_str());
+                reply.reason = format!("removed {} from the answer ({})", ip, why.as_str());
             }
         }
     }
+}
+
+/// Why an answer address was refused.
+#[derive(Clone, Copy)]
+enum Denied {
+    /// A fixed special-purpose range (rebinding protection).
+    Class(AddrClass),
+    /// One of the operator's `deny_ranges`.
+    Configured(IpNet),
+}
+
+impl Denied {
+    fn as_str(self) -> &'static str {
+        match self {
+            Denied::Class(class) => class.as_str(),
+            Denied::Configured(_) => AddrClass::Configured.as_str(),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Denied::Class(class) => class.describe().to_owned(),
+            Denied::Configured(net) => format!(
+                "{} (proxy.deny_ranges {net})",
+                AddrClass::Configured.describe()
+            ),
+        }
+    }
+}
+
+/// The addresses a record hands out: an A or AAAA record's, or an SVCB or HTTPS
+/// record's `ipv4hint` and `ipv6hint` (RFC 9460 §7.3: clients may connect to them
+/// before, or instead of, an A/AAAA lookup).
+fn answer_addresses(data: &RData) -> impl Iterator<Item = IpAddr> + '_ {
+    let (single, svcb) = match data {
+        RData::A(A(ip)) => (Some(IpAddr::V4(*ip)), None),
+        RData::AAAA(AAAA(ip)) => (Some(IpAddr::V6(*ip)), None),
+        RData::SVCB(svcb) | RData::HTTPS(HTTPS(svcb)) => (None, Some(svcb)),
+        _ => (None, None),
+    };
+    let hints = svcb
+        .into_iter()
+        .flat_map(|svcb| svcb.svc_params.iter())
+        .flat_map(|(_, value)| {
+            let (v4, v6): (&[A], &[AAAA]) = match value {
+                SvcParamValue::Ipv4Hint(IpHint(hints)) => (hints, &[]),
+                SvcParamValue::Ipv6Hint(IpHint(hints)) => (&[], hints),
+                _ => (&[], &[]),
+            };
+            v4.iter()
+                .map(|a| IpAddr::V4(a.0))
+                .chain(v6.iter().map(|aaaa| IpAddr::V6(aaaa.0)))
+        });
+    single.into_iter().chain(hints)
 }
 
 fn ip_list_hit(policy: &Policy, group: GroupId, ip: IpAddr) -> Option<(String, String)> {
@@ -519,7 +601,7 @@ fn is_usable(response: &Message) -> bool {
 fn from_cache(hit: &super::cache::Hit, outcome: Outcome) -> Reply {
     let ttl = |record: &Record| {
         if hit.stale {
-            STALE_ANSWER_TTL
+            hit.stale_ttl
         } else {
             record.ttl.saturating_sub(hit.age)
         }
@@ -564,22 +646,17 @@ fn block_soa(owner: &DnsName, ttl: u32) -> Record {
     )
 }
 
+/// A block answer for `qname`. `rule` is the list rule that matched the name itself;
+/// `None` for blocks found in the answer (a CNAME target, an `ips` list address).
 fn block_reply(
     settings: &FilterSettings,
     qname: &DnsName,
     qtype: RecordType,
-    rule: Option<&str>,
+    rule: Option<&ListMatch>,
     reason: &str,
 ) -> Reply {
     let ttl = settings.block_ttl;
-    // The SOA owner is the blocked zone when the rule names one, else the query name.
-    let owner = match rule.filter(|r| !r.starts_with('/') && !r.starts_with('=')) {
-        Some(r) => {
-            let labels = r.bytes().filter(|&b| b == b'.').count() + 1;
-            qname.trim_to(labels)
-        }
-        None => qname.clone(),
-    };
+    let owner = soa_owner(qname, rule);
     let mut reply = match settings.block_answer {
         BlockAnswer::Nxdomain => {
             let mut r = Reply::new(ResponseCode::NXDomain, Outcome::Blocked, reason);
@@ -604,6 +681,22 @@ fn block_reply(
     };
     reply.ede = Some((ede::BLOCKED, reason.to_owned()));
     reply
+}
+
+/// The owner of a block answer's SOA. A name rule (`evil.example`, name and
+/// subdomains) blocks a whole zone: the owner is that zone, so a client caching the
+/// NXDOMAIN learns the rule (RFC 8020). Every other rule (exact, keyword, regex) and a
+/// block found in the answer says nothing about any other name: the owner is the query
+/// name. (A keyword's text is no zone: trimming the query to its label count gave the
+/// top-level domain.)
+fn soa_owner(qname: &DnsName, rule: Option<&ListMatch>) -> DnsName {
+    match rule {
+        Some(m) if m.kind == RuleKind::NameAndSubdomains => {
+            let labels = m.rule.bytes().filter(|&b| b == b'.').count() + 1;
+            qname.trim_to(labels)
+        }
+        _ => qname.clone(),
+    }
 }
 
 /// Answers an A or AAAA question with the matching addresses of `ips`; any other
@@ -668,5 +761,73 @@ fn special_reply(
             r.authorities.push(block_soa(qname, ttl));
             r
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::rules::Origin;
+    use hickory_proto::rr::rdata::svcb::{SVCB, SvcParamKey};
+
+    fn svcb(v4: &[[u8; 4]], v6: &[Ipv6Addr]) -> SVCB {
+        let mut params = vec![(SvcParamKey::Port, SvcParamValue::Port(8443))];
+        params.push((
+            SvcParamKey::Ipv4Hint,
+            SvcParamValue::Ipv4Hint(IpHint(v4.iter().map(|o| A(Ipv4Addr::from(*o))).collect())),
+        ));
+        params.push((
+            SvcParamKey::Ipv6Hint,
+            SvcParamValue::Ipv6Hint(IpHint(v6.iter().map(|ip| AAAA(*ip)).collect())),
+        ));
+        SVCB::new(1, DnsName::root(), params)
+    }
+
+    #[test]
+    fn answer_addresses_include_svcb_and_https_hints() {
+        let v6 = "2001:db8::5".parse::<Ipv6Addr>().unwrap();
+        let want: Vec<IpAddr> = vec![
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv4Addr::new(93, 184, 215, 14).into(),
+            v6.into(),
+        ];
+        let hints = svcb(&[[10, 0, 0, 1], [93, 184, 215, 14]], &[v6]);
+        for data in [RData::SVCB(hints.clone()), RData::HTTPS(HTTPS(hints))] {
+            assert_eq!(answer_addresses(&data).collect::<Vec<_>>(), want);
+        }
+        let a = RData::A(A::new(192, 0, 2, 1));
+        assert_eq!(
+            answer_addresses(&a).collect::<Vec<_>>(),
+            [IpAddr::from([192, 0, 2, 1])]
+        );
+        let alias = RData::HTTPS(HTTPS(SVCB::new(0, DnsName::root(), vec![])));
+        assert_eq!(answer_addresses(&alias).count(), 0);
+    }
+
+    #[test]
+    fn the_soa_owner_is_the_listed_zone_only_for_name_rules() {
+        let qname = DnsName::from_ascii("px.tracking-cdn.example.").unwrap();
+        let rule = |kind, rule: &str| ListMatch {
+            kind,
+            origin: Origin { list: 0, line: 1 },
+            rule: rule.to_owned(),
+            important: false,
+        };
+        let owner = |m: Option<&ListMatch>| soa_owner(&qname, m).to_ascii();
+        assert_eq!(
+            owner(Some(&rule(
+                RuleKind::NameAndSubdomains,
+                "tracking-cdn.example"
+            ))),
+            "tracking-cdn.example."
+        );
+        for m in [
+            rule(RuleKind::Keyword, "tracking"),
+            rule(RuleKind::Regex, "/^px\\./"),
+            rule(RuleKind::Exact, "=px.tracking-cdn.example"),
+        ] {
+            assert_eq!(owner(Some(&m)), "px.tracking-cdn.example.", "{m:?}");
+        }
+        assert_eq!(owner(None), "px.tracking-cdn.example.");
     }
 }

@@ -35,8 +35,11 @@ const TTL: u32 = 60;
 pub struct TestZone {
     records: HashMap<String, Vec<Record>>,
     servfail: HashSet<String>,
+    refused: HashSet<String>,
     /// TTL of records added from now on (0 = the default).
     ttl: u32,
+    /// TTL and MINIMUM of the SOA of negative answers (None = the default).
+    soa: Option<(u32, u32)>,
 }
 
 fn key(name: &str) -> String {
@@ -55,6 +58,11 @@ fn fqdn(name: &str) -> Name {
 impl TestZone {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Any record for `name` (SVCB, HTTPS, TXT...).
+    pub fn record(self, name: &str, data: RData) -> Self {
+        self.add(name, data)
     }
 
     fn add(mut self, name: &str, data: RData) -> Self {
@@ -88,12 +96,29 @@ impl TestZone {
         self
     }
 
+    /// Queries for `name` are answered REFUSED.
+    pub fn refused(mut self, name: &str) -> Self {
+        self.refused.insert(key(name));
+        self
+    }
+
+    /// Negative answers carry an SOA with this TTL and MINIMUM field.
+    pub fn with_soa(mut self, ttl: u32, minimum: u32) -> Self {
+        self.soa = Some((ttl, minimum));
+        self
+    }
+
     /// (rcode, answers, SOA for negative answers)
     fn answer(&self, qname: &Name, qtype: RecordType) -> (ResponseCode, Vec<Record>, Vec<Record>) {
         let mut name = key(&qname.to_ascii());
         if self.servfail.contains(&name) {
             return (ResponseCode::ServFail, vec![], vec![]);
         }
+        if self.refused.contains(&name) {
+            return (ResponseCode::Refused, vec![], vec![]);
+        }
+        let (soa_ttl, minimum) = self.soa.unwrap_or((TTL, TTL));
+        let soa = || soa(soa_ttl, minimum);
         let mut answers = Vec::new();
         for _ in 0..8 {
             let Some(records) = self.records.get(&name) else {
@@ -126,10 +151,10 @@ impl TestZone {
     }
 }
 
-fn soa() -> Record {
+fn soa(ttl: u32, minimum: u32) -> Record {
     Record::from_rdata(
         Name::root(),
-        TTL,
+        ttl,
         RData::SOA(SOA::new(
             fqdn("ns.test"),
             fqdn("hostmaster.test"),
@@ -137,7 +162,7 @@ fn soa() -> Record {
             3600,
             600,
             86400,
-            TTL,
+            minimum,
         )),
     )
 }
