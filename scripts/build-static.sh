@@ -13,4 +13,7 @@ esac
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
   cargo build --locked --release --target "$target" --bin portcullis >&2
-echo "$PWD/target/$target/release/portcullis"
+# Where cargo put it: CARGO_TARGET_DIR (relative to here) when set.
+dir=${CARGO_TARGET_DIR:-target}
+case "$dir" in /*) ;; *) dir="$PWD/$dir" ;; esac
+echo "$dir/$target/release/portcullis"

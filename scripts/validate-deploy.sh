@@ -11,12 +11,14 @@
 #     PORTCULLIS_* variable); the config directory mount, the admin-token secret and the stop
 #     grace periods; and `portcullis config check` of the configurations the stack ships
 #     (deploy/compose/portcullis/ and the ConfigMap, with a temporary token file standing in
-#     for the secret; target/debug/portcullis, skipped with a message when it is not built)
+#     for the secret; $PORTCULLIS_BIN or target/debug/portcullis, skipped with a message
+#     when it is not built, failed under CI=true)
 #
 # Idempotent: tools go to a venv in target/deploy-venv, installed once per pin set; the
 # schema is fetched once and checked against its pinned digest. Needs python3 (with venv),
 # pip and npm reaching their registries on the first run only.
-# Ends with exactly one line `deploy checks: N passed, N failed`; exits 1 on any failure.
+# Ends with exactly one line `deploy checks: N passed, N failed, N skipped`; exits 1 on any
+# failure. Under CI=true nothing is skipped: a check that cannot run is a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -66,13 +68,25 @@ PYPI_SCHEMA_SHA256=0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490e2b112
 
 passed=0
 failed=0
+skipped=0
+# CI=true: a check that cannot run fails; elsewhere it is counted as skipped.
+ci=false
+[ "${CI:-}" = true ] && ci=true
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 pass() { passed=$((passed + 1)); echo "ok    $1"; }
 fail() { failed=$((failed + 1)); echo "FAIL  $1"; }
+skip() {
+  if $ci; then
+    fail "$1 (cannot run, and CI=true)"
+  else
+    skipped=$((skipped + 1))
+    echo "skip  $1"
+  fi
+}
 finish() {
-  echo "deploy checks: $passed passed, $failed failed"
+  echo "deploy checks: $passed passed, $failed failed, $skipped skipped"
   [ "$failed" -eq 0 ]
   exit $?
 }
@@ -173,7 +187,7 @@ fi
 if [ -f Dockerfile ]; then
   check "hadolint Dockerfile" "$VENV/bin/hadolint" Dockerfile
 else
-  echo "skip  hadolint: no ./Dockerfile yet"
+  skip "hadolint: no ./Dockerfile yet"
 fi
 
 if [ -d "$SCHEMA_DIR" ]; then
@@ -207,6 +221,7 @@ if [ -n "$summary" ]; then
   read -r p f s < <(echo "$summary" | sed -E 's/^stack tests: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/')
   passed=$((passed + p))
   failed=$((failed + f))
+  skipped=$((skipped + s))
   if [ "$status" -ne 0 ] || [ "$f" -ne 0 ]; then
     sed 's/^/      /' "$log"
     [ "$f" -eq 0 ] && failed=$((failed + 1))

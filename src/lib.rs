@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod dns;
 pub mod error;
+pub mod forwarding;
 pub mod host;
 pub mod listen;
 pub mod lists;

@@ -319,6 +319,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     })
     .await??;
     log_loaded(&loaded);
+    portcullis::forwarding::warn_if_forwarding();
     if !loaded.ready() {
         tracing::warn!(
             "some lists have no copy yet: serving the allowlist and the others, downloading in the background"

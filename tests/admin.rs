@@ -1,5 +1,5 @@
 //! The admin listener of the real binary: /metrics counts exactly the traffic sent
-//! (and passes `promtool check metrics` when promtool is installed), /healthz,
+//! (and passes `promtool check metrics`: promtool must be installed), /healthz,
 //! /readyz, /api/explain, /api/lists, 404/405, and `portcullis health` exit codes.
 
 #[path = "support/gate.rs"]
@@ -47,19 +47,20 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Fails without promtool, as tests/monitoring.rs does: scripts/test.sh installs it.
 fn promtool_check(metrics: &str) {
-    let Ok(mut child) = Command::new("promtool")
+    let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-    else {
-        eprintln!(
-            "SKIPPED: promtool not installed (Debian package prometheus); `promtool check metrics` not run"
-        );
-        return;
-    };
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): install the Debian package `prometheus` \
+                 (scripts/test.sh does)"
+            )
+        });
     child
         .stdin
         .take()

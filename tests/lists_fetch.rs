@@ -223,6 +223,91 @@ async fn https_list_resolved_through_the_gate_fetched_cached_then_304() {
     );
 }
 
+/// A server that sends Last-Modified and no ETag: every later download carries
+/// If-Modified-Since with that date (taken from the cached metadata after a restart too),
+/// and the server's 304 leaves the served list as it is, with nothing parsed or rebuilt.
+#[tokio::test]
+async fn last_modified_makes_the_next_download_conditional() {
+    let env = Env::start().await;
+    let v1 = "Wed, 21 Oct 2015 07:28:00 GMT";
+    env.lists.set(
+        "/dated.txt",
+        Reply::Dated {
+            body: hosts_list(20).into_bytes(),
+            last_modified: v1.into(),
+        },
+    );
+    let url = env.lists.https_url("/dated.txt");
+    let lists = format!("[[lists]]\nname = \"dated\"\nurl = \"{url}\"\n");
+    let last_request = || {
+        let seen = env.lists.seen().pop().expect("a request");
+        (seen.status, seen.if_modified_since, seen.if_none_match)
+    };
+
+    let gate = Running::start(env.config(&lists));
+    let report = gate.refresh().await;
+    assert!(
+        matches!(only(&report), Ok(Outcome::Updated { entries: 20, .. })),
+        "{report:?}"
+    );
+    // Nothing held yet: an unconditional GET.
+    assert_eq!(last_request(), (200, None, None));
+    assert_eq!(gate.status("dated").last_modified.as_deref(), Some(v1));
+
+    let report = gate.refresh().await;
+    assert!(
+        matches!(only(&report), Ok(Outcome::Unchanged)),
+        "{report:?}"
+    );
+    assert!(!report.rebuilt, "a 304 rebuilds nothing");
+    assert_eq!(last_request(), (304, Some(v1.to_owned()), None));
+    assert!(gate.blocks("bad-19.example"));
+    let status = gate.status("dated");
+    assert!(status.ready && status.last_error.is_none(), "{status:?}");
+    assert_eq!(status.entries, 20);
+    drop(gate);
+
+    // A restart serves the cached copy and asks with the date in its metadata.
+    let gate = Running::start(env.config(&lists));
+    assert!(gate.blocks("bad-19.example"));
+    let report = gate.refresh().await;
+    assert!(
+        matches!(only(&report), Ok(Outcome::Unchanged)),
+        "{report:?}"
+    );
+    assert_eq!(last_request(), (304, Some(v1.to_owned()), None));
+
+    // The list changes upstream: the conditional GET gets the new body, whose date is the
+    // one asked with next.
+    let v2 = "Thu, 22 Oct 2015 07:28:00 GMT";
+    env.lists.set(
+        "/dated.txt",
+        Reply::Dated {
+            body: hosts_list(30).into_bytes(),
+            last_modified: v2.into(),
+        },
+    );
+    let report = gate.refresh().await;
+    assert!(
+        matches!(
+            only(&report),
+            Ok(Outcome::Updated {
+                entries: 30,
+                previous: 20
+            })
+        ),
+        "{report:?}"
+    );
+    assert_eq!(last_request(), (200, Some(v1.to_owned()), None));
+    assert!(gate.blocks("bad-29.example"));
+    let report = gate.refresh().await;
+    assert!(
+        matches!(only(&report), Ok(Outcome::Unchanged)),
+        "{report:?}"
+    );
+    assert_eq!(last_request(), (304, Some(v2.to_owned()), None));
+}
+
 #[tokio::test]
 async fn gzip_bodies_plain_http_and_file_urls() {
     let env = Env::start().await;
@@ -470,15 +555,14 @@ async fn cold_start_without_network_or_cache_serves_the_allowlist_and_keeps_retr
 /// passes the guard, is cached, and its status accounts for every line. (The line-by-line
 /// check against an independent count is `tests/list_formats.rs`.)
 #[tokio::test]
+#[ignore = "needs ../shared/data/blocklists (the real lists): scripts/test.sh runs it when present"]
 async fn real_shared_lists_through_the_cache() {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/blocklists");
-    if !shared.is_dir() {
-        eprintln!(
-            "skipping: ../shared/data/blocklists not found ({})",
-            shared.display()
-        );
-        return;
-    }
+    assert!(
+        shared.is_dir(),
+        "this test reads the real lists in {}, which are not there",
+        shared.display()
+    );
     let env = Env::start().await;
     let mut lists = String::new();
     let mut files: Vec<_> = std::fs::read_dir(&shared)

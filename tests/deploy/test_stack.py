@@ -17,6 +17,7 @@ Run: python3 tests/deploy/test_stack.py (or scripts/validate-deploy.sh, which in
 PyYAML in its venv). Environment:
   PORTCULLIS_BIN    the binary for `config check` (default target/debug/portcullis;
                     those checks are skipped with a message when it is absent)
+  CI                `true`: a skipped test counts as failed
   DEPLOY_DIR        the deploy/ directory to check (default: the repository's)
 """
 
@@ -457,6 +458,11 @@ def check_gate_sysctl_and_healthcheck(stack):
     start = sysctls.get("net.ipv4.ip_unprivileged_port_start")
     if start is None or int(start) > 53:
         problems.append(f"gate: sysctl net.ipv4.ip_unprivileged_port_start={start!r}, need <= 53")
+    # A container's namespace copies IPv4 forwarding from the host (a Docker host forwards):
+    # an agent routing through the gate's address would get past it.
+    forward = sysctls.get("net.ipv4.ip_forward")
+    if str(forward).strip() != "0":
+        problems.append(f"gate: sysctl net.ipv4.ip_forward={forward!r}, need 0 (the gate is no router)")
     test = (gate.get("healthcheck") or {}).get("test")
     if as_list(test)[: len(HEALTHCHECK)] != HEALTHCHECK:
         problems.append(f"gate: healthcheck {test!r} is not {HEALTHCHECK}")
@@ -1237,7 +1243,8 @@ class ConfigCheckTests(unittest.TestCase):
 
     def setUp(self):
         if binary() is None:
-            self.skipTest("no portcullis binary at target/debug/portcullis (cargo build, or set PORTCULLIS_BIN)")
+            where = os.environ.get("PORTCULLIS_BIN", "target/debug/portcullis")
+            self.skipTest(f"no portcullis binary at {where} (cargo build, or set PORTCULLIS_BIN)")
 
     def test_compose_config_is_accepted(self):
         """The mounted directory as it is; a temporary token file stands in for the secret."""
@@ -1402,6 +1409,8 @@ MUTATIONS = [
     (check_services_hardened, "litellm without PID limit", _delete(_svc("litellm"), "pids_limit")),
     (check_services_hardened, "agent tmpfs without noexec", _set(_svc("agent"), "tmpfs", ["/tmp:rw,nosuid,nodev"])),
     (check_gate_sysctl_and_healthcheck, "no sysctl", _delete(_svc(GATE), "sysctls")),
+    (check_gate_sysctl_and_healthcheck, "ip_forward unset", lambda s: _svc(GATE)(s)["sysctls"].pop("net.ipv4.ip_forward")),
+    (check_gate_sysctl_and_healthcheck, "ip_forward on", lambda s: _svc(GATE)(s)["sysctls"].__setitem__("net.ipv4.ip_forward", 1)),
     (check_gate_sysctl_and_healthcheck, "healthcheck via curl", lambda s: _svc(GATE)(s)["healthcheck"].__setitem__("test", ["CMD", "curl", "-f", "http://127.0.0.1:9953/readyz"])),
     (check_gate_sysctl_and_healthcheck, "no cache volume", _gate_volumes(["./portcullis:/etc/portcullis:ro"])),
     (check_gate_sysctl_and_healthcheck, "cache_dir on the read-only root", lambda s: s.gate_config["sources"].__setitem__("cache_dir", "/tmp/lists")),
@@ -1549,8 +1558,12 @@ def main():
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
     skipped = len(result.skipped)
     passed = result.testsRun - failed - skipped
+    # In CI every test must run: a skip there is a failure, not a quiet pass.
+    ci = os.environ.get("CI", "").lower() == "true"
     for test, reason in result.skipped:
-        print(f"skipped: {test.id()}: {reason}")
+        print(f"{'FAIL (skipped under CI=true)' if ci else 'skipped'}: {test.id()}: {reason}")
+    if ci:
+        failed, skipped = failed + skipped, 0
     print(f"stack tests: {passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
 

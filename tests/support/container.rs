@@ -21,7 +21,7 @@ pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (network namespaces, mounts)".into());
     }
-    for tool in ["ip", "unshare", "setpriv", "dig", "curl"] {
+    for tool in ["ip", "unshare", "setpriv", "sysctl", "dig", "curl", "ping"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -32,6 +32,18 @@ pub fn unavailable() -> Option<String> {
         }
     }
     None
+}
+
+/// Fails the test when it cannot run here. The tests that call this are `#[ignore]`d, so
+/// they run only when asked for (scripts/test.sh asks when they can run, and always under
+/// CI=true): a test that was asked for and cannot run must fail, never pass.
+pub fn require() {
+    if let Some(why) = unavailable() {
+        panic!(
+            "this test cannot run here: {why}. It needs root, iproute2, util-linux (unshare, \
+             setpriv), procps (sysctl), dig, curl and ping; scripts/test.sh installs the tools"
+        );
+    }
 }
 
 /// The image's binary, built by `scripts/build-static.sh` (the script the Dockerfile
@@ -148,7 +160,52 @@ exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
     }
 }
 
+/// The `sysctls:` the compose file sets for the gate's service (`portcullis`), as
+/// `(key, value)`: read from deploy/compose/docker-compose.yml, so that the namespace
+/// tests run the gate as the shipped stack does.
+pub fn compose_sysctls() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose/docker-compose.yml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (mut in_gate, mut in_sysctls) = (false, false);
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let item = line.trim();
+        if item.is_empty() || item.starts_with('#') {
+            continue;
+        }
+        match line.len() - line.trim_start().len() {
+            0 | 1 => (in_gate, in_sysctls) = (false, false),
+            2 | 3 => (in_gate, in_sysctls) = (item == "portcullis:", false),
+            4 | 5 => in_sysctls = in_gate && item == "sysctls:",
+            _ if in_sysctls => {
+                // Map (`key: value`) or list (`- key=value`) syntax.
+                let pair = match item.strip_prefix("- ") {
+                    Some(entry) => entry.split_once('='),
+                    None => item.split_once(':'),
+                };
+                let (key, value) = pair.unwrap_or_else(|| panic!("sysctl line {line:?}"));
+                let unquote = |s: &str| s.trim().trim_matches('"').trim_matches('\'').to_owned();
+                out.push((unquote(key), unquote(value)));
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        !out.is_empty(),
+        "no sysctls for portcullis in {}",
+        path.display()
+    );
+    out
+}
+
 impl Netns {
+    /// What the compose file's `sysctls:` for the gate does to its container's namespace.
+    pub fn apply_compose_sysctls(&self) {
+        for (key, value) in compose_sysctls() {
+            self.run(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+        }
+    }
+
     /// What the compose file's `sysctls:` does for the container's namespace: port 53
     /// for a user without capabilities.
     pub fn allow_port_53(&self) {

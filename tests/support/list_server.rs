@@ -43,6 +43,12 @@ pub enum Reply {
     /// `Content-Encoding: gzip` whose compressed body is cut in half (the declared length
     /// matches what is sent, so only the gzip stream is broken).
     TruncatedGzip { body: Vec<u8> },
+    /// 200 with this body and `Last-Modified: last_modified` (no ETag); 304 when the
+    /// request's If-Modified-Since is exactly that date.
+    Dated {
+        body: Vec<u8>,
+        last_modified: String,
+    },
 }
 
 /// One request as the server saw it.
@@ -50,6 +56,7 @@ pub enum Reply {
 pub struct Seen {
     pub path: String,
     pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
     pub status: u16,
 }
 
@@ -182,16 +189,22 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Mute
         .and_then(|l| l.split(' ').nth(1))
         .unwrap_or("/")
         .to_owned();
-    let if_none_match = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("if-none-match"))
-        .map(|(_, v)| v.trim().to_owned());
+    let headers: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+    let request_header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let if_none_match = request_header("if-none-match");
+    let if_modified_since = request_header("if-modified-since");
     let reply = state.lock().unwrap().routes.get(&path).cloned();
     let reply = reply.unwrap_or(Reply::Status(404));
     let record = |status: u16| {
         state.lock().unwrap().seen.push(Seen {
             path: path.clone(),
             if_none_match: if_none_match.clone(),
+            if_modified_since: if_modified_since.clone(),
             status,
         })
     };
@@ -262,6 +275,23 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Mute
             let _ = stream.flush().await;
             tokio::time::sleep(stall).await;
             return;
+        }
+        Reply::Dated {
+            body,
+            last_modified,
+        } => {
+            if if_modified_since.as_deref() == Some(last_modified.as_str()) {
+                record(304);
+                out = b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n".to_vec();
+            } else {
+                record(200);
+                let headers = [
+                    ("Content-Type", "text/plain".to_owned()),
+                    ("Last-Modified", last_modified),
+                ];
+                out.extend(head(200, &headers, body.len()));
+                out.extend(body);
+            }
         }
         Reply::TruncatedGzip { body } => {
             record(200);
