@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use doh_server::{DohServer, TestZone};
-use gate::{Dig, Gate, json_field};
+use gate::{Dig, Gate, dig_async as dig, json_field};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
@@ -56,14 +56,7 @@ allowlist = "allowlist.toml"
 [dns]
 listen = ["127.0.0.1:0"]
 
-[upstream]
-timeout_ms = 800
-
-[[upstream.servers]]
-url = "{url}"
-tls_name = "{tls}"
-ca_file = "{ca}"
-
+{upstream}
 [[lists]]
 name = "threats"
 inline = """
@@ -74,9 +67,7 @@ tracker.example
 
 {extra}
 "#,
-        url = doh.url(),
-        tls = doh.tls_name,
-        ca = doh.ca_file.display(),
+        upstream = doh.upstream_toml(),
     )
 }
 
@@ -86,18 +77,6 @@ fn start(doh: &DohServer, extra: &str) -> Gate {
 
 fn start_with_env(doh: &DohServer, extra: &str, env: &[(&str, &str)]) -> Gate {
     Gate::start_full(&config(doh, extra), &[("allowlist.toml", ALLOWLIST)], env)
-}
-
-async fn dig(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> Dig {
-    let name = name.to_owned();
-    let qtype = qtype.to_owned();
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        gate::dig(addr, &name, &qtype, &extra)
-    })
-    .await
-    .unwrap()
 }
 
 /// One query with hickory-proto over a plain UDP socket.
@@ -119,10 +98,7 @@ async fn hickory_query(addr: SocketAddr, name: &str, qtype: RecordType) -> Messa
 }
 
 fn decision_for(gate: &Gate, name: &str) -> Option<String> {
-    gate.logs()
-        .into_iter()
-        .rev()
-        .find(|l| l.contains("dns decision") && json_field(l, "name").as_deref() == Some(name))
+    gate::dns_decision(gate, name)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1028,22 +1004,13 @@ async fn listed_names_get_nxdomain_and_allowlisted_ones_are_forwarded() {
 [dns]
 listen = ["127.0.0.1:0"]
 
-[upstream]
-timeout_ms = 800
-
-[[upstream.servers]]
-url = "{url}"
-tls_name = "{tls}"
-ca_file = "{ca}"
-
+{upstream}
 [[lists]]
 name = "listed"
 path = "{list}"
 format = "domains"
 "#,
-        url = doh.url(),
-        tls = doh.tls_name,
-        ca = doh.ca_file.display(),
+        upstream = doh.upstream_toml(),
         list = fixture.display(),
     );
     let gate = Gate::start(&config);

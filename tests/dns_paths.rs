@@ -7,12 +7,11 @@ mod doh_server;
 #[path = "support/gate.rs"]
 mod gate;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use doh_server::{DohServer, TestZone};
-use gate::{Dig, Gate, admin_addr, json_field};
+use gate::{Gate, admin_addr, dig_async as dig, dns_decision, json_field};
 
 /// Public addresses, only ever written into answers: nothing here dials them.
 const CLEAN: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 14);
@@ -27,35 +26,15 @@ fn config(doh: &DohServer, dns_listen: &str, lists: &str) -> String {
 [dns]
 listen = ["{dns_listen}"]
 
-[upstream]
-timeout_ms = 800
-
-[[upstream.servers]]
-url = "{url}"
-tls_name = "{tls}"
-ca_file = "{ca}"
-
+{upstream}
 [[lists]]
 name = "threats"
 inline = "evil.example"
 
 {lists}
 "#,
-        url = doh.url(),
-        tls = doh.tls_name,
-        ca = doh.ca_file.display(),
+        upstream = doh.upstream_toml(),
     )
-}
-
-async fn dig(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> Dig {
-    let (name, qtype) = (name.to_owned(), qtype.to_owned());
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        gate::dig(addr, &name, &qtype, &extra)
-    })
-    .await
-    .unwrap()
 }
 
 /// The value of one sample line of /metrics.
@@ -64,14 +43,6 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         let (name, value) = line.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok())?
     })
-}
-
-/// The last `dns decision` line for `name`.
-fn decision_for(gate: &Gate, name: &str) -> Option<String> {
-    gate.logs()
-        .into_iter()
-        .rev()
-        .find(|l| l.contains("dns decision") && json_field(l, "name").as_deref() == Some(name))
 }
 
 /// A forwarded answer whose address is on an `ips` list is blocked: the address itself,
@@ -134,7 +105,7 @@ inline = """
                 "{name} ({round}): EDE {ede:?}"
             );
         }
-        let line = decision_for(&gate, name).expect("a decision line");
+        let line = dns_decision(&gate, name).expect("a decision line");
         assert_eq!(json_field(&line, "outcome").as_deref(), Some("blocked"));
         assert_eq!(
             json_field(&line, "list").as_deref(),
@@ -197,25 +168,11 @@ keywords = ["casino", "betting"]
     assert_eq!(casual.status, "NOERROR", "{}", casual.raw);
     assert_eq!(casual.addresses(), [CLEAN.to_string()]);
 
-    let proxy = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .and_then(|l| json_field(&l, "addr"))
-        .expect("the proxy's address");
+    let proxy = gate::proxy_addr(&gate);
     let before = doh.queries();
     assert!(before > 0, "the DNS questions above went to the upstream");
-    let mut stream = TcpStream::connect(&proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "CONNECT bestcasino.example:443 HTTP/1.1\r\nHost: bestcasino.example:443\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let head = answer.split("\r\n\r\n").next().unwrap_or("");
-    assert!(head.starts_with("HTTP/1.1 403"), "{answer}");
+    let head = gate::connect_head(&proxy, "bestcasino.example:443");
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     let reason = head
         .lines()
         .find_map(|l| l.strip_prefix("X-Portcullis-Reason: "))
@@ -253,7 +210,7 @@ async fn the_ipv6_listener_answers_over_udp_and_tcp() {
         );
         let evil = dig(gate.dns, "evil.example", "A", &[transport]).await;
         assert_eq!(evil.status, "NXDOMAIN", "{transport}: {}", evil.raw);
-        let line = decision_for(&gate, "evil.example").expect("a decision line");
+        let line = dns_decision(&gate, "evil.example").expect("a decision line");
         assert_eq!(
             json_field(&line, "client").as_deref(),
             Some("::1"),

@@ -301,6 +301,17 @@ impl DohServer {
         server
     }
 
+    /// The gate's `[upstream]` section with this server as its only upstream (DoH, trusting
+    /// the test CA), for a test's configuration text.
+    pub fn upstream_toml(&self) -> String {
+        format!(
+            "[upstream]\ntimeout_ms = 800\n\n[[upstream.servers]]\nurl = \"{}\"\ntls_name = \"{}\"\nca_file = \"{}\"\n",
+            self.url(),
+            self.tls_name,
+            self.ca_file.display()
+        )
+    }
+
     /// `https://127.0.0.1:PORT/dns-query`
     pub fn url(&self) -> String {
         format!("https://{}/dns-query", self.addr)

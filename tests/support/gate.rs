@@ -227,6 +227,51 @@ pub fn dig(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> Dig {
     dig
 }
 
+/// [`dig`] from async tests: on the blocking pool, so the runtime's workers stay free.
+pub async fn dig_async(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> Dig {
+    let (name, qtype) = (name.to_owned(), qtype.to_owned());
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        dig(addr, &name, &qtype, &extra)
+    })
+    .await
+    .unwrap()
+}
+
+/// The proxy address the gate logged.
+pub fn proxy_addr(gate: &Gate) -> String {
+    let line = gate
+        .wait_for_log("listening proxy", Duration::from_secs(5))
+        .expect("proxy listener logged");
+    json_field(&line, "addr").expect("addr")
+}
+
+/// `CONNECT target` through the proxy at `proxy`; the response head, as text.
+pub fn connect_head(proxy: &str, target: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw);
+    raw.split("\r\n\r\n").next().unwrap_or("").to_owned()
+}
+
+/// The last `dns decision` log line for `name`.
+pub fn dns_decision(gate: &Gate, name: &str) -> Option<String> {
+    gate.logs()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains("dns decision") && json_field(l, "name").as_deref() == Some(name))
+}
+
 /// The admin address the gate logged.
 pub fn admin_addr(gate: &Gate) -> String {
     let line = gate
