@@ -44,6 +44,7 @@ impl Resolve for Static {
             rule: None,
             upstream: None,
             answer_id: None,
+            denied_address: None,
         }
     }
 }

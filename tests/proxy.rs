@@ -782,6 +782,7 @@ fn portcullis_reply(rcode: ResponseCode, outcome: Outcome) -> Reply {
         rule: None,
         upstream: None,
         answer_id: None,
+        denied_address: None,
     }
 }
 

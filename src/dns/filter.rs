@@ -85,6 +85,9 @@ pub struct Reply {
     /// logged by every DNS query and proxy connection that used it. So the decision line
     /// of an agent's lookup and the proxy connection that dialled its answer share it.
     pub answer_id: Option<u64>,
+    /// The answer was refused because every address it handed out is denied: the first
+    /// such address and its class (`Configured` for `deny_ranges`).
+    pub denied_address: Option<(IpAddr, AddrClass)>,
 }
 
 impl Reply {
@@ -100,6 +103,7 @@ impl Reply {
             rule: None,
             upstream: None,
             answer_id: None,
+            denied_address: None,
         }
     }
 }
@@ -503,7 +507,7 @@ impl Filter {
                 )
             });
             if !has_address {
-                // The proxy tells a rebinding refusal by this prefix (src/proxy/check.rs).
+                let denied = (ip, why.class());
                 let why = format!(
                     "answer pointed at {ip} ({}): {}",
                     why.as_str(),
@@ -513,6 +517,7 @@ impl Filter {
                 refused.ede = Some((ede::BLOCKED, why));
                 refused.upstream = reply.upstream.take();
                 refused.answer_id = reply.answer_id;
+                refused.denied_address = Some(denied);
                 *reply = refused;
             } else {
                 reply.reason = format!("removed {} from the answer ({})", ip, why.as_str());
@@ -531,6 +536,13 @@ enum Denied {
 }
 
 impl Denied {
+    fn class(self) -> AddrClass {
+        match self {
+            Denied::Class(class) => class,
+            Denied::Configured(_) => AddrClass::Configured,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Denied::Class(class) => class.as_str(),

@@ -191,7 +191,7 @@ impl ProxyState {
                         format!("{}: {}", name.as_str(), reply.reason),
                     ));
                 }
-                Outcome::Refused if reply.reason.starts_with("answer pointed at") => {
+                Outcome::Refused if reply.denied_address.is_some() => {
                     return Err(ProxyError::forbidden(
                         "denied_address",
                         format!("{}: {}", name.as_str(), reply.reason),
