@@ -5,6 +5,8 @@
 
 #[path = "support/doh_server.rs"]
 mod doh_server;
+#[path = "support/gate.rs"]
+mod gate;
 #[path = "support/origins.rs"]
 mod origins;
 
@@ -878,4 +880,125 @@ async fn curl_through_the_proxy_to_a_local_tls_origin() {
     }
     drop(origin);
     doh.stop().await;
+}
+
+/// The value of `X-Portcullis-Reason` in a response head.
+fn reason_of(head: &str) -> &str {
+    head.split("\r\n")
+        .find_map(|l| l.strip_prefix("X-Portcullis-Reason: "))
+        .unwrap_or_else(|| panic!("no X-Portcullis-Reason in {head:?}"))
+}
+
+/// The real binary, for what only its log shows: every upstream dead, one name allowed.
+const GATE: &str = r#"
+allowlist = "allow.toml"
+[dns]
+listen = ["127.0.0.1:0"]
+[upstream]
+timeout_ms = 300
+[[upstream.servers]]
+name = "dead-udp"
+url = "udp://127.0.0.1:9"
+[[upstream.servers]]
+name = "dead-tcp"
+url = "tcp://127.0.0.1:9"
+[[lists]]
+name = "threats"
+inline = "evil.example\n"
+"#;
+
+fn start_gate() -> (gate::Gate, String) {
+    let allow = "[[allow]]\nhost = \"api.example.com\"\n[[allow]]\nhost = \"http.example.com\"\nports = [80]\n";
+    let gate = gate::Gate::start_full(GATE, &[("allow.toml", allow)], &[]);
+    let line = gate
+        .wait_for_log("listening proxy", Duration::from_secs(5))
+        .expect("proxy listener logged");
+    let proxy = gate::json_field(&line, "addr").expect("addr");
+    (gate, proxy)
+}
+
+/// One request through the proxy with a blocking socket; the whole answer.
+fn exchange_with(proxy: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    String::from_utf8(raw).unwrap()
+}
+
+/// The decision line (JSON) the gate logged for a refusal with `reason_code`.
+fn refusal_line(gate: &gate::Gate, reason_code: &str) -> serde_json::Value {
+    let needle = format!("\"reason_code\":\"{reason_code}\"");
+    let line = gate
+        .wait_for_log(&needle, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no {reason_code} line in\n{}", gate.logs().join("\n")));
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Item 18: when every upstream fails, `X-Portcullis-Reason` is one short line (the
+/// code and what failed, not each upstream's error once per lookup); the decision
+/// log has every upstream's error.
+#[test]
+fn an_upstream_failure_gets_a_short_reason_and_the_log_gets_the_details() {
+    let (gate, proxy) = start_gate();
+    let response = exchange_with(
+        &proxy,
+        "CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n",
+    );
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 502 "), "{response}");
+    // Every line of the head ends in CRLF: no CR or LF inside a value.
+    assert!(!head.replace("\r\n", "").contains(['\r', '\n']), "{head:?}");
+    let reason = reason_of(head);
+    assert!(reason.len() <= 200, "{} characters: {reason}", reason.len());
+    assert_eq!(
+        reason,
+        "unresolved: api.example.com does not resolve (all upstreams failed)"
+    );
+    let line = refusal_line(&gate, "unresolved");
+    assert_eq!(line["status"], 502);
+    let logged = line["reason"].as_str().unwrap();
+    for detail in ["all upstreams failed", "dead-udp", "dead-tcp"] {
+        assert!(logged.contains(detail), "{detail} not in {logged}");
+    }
+    // The body points at the log line.
+    let conn_id = line["conn_id"].as_u64().unwrap();
+    assert!(body.contains(&format!("conn_id {conn_id}")), "{body}");
+}
+
+/// Item 16: query values (and userinfo, and fragments) never reach the log or the
+/// refusal's header: the keys do.
+#[test]
+fn tokens_in_a_query_string_never_reach_the_log() {
+    let (gate, proxy) = start_gate();
+    let response = exchange_with(
+        &proxy,
+        "GET http://not-allowed.example/v1/items?token=s3cret-q&user=alice HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(response.starts_with("HTTP/1.1 403 "), "{response}");
+    let line = refusal_line(&gate, "not_allowlisted");
+    assert_eq!(
+        line["request"],
+        "http://not-allowed.example/v1/items?token=<redacted>&user=<redacted>"
+    );
+    // A target refused for its form: its text is in the error message too.
+    let response = exchange_with(
+        &proxy,
+        "GET http://u:pw-s3cret@http.example.com/?key=s3cret-v#s3cret-f HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+    let line = refusal_line(&gate, "bad_target");
+    assert_eq!(
+        line["request"],
+        "http://<redacted>@http.example.com/?key=<redacted>#<redacted>"
+    );
+    assert!(!response.contains("s3cret"), "{response}");
+    let logs = gate.logs().join("\n");
+    for secret in ["s3cret", "alice"] {
+        assert!(!logs.contains(secret), "{secret} logged:\n{logs}");
+    }
 }

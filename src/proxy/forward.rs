@@ -60,7 +60,7 @@ pub(crate) async fn handle(
                 // Nothing was sent to the client yet: it gets a readable 502/504.
                 log_refusal(asker, &method, &raw, &err);
                 let _ = client
-                    .write_all(&super::error::refusal_response(&err))
+                    .write_all(&super::error::refusal_response(&err, asker.conn_id))
                     .await;
             }
             Relayed {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::check::{Approval, Asker};
-use super::error::{ProxyError, refusal_response};
+use super::error::{ProxyError, redact_target, refusal_response};
 use super::http::read_request_head;
 use super::splice::Relayed;
 use super::target::Target;
@@ -163,7 +163,7 @@ async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: Socke
             log_refusal(&asker, "-", "-", &err);
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
-                stream.write_all(&refusal_response(&err)),
+                stream.write_all(&refusal_response(&err, asker.conn_id)),
             )
             .await;
             return;
@@ -205,7 +205,9 @@ pub(crate) async fn refuse(
 ) {
     log_refusal(asker, method, target, &err);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        stream.write_all(&refusal_response(&err)).await?;
+        stream
+            .write_all(&refusal_response(&err, asker.conn_id))
+            .await?;
         stream.shutdown().await
     })
     .await;
@@ -223,31 +225,13 @@ pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &Proxy
         mode = asker.mode.as_str(),
         method,
         // Not `target`: the JSON formatter already uses that key for the log target.
-        request = %redact_userinfo(target),
+        request = %redact_target(target),
         decision = "refused",
         status = err.status(),
         reason_code = err.code(),
         reason = %err,
         fault = err.fault().as_str(),
     );
-}
-
-/// The request target with any `user:password@` in its authority replaced, so
-/// credentials a client put in a URL never reach the log.
-fn redact_userinfo(target: &str) -> std::borrow::Cow<'_, str> {
-    let start = target.find("://").map_or(0, |i| i + 3);
-    let authority_end = target[start..]
-        .find(['/', '?', '#'])
-        .map_or(target.len(), |i| start + i);
-    match target[start..authority_end].rfind('@') {
-        Some(at) => format!(
-            "{}<redacted>@{}",
-            &target[..start],
-            &target[start + at + 1..]
-        )
-        .into(),
-        None => target.into(),
-    }
 }
 
 /// One decision line for an allowed request, once the origin is connected.
@@ -346,26 +330,4 @@ pub(crate) async fn dial_checked(
         }
     }
     Err(last)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_userinfo;
-
-    #[test]
-    fn credentials_in_a_target_never_reach_the_log() {
-        assert_eq!(
-            redact_userinfo("http://user:s3cret@example.com/path?q=a@b"),
-            "http://<redacted>@example.com/path?q=a@b"
-        );
-        assert_eq!(
-            redact_userinfo("user:s3cret@example.com:443"),
-            "<redacted>@example.com:443"
-        );
-        assert_eq!(redact_userinfo("example.com:443"), "example.com:443");
-        assert_eq!(
-            redact_userinfo("http://example.com/a@b"),
-            "http://example.com/a@b"
-        );
-    }
 }
