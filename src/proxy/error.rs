@@ -19,6 +19,10 @@ pub enum ProxyError {
     HeadTooLarge(usize),
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(usize),
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("chunked-body trailers larger than {0} bytes or too many fields")]
+    TrailersTooLarge(usize),
     /// A policy refusal: `code` is the stable reason, `detail` names the rule or range.
     #[error("{code}: {detail}")]
     Forbidden { code: &'static str, detail: String },
@@ -34,6 +38,12 @@ pub enum ProxyError {
     ClientLimit,
     #[error("the proxy is at its connection limit")]
     Overloaded,
+    /// The gate-wide memory budget for heads and bodies is spent.
+    #[error("the proxy's buffer budget of {0} bytes over all connections is spent")]
+    BufferBudget(usize),
+    /// One connection would hold more than its cap (a bound the relay keeps by design).
+    #[error("the connection would hold more than its {0}-byte buffer cap")]
+    BufferCap(usize),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -50,8 +60,8 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadTarget { .. } => 400,
-            ProxyError::HeaderTimeout => 408,
-            ProxyError::HeadTooLarge(_) => 431,
+            ProxyError::HeaderTimeout | ProxyError::BodyTimeout => 408,
+            ProxyError::HeadTooLarge(_) | ProxyError::TrailersTooLarge(_) => 431,
             ProxyError::BodyTooLarge(_) => 413,
             ProxyError::Forbidden { .. } => 403,
             ProxyError::Unresolved { .. }
@@ -59,7 +69,7 @@ impl ProxyError {
             | ProxyError::BadGateway(_) => 502,
             ProxyError::ConnectTimeout { .. } => 504,
             ProxyError::ClientLimit => 429,
-            ProxyError::Overloaded => 503,
+            ProxyError::Overloaded | ProxyError::BufferBudget(_) | ProxyError::BufferCap(_) => 503,
             ProxyError::Internal(_) => 500,
         }
     }
@@ -72,6 +82,8 @@ impl ProxyError {
             ProxyError::HeaderTimeout => "header_timeout",
             ProxyError::HeadTooLarge(_) => "head_too_large",
             ProxyError::BodyTooLarge(_) => "body_too_large",
+            ProxyError::BodyTimeout => "body_timeout",
+            ProxyError::TrailersTooLarge(_) => "trailers_too_large",
             ProxyError::Forbidden { code, .. } => code,
             ProxyError::Unresolved { .. } => "unresolved",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
@@ -79,6 +91,8 @@ impl ProxyError {
             ProxyError::BadGateway(_) => "bad_gateway",
             ProxyError::ClientLimit => "client_limit",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::BufferBudget(_) => "buffer_budget",
+            ProxyError::BufferCap(_) => "buffer_cap",
             ProxyError::Internal(_) => "internal",
         }
     }
