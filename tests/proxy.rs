@@ -923,6 +923,135 @@ fn body_of(request: &str) -> &[u8] {
     &request.as_bytes()[i + 4..]
 }
 
+/// Item 21: the global connection cap. Connections from two clients fill it; every
+/// client then gets 503 with its reason and Retry-After, the one already holding a
+/// connection included, and nothing is dialled. A freed slot is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_connection_cap_answers_503_to_every_client() {
+    let doh = DohServer::start(zone()).await;
+    let h = start(
+        &doh,
+        ALLOWLIST,
+        "max_connections = 2\nmax_connections_per_client = 10\n",
+        None,
+    )
+    .await;
+    let held = connect_from("127.0.0.1", h.addr).await;
+    let _other = connect_from("127.0.0.3", h.addr).await;
+    wait_until("two connections are open", || h.state.connections() == 2).await;
+    for src in ["127.0.0.4", "127.0.0.1"] {
+        let mut s = connect_from(src, h.addr).await;
+        let _ = s
+            .write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
+            .await;
+        let (status, head) = read_head(&mut s).await;
+        assert_eq!(status, 503, "from {src}: {head}");
+        assert!(
+            reason_of(&head).starts_with("overloaded: ") && head.contains("\r\nRetry-After: 1\r\n"),
+            "{head}"
+        );
+    }
+    drop(held);
+    wait_until("the slot is freed", || h.state.connections() == 1).await;
+    let mut s = connect_from("127.0.0.4", h.addr).await;
+    s.write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let response = String::from_utf8(read_to_end(&mut s).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 302 "), "{response}");
+    assert_eq!(h.dials(), vec!["93.184.216.40:80".parse().unwrap()]);
+    h.stop().await;
+    doh.stop().await;
+}
+
+/// Item 21: the 413 body limit, both framings. A Content-Length or a chunk size over
+/// the limit is refused before anything is dialled (with `Expect: 100-continue`, before
+/// the `100`); a body at the limit passes; a chunked body that passes the limit while
+/// it streams gets 413, and the origin saw a request that never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_limit_answers_413() {
+    let doh = DohServer::start(zone()).await;
+    let h = start(
+        &doh,
+        ALLOWLIST,
+        "max_body_bytes = 40000\nbody_buffer_bytes = 8192\n",
+        None,
+    )
+    .await;
+    for request in [
+        format!("{UPLOAD}Content-Length: 40001\r\n\r\n"),
+        format!("{UPLOAD}Content-Length: 40001\r\nExpect: 100-continue\r\n\r\n"),
+        format!("{UPLOAD}Transfer-Encoding: chunked\r\n\r\n9c41\r\n"),
+    ] {
+        let mut s = connect_from("127.0.0.1", h.addr).await;
+        s.write_all(request.as_bytes()).await.unwrap();
+        let (status, head) = read_head(&mut s).await;
+        assert_eq!(status, 413, "{request:?}: {head}");
+        assert!(reason_of(&head).starts_with("body_too_large: "), "{head}");
+    }
+    assert!(h.dials().is_empty(), "{:?}", h.dials());
+
+    // At the limit: passes, whole (Content-Length) and streamed (chunked, re-framed).
+    let exact = [
+        [
+            format!("{UPLOAD}Content-Length: 40000\r\n\r\n").into_bytes(),
+            vec![b'a'; 40000],
+        ]
+        .concat(),
+        [
+            format!("{UPLOAD}Transfer-Encoding: chunked\r\n\r\n").into_bytes(),
+            chunks(5, 8000),
+        ]
+        .concat(),
+    ];
+    for request in &exact {
+        let mut s = connect_from("127.0.0.1", h.addr).await;
+        s.write_all(request).await.unwrap();
+        let response = String::from_utf8(read_to_end(&mut s).await).unwrap();
+        assert!(response.starts_with("HTTP/1.1 302 "), "{response}");
+    }
+    let seen = h.http.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].contains("\r\nContent-Length: 40000\r\n"),
+        "{}",
+        &seen[0][..200]
+    );
+    assert_eq!(body_of(&seen[0]), vec![b'a'; 40000]);
+    assert!(seen[1].contains("\r\nTransfer-Encoding: chunked\r\n"));
+    assert_eq!(
+        origins::dechunk(body_of(&seen[1])).expect("complete chunked body"),
+        vec![b'a'; 40000]
+    );
+
+    // Over the limit once streaming: the client gets 413, the origin an unfinished body.
+    let mut s = connect_from("127.0.0.1", h.addr).await;
+    let over = [
+        format!("{UPLOAD}Transfer-Encoding: chunked\r\n\r\n").into_bytes(),
+        chunks(5, 9000),
+    ]
+    .concat();
+    s.write_all(&over).await.unwrap();
+    let (status, head) = read_head(&mut s).await;
+    assert_eq!(status, 413, "{head}");
+    drop(s);
+    wait_until("the origin saw the connection end", || {
+        h.http.seen.lock().unwrap().len() == 3
+    })
+    .await;
+    let cut = h.http.seen.lock().unwrap()[2].clone();
+    assert!(cut.contains("\r\nTransfer-Encoding: chunked\r\n"));
+    let body = body_of(&cut);
+    assert!(
+        origins::dechunk(body).is_none(),
+        "the origin got a complete body"
+    );
+    assert!(!body.ends_with(b"0\r\n\r\n"));
+    assert_eq!(h.dials().len(), 3);
+    h.stop().await;
+    doh.stop().await;
+}
+
 /// Item 15: a body longer than the buffer reaches the origin while the client is still
 /// sending it (it used to be read whole, up to `max_body_bytes`, before dialling), and
 /// a body of tiny chunks (6 bytes on the wire per byte of data) passes through one
