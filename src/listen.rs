@@ -1,7 +1,10 @@
-//! Binding listeners: shared by the proxy and the admin server.
+//! Binding listeners and counting their connections: shared by the proxy and the admin server.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 
@@ -13,4 +16,102 @@ pub async fn bind_tcp(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
         listeners.push(TcpListener::bind(addr).await?);
     }
     Ok(listeners)
+}
+
+/// Connections open at once, over all clients and per client address, shared by the
+/// proxy and the admin listener. Each accepted connection takes a [`Slot`] that frees
+/// itself when dropped, so no exit path can leak a count.
+#[derive(Default)]
+pub struct ConnLimits {
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    total: AtomicUsize,
+}
+
+/// Which limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// Every client together is at `max_total`.
+    Total,
+    /// This client address is at `max_per_client`.
+    PerClient,
+}
+
+/// One open connection, counted until dropped.
+pub struct Slot {
+    limits: Arc<ConnLimits>,
+    client: IpAddr,
+}
+
+impl ConnLimits {
+    /// Counts a connection from `client`. The limits are passed in (not stored) so a
+    /// listener can take them from a configuration that reloads.
+    pub fn take(
+        self: &Arc<Self>,
+        client: IpAddr,
+        max_total: usize,
+        max_per_client: usize,
+    ) -> Result<Slot, LimitHit> {
+        let total = self.total.fetch_add(1, Ordering::Relaxed);
+        // From here on, dropping `slot` undoes both counts, refusals included.
+        let slot = Slot {
+            limits: self.clone(),
+            client,
+        };
+        let mut map = lock(&self.per_client);
+        let n = map.entry(client).or_insert(0);
+        *n += 1;
+        let over_client = *n > max_per_client;
+        drop(map);
+        if total >= max_total {
+            return Err(LimitHit::Total);
+        }
+        if over_client {
+            return Err(LimitHit::PerClient);
+        }
+        Ok(slot)
+    }
+
+    /// Connections open now (those being refused included, briefly).
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        let mut map = lock(&self.limits.per_client);
+        if let Some(n) = map.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_count_per_client_and_in_total_and_free_on_drop() {
+        let limits = Arc::new(ConnLimits::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let one = limits.take(a, 3, 2).unwrap();
+        let two = limits.take(a, 3, 2).unwrap();
+        assert_eq!(limits.take(a, 3, 2).err(), Some(LimitHit::PerClient));
+        let three = limits.take(b, 3, 2).unwrap();
+        assert_eq!(limits.take(b, 3, 2).err(), Some(LimitHit::Total));
+        assert_eq!(limits.open(), 3);
+        drop((one, two, three));
+        assert_eq!(limits.open(), 0);
+        assert!(lock(&limits.per_client).is_empty());
+        assert!(limits.take(a, 3, 2).is_ok());
+    }
 }

@@ -519,3 +519,85 @@ fn the_proxy_never_dials_the_admin_listener_even_with_private_true() {
     assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
     assert!(raw.contains("own listeners"), "{raw}");
 }
+
+/// Item 17: the admin listener has the proxy's kind of limits. Connections waiting to
+/// send a head fill the per-client cap (429 beyond, that client only) and the total
+/// cap (503 beyond, every client); a head not sent in time gets 408; freed slots
+/// serve again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_caps_connections_and_times_out_heads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream as Stream;
+    let config = format!(
+        "{CONFIG}\n[admin]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 3\n\
+         max_connections_per_client = 2\nheader_timeout_ms = 3000\n"
+    );
+    let gate = Gate::start(&config);
+    let admin: std::net::SocketAddr = admin_addr(&gate).parse().unwrap();
+    let connect = |src: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        socket.connect(admin).await.unwrap()
+    };
+    /// Sends a request and reads the whole answer; its status.
+    async fn status_of(mut s: Stream) -> (u16, String) {
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let status = raw
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, raw)
+    }
+    /// Answered (refused) already, rather than waiting for its head?
+    async fn answered(s: &Stream) -> bool {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_millis(20), s.peek(&mut byte))
+            .await
+            .is_ok()
+    }
+    // Each accepted connection takes its slot in its own task, so a probe can overtake
+    // a waiting connection and be served while that one is refused. Probe until the
+    // probe is refused and every waiting connection still waits.
+    let mut waiting: Vec<(&'static str, Stream)> = Vec::new();
+    let fill = async |waiting: &mut Vec<(&'static str, Stream)>, src: &'static str, want: u16| {
+        for _ in 0..100 {
+            for (from, s) in waiting.iter_mut() {
+                if answered(s).await {
+                    *s = connect(from).await;
+                }
+            }
+            let (status, raw) = status_of(connect(src).await).await;
+            let mut all_waiting = true;
+            for (_, s) in waiting.iter() {
+                all_waiting &= !answered(s).await;
+            }
+            if status == want && all_waiting {
+                return raw;
+            }
+            assert!(status == 200 || status == want, "{raw}");
+        }
+        panic!("{src} never got {want}; log:\n{}", gate.logs().join("\n"));
+    };
+    waiting.push(("127.0.0.1", connect("127.0.0.1").await));
+    waiting.push(("127.0.0.1", connect("127.0.0.1").await));
+    let raw = fill(&mut waiting, "127.0.0.1", 429).await;
+    assert!(raw.contains("\r\nRetry-After: 1\r\n"), "{raw}");
+    waiting.push(("127.0.0.2", connect("127.0.0.2").await));
+    let raw = fill(&mut waiting, "127.0.0.3", 503).await;
+    assert!(raw.contains("\r\nRetry-After: 1\r\n"), "{raw}");
+    // The waiting connections get 408 once the header timeout passes.
+    for (_, mut s) in waiting {
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+        let raw = String::from_utf8_lossy(&raw);
+        assert!(raw.starts_with("HTTP/1.1 408 "), "{raw}");
+    }
+    let (status, raw) = status_of(connect("127.0.0.1").await).await;
+    assert_eq!(status, 200, "{raw}");
+}

@@ -5,6 +5,8 @@
 
 #[path = "support/doh_server.rs"]
 mod doh_server;
+#[path = "support/gate.rs"]
+mod gate;
 #[path = "support/origins.rs"]
 mod origins;
 
@@ -146,6 +148,7 @@ impl Dial for TestDialer {
 
 struct Harness {
     addr: SocketAddr,
+    state: Arc<ProxyState>,
     dialer: Arc<TestDialer>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -246,8 +249,9 @@ async fn start(
         vec![addr, OWN_DNS.parse().unwrap()],
     ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = state.clone();
     let task = tokio::spawn(async move {
-        proxy::serve(listeners, state, async {
+        proxy::serve(listeners, served, async {
             let _ = stop_rx.await;
         })
         .await
@@ -255,6 +259,7 @@ async fn start(
     });
     Harness {
         addr,
+        state,
         dialer,
         stop: Some(stop_tx),
         task: Some(task),
@@ -888,4 +893,448 @@ async fn curl_through_the_proxy_to_a_local_tls_origin() {
     }
     drop(origin);
     doh.stop().await;
+}
+
+/// Polls `done` every 10 ms for up to 10 s.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// The value of `X-Portcullis-Reason` in a response head.
+fn reason_of(head: &str) -> &str {
+    head.split("\r\n")
+        .find_map(|l| l.strip_prefix("X-Portcullis-Reason: "))
+        .unwrap_or_else(|| panic!("no X-Portcullis-Reason in {head:?}"))
+}
+
+const UPLOAD: &str = "POST http://http.example.com/up HTTP/1.1\r\nHost: http.example.com\r\n";
+
+/// `n` chunks of `size` bytes of `a`, then the last chunk (no trailers).
+fn chunks(n: usize, size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        out.extend(std::iter::repeat_n(b'a', size));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// The body of the request the origin received, after its head.
+fn body_of(request: &str) -> &[u8] {
+    let i = request.find("\r\n\r\n").expect("a request head");
+    &request.as_bytes()[i + 4..]
+}
+
+/// Item 21: the global connection cap. Connections from two clients fill it; every
+/// client then gets 503 with its reason and Retry-After, the one already holding a
+/// connection included, and nothing is dialled. A freed slot is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_connection_cap_answers_503_to_every_client() {
+    let doh = DohServer::start(zone()).await;
+    let h = start(
+        &doh,
+        ALLOWLIST,
+        "max_connections = 2\nmax_connections_per_client = 10\n",
+        None,
+    )
+    .await;
+    let held = connect_from("127.0.0.1", h.addr).await;
+    let _other = connect_from("127.0.0.3", h.addr).await;
+    wait_until("two connections are open", || h.state.connections() == 2).await;
+    for src in ["127.0.0.4", "127.0.0.1"] {
+        let mut s = connect_from(src, h.addr).await;
+        let _ = s
+            .write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
+            .await;
+        let (status, head) = read_head(&mut s).await;
+        assert_eq!(status, 503, "from {src}: {head}");
+        assert!(
+            reason_of(&head).starts_with("overloaded: ") && head.contains("\r\nRetry-After: 1\r\n"),
+            "{head}"
+        );
+    }
+    drop(held);
+    wait_until("the slot is freed", || h.state.connections() == 1).await;
+    let mut s = connect_from("127.0.0.4", h.addr).await;
+    s.write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let response = String::from_utf8(read_to_end(&mut s).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 302 "), "{response}");
+    assert_eq!(h.dials(), vec!["93.184.216.40:80".parse().unwrap()]);
+    h.stop().await;
+    doh.stop().await;
+}
+
+/// Item 21: the 413 body limit, both framings. A Content-Length or a chunk size over
+/// the limit is refused before anything is dialled (with `Expect: 100-continue`, before
+/// the `100`); a body at the limit passes; a chunked body that passes the limit while
+/// it streams gets 413, and the origin saw a request that never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_limit_answers_413() {
+    let doh = DohServer::start(zone()).await;
+    let h = start(
+        &doh,
+        ALLOWLIST,
+        "max_body_bytes = 40000\nbody_buffer_bytes = 8192\n",
+        None,
+    )
+    .await;
+    for request in [
+        format!("{UPLOAD}Content-Length: 40001\r\n\r\n"),
+        format!("{UPLOAD}Content-Length: 40001\r\nExpect: 100-continue\r\n\r\n"),
+        format!("{UPLOAD}Transfer-Encoding: chunked\r\n\r\n9c41\r\n"),
+    ] {
+        let mut s = connect_from("127.0.0.1", h.addr).await;
+        s.write_all(request.as_bytes()).await.unwrap();
+        let (status, head) = read_head(&mut s).await;
+        assert_eq!(status, 413, "{request:?}: {head}");
+        assert!(reason_of(&head).starts_with("body_too_large: "), "{head}");
+    }
+    assert!(h.dials().is_empty(), "{:?}", h.dials());
+
+    // At the limit: passes, whole (Content-Length) and streamed (chunked, re-framed).
+    let exact = [
+        [
+            format!("{UPLOAD}Content-Length: 40000\r\n\r\n").into_bytes(),
+            vec![b'a'; 40000],
+        ]
+        .concat(),
+        [
+            format!("{UPLOAD}Transfer-Encoding: chunked\r\n\r\n").into_bytes(),
+            chunks(5, 8000),
+        ]
+        .concat(),
+    ];
+    for request in &exact {
+        let mut s = connect_from("127.0.0.1", h.addr).await;
+        s.write_all(request).await.unwrap();
+        let response = String::from_utf8(read_to_end(&mut s).await).unwrap();
+        assert!(response.starts_with("HTTP/1.1 302 "), "{response}");
+    }
+    let seen = h.http.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].contains("\r\nContent-Length: 40000\r\n"),
+        "{}",
+        &seen[0][..200]
+    );
+    assert_eq!(body_of(&seen[0]), vec![b'a'; 40000]);
+    assert!(seen[1].contains("\r\nTransfer-Encoding: chunked\r\n"));
+    assert_eq!(
+        origins::dechunk(body_of(&seen[1])).expect("complete chunked body"),
+        vec![b'a'; 40000]
+    );
+
+    // Over the limit once streaming: the client gets 413, the origin an unfinished body.
+    let mut s = connect_from("127.0.0.1", h.addr).await;
+    let over = [
+        format!("{UPLOAD}Transfer-Encoding: chunked\r\n\r\n").into_bytes(),
+        chunks(5, 9000),
+    ]
+    .concat();
+    s.write_all(&over).await.unwrap();
+    let (status, head) = read_head(&mut s).await;
+    assert_eq!(status, 413, "{head}");
+    drop(s);
+    wait_until("the origin saw the connection end", || {
+        h.http.seen.lock().unwrap().len() == 3
+    })
+    .await;
+    let cut = h.http.seen.lock().unwrap()[2].clone();
+    assert!(cut.contains("\r\nTransfer-Encoding: chunked\r\n"));
+    let body = body_of(&cut);
+    assert!(
+        origins::dechunk(body).is_none(),
+        "the origin got a complete body"
+    );
+    assert!(!body.ends_with(b"0\r\n\r\n"));
+    assert_eq!(h.dials().len(), 3);
+    h.stop().await;
+    doh.stop().await;
+}
+
+/// Item 15: a body longer than the buffer reaches the origin while the client is still
+/// sending it (it used to be read whole, up to `max_body_bytes`, before dialling), and
+/// a body of tiny chunks (6 bytes on the wire per byte of data) passes through one
+/// buffer: the connection never holds more than its cap, however long the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_to_the_origin_while_the_client_sends_them() {
+    let doh = DohServer::start(zone()).await;
+    let h = start(&doh, ALLOWLIST, "body_buffer_bytes = 8192\n", None).await;
+    let total = 1 << 20;
+    let mut s = connect_from("127.0.0.1", h.addr).await;
+    s.write_all(format!("{UPLOAD}Content-Length: {total}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    s.write_all(&vec![b'a'; 100 * 1024]).await.unwrap();
+    wait_until("the origin has the start of the body", || {
+        h.http.received.load(Ordering::SeqCst) >= 64 * 1024
+    })
+    .await;
+    s.write_all(&vec![b'a'; total - 100 * 1024]).await.unwrap();
+    let response = String::from_utf8(read_to_end(&mut s).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 302 "), "{response}");
+    let seen = h.http.seen.lock().unwrap()[0].clone();
+    assert!(seen.contains(&format!("\r\nContent-Length: {total}\r\n")));
+    assert_eq!(body_of(&seen).len(), total);
+
+    let n = 200_000;
+    let mut s = connect_from("127.0.0.1", h.addr).await;
+    let mut request = format!("{UPLOAD}Transfer-Encoding: chunked\r\n\r\n").into_bytes();
+    request.extend(chunks(n, 1));
+    let (mut read, mut write) = s.split();
+    let (_, response) = tokio::join!(write.write_all(&request), async {
+        let mut out = Vec::new();
+        let _ = read.read_to_end(&mut out).await;
+        out
+    });
+    let response = String::from_utf8(response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 302 "), "{response}");
+    let seen = h.http.seen.lock().unwrap()[1].clone();
+    let body = origins::dechunk(body_of(&seen)).expect("complete chunked body");
+    assert_eq!(body, vec![b'a'; n]);
+    // Re-framed: a few large chunks, not 200,000 tiny ones.
+    assert!(
+        body_of(&seen).len() < n + n / 10,
+        "{}",
+        body_of(&seen).len()
+    );
+    let peak = h.state.buffered_peak_per_connection();
+    assert!(
+        peak > 0 && peak <= h.state.config.connection_buffer_cap() && peak < 128 * 1024,
+        "one connection held {peak} bytes for bodies of {total} and {} bytes",
+        request.len()
+    );
+    wait_until("every reservation is returned", || h.state.buffered() == 0).await;
+    h.stop().await;
+    doh.stop().await;
+}
+
+/// The value of one sample line (`name{labels} value`).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+fn scrape() -> String {
+    portcullis::admin::metrics::init().render(&portcullis::admin::metrics::Snapshot {
+        cache_entries: 0,
+        lists: Vec::new(),
+        upstreams: Vec::new(),
+    })
+}
+
+/// Item 15: the budget over all connections. Connections waiting to send a head hold
+/// 4 KiB each; once they have taken the budget, the next connection gets 503
+/// `buffer_budget` and the refusal is counted; when they close, it is all returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffer_budget_over_all_connections_refuses_with_503_and_counts() {
+    let refused = r#"portcullis_proxy_buffer_refusals_total{reason="gate"}"#;
+    let before = sample(&scrape(), refused);
+    let doh = DohServer::start(zone()).await;
+    let h = start(
+        &doh,
+        ALLOWLIST,
+        "max_header_bytes = 4096\nmax_response_header_bytes = 1024\nbody_buffer_bytes = 8192\n\
+         max_buffered_bytes = 28672\n",
+        None,
+    )
+    .await;
+    assert_eq!(h.state.config.connection_buffer_cap(), 28672);
+    let mut waiting = Vec::new();
+    for _ in 0..7 {
+        waiting.push(connect_from("127.0.0.1", h.addr).await);
+    }
+    wait_until("seven heads are being read", || {
+        h.state.buffered() == 7 * 4096
+    })
+    .await;
+    let mut s = connect_from("127.0.0.1", h.addr).await;
+    let _ = s
+        .write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
+        .await;
+    let (status, head) = read_head(&mut s).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(reason_of(&head).starts_with("buffer_budget: "), "{head}");
+    assert_eq!(sample(&scrape(), refused) - before, 1.0);
+    drop(waiting);
+    wait_until("the budget is returned", || h.state.buffered() == 0).await;
+    let mut s = connect_from("127.0.0.1", h.addr).await;
+    s.write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let response = String::from_utf8(read_to_end(&mut s).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 302 "), "{response}");
+    assert!(h.dials().len() == 1);
+    h.stop().await;
+    doh.stop().await;
+}
+
+/// Item 15: chunked trailers are header fields and get the head's limits: at most
+/// `max_header_bytes` and `max_headers` of them (many short lines used to pass: only
+/// each line was capped), within `header_timeout_ms` of the last chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_trailers_get_the_heads_limits() {
+    let doh = DohServer::start(zone()).await;
+    let h = start(
+        &doh,
+        ALLOWLIST,
+        "max_header_bytes = 2048\nmax_headers = 10\nheader_timeout_ms = 500\n",
+        None,
+    )
+    .await;
+    let many: String = (0..1000)
+        .map(|i| format!("X-T{i}: {}\r\n", "v".repeat(90)))
+        .collect();
+    let mut s = connect_from("127.0.0.1", h.addr).await;
+    let request = format!("{UPLOAD}Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n{many}\r\n");
+    let _ = s.write_all(request.as_bytes()).await;
+    let (status, head) = read_head(&mut s).await;
+    assert_eq!(status, 431, "{head}");
+    assert!(
+        reason_of(&head).starts_with("trailers_too_large: "),
+        "{head}"
+    );
+    drop(s);
+    // A trailer section that never ends.
+    let mut s = connect_from("127.0.0.1", h.addr).await;
+    s.write_all(
+        format!("{UPLOAD}Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-A: 1\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, head) = read_head(&mut s).await;
+    assert_eq!(status, 408, "{head}");
+    assert!(reason_of(&head).starts_with("body_timeout: "), "{head}");
+    assert!(h.dials().is_empty(), "{:?}", h.dials());
+    h.stop().await;
+    doh.stop().await;
+}
+
+/// The real binary, for what only its log shows: every upstream dead, one name allowed.
+const GATE: &str = r#"
+allowlist = "allow.toml"
+[dns]
+listen = ["127.0.0.1:0"]
+[upstream]
+timeout_ms = 300
+[[upstream.servers]]
+name = "dead-udp"
+url = "udp://127.0.0.1:9"
+[[upstream.servers]]
+name = "dead-tcp"
+url = "tcp://127.0.0.1:9"
+[[lists]]
+name = "threats"
+inline = "evil.example\n"
+"#;
+
+fn start_gate() -> (gate::Gate, String) {
+    let allow = "[[allow]]\nhost = \"api.example.com\"\n[[allow]]\nhost = \"http.example.com\"\nports = [80]\n";
+    let gate = gate::Gate::start_full(GATE, &[("allow.toml", allow)], &[]);
+    let line = gate
+        .wait_for_log("listening proxy", Duration::from_secs(5))
+        .expect("proxy listener logged");
+    let proxy = gate::json_field(&line, "addr").expect("addr");
+    (gate, proxy)
+}
+
+/// One request through the proxy with a blocking socket; the whole answer.
+fn exchange_with(proxy: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    String::from_utf8(raw).unwrap()
+}
+
+/// The decision line (JSON) the gate logged for a refusal with `reason_code`.
+fn refusal_line(gate: &gate::Gate, reason_code: &str) -> serde_json::Value {
+    let needle = format!("\"reason_code\":\"{reason_code}\"");
+    let line = gate
+        .wait_for_log(&needle, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no {reason_code} line in\n{}", gate.logs().join("\n")));
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Item 18: when every upstream fails, `X-Portcullis-Reason` is one short line (the
+/// code and what failed, not each upstream's error once per lookup); the decision
+/// log has every upstream's error.
+#[test]
+fn an_upstream_failure_gets_a_short_reason_and_the_log_gets_the_details() {
+    let (gate, proxy) = start_gate();
+    let response = exchange_with(
+        &proxy,
+        "CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n",
+    );
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 502 "), "{response}");
+    // Every line of the head ends in CRLF: no CR or LF inside a value.
+    assert!(!head.replace("\r\n", "").contains(['\r', '\n']), "{head:?}");
+    let reason = reason_of(head);
+    assert!(reason.len() <= 200, "{} characters: {reason}", reason.len());
+    assert_eq!(
+        reason,
+        "unresolved: api.example.com does not resolve (all upstreams failed)"
+    );
+    let line = refusal_line(&gate, "unresolved");
+    assert_eq!(line["status"], 502);
+    let logged = line["reason"].as_str().unwrap();
+    for detail in ["all upstreams failed", "dead-udp", "dead-tcp"] {
+        assert!(logged.contains(detail), "{detail} not in {logged}");
+    }
+    // The body points at the log line.
+    let conn_id = line["conn_id"].as_u64().unwrap();
+    assert!(body.contains(&format!("conn_id {conn_id}")), "{body}");
+}
+
+/// Item 16: query values (and userinfo, and fragments) never reach the log or the
+/// refusal's header: the keys do.
+#[test]
+fn tokens_in_a_query_string_never_reach_the_log() {
+    let (gate, proxy) = start_gate();
+    let response = exchange_with(
+        &proxy,
+        "GET http://not-allowed.example/v1/items?token=s3cret-q&user=alice HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(response.starts_with("HTTP/1.1 403 "), "{response}");
+    let line = refusal_line(&gate, "not_allowlisted");
+    assert_eq!(
+        line["request"],
+        "http://not-allowed.example/v1/items?token=<redacted>&user=<redacted>"
+    );
+    // A target refused for its form: its text is in the error message too.
+    let response = exchange_with(
+        &proxy,
+        "GET http://u:pw-s3cret@http.example.com/?key=s3cret-v#s3cret-f HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+    let line = refusal_line(&gate, "bad_target");
+    assert_eq!(
+        line["request"],
+        "http://<redacted>@http.example.com/?key=<redacted>#<redacted>"
+    );
+    assert!(!response.contains("s3cret"), "{response}");
+    let logs = gate.logs().join("\n");
+    for secret in ["s3cret", "alice"] {
+        assert!(!logs.contains(secret), "{secret} logged:\n{logs}");
+    }
 }

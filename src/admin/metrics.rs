@@ -88,6 +88,11 @@ struct VersionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -129,6 +134,9 @@ pub struct Metrics {
     last_reload_success: Gauge,
     proxy_connections: Gauge,
     proxy_max_connections: Gauge,
+    proxy_buffered: Gauge,
+    proxy_max_buffered: Gauge,
+    proxy_buffer_refusals: Family<ReasonLabel, Counter>,
     process: ProcessMetrics,
     /// One scrape at a time (scrape-time gauges are cleared and refilled).
     scrape: Mutex<()>,
@@ -302,6 +310,29 @@ impl Metrics {
             "The proxy's limit on client connections at once (proxy.max_connections)",
             proxy_max_connections.clone(),
         );
+        let proxy_buffered = Gauge::default();
+        r.register_with_unit(
+            "proxy_buffered",
+            "Memory reserved now for proxy request and response heads and bodies",
+            Unit::Bytes,
+            proxy_buffered.clone(),
+        );
+        let proxy_max_buffered = Gauge::default();
+        r.register_with_unit(
+            "proxy_max_buffered",
+            "The proxy's budget for heads and bodies over all connections (proxy.max_buffered_bytes)",
+            Unit::Bytes,
+            proxy_max_buffered.clone(),
+        );
+        let proxy_buffer_refusals = Family::<ReasonLabel, Counter>::default();
+        for reason in ["gate", "connection"] {
+            drop(proxy_buffer_refusals.get_or_create(&ReasonLabel { reason }));
+        }
+        r.register(
+            "proxy_buffer_refusals",
+            "Proxy connections refused for memory: gate = the budget over all connections was spent, connection = one connection's cap",
+            proxy_buffer_refusals.clone(),
+        );
         let process = ProcessMetrics::register(&mut root);
         let r = root.sub_registry_with_prefix("portcullis");
         // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text
@@ -338,6 +369,9 @@ impl Metrics {
             last_reload_success,
             proxy_connections,
             proxy_max_connections,
+            proxy_buffered,
+            proxy_max_buffered,
+            proxy_buffer_refusals,
             process,
             scrape: Mutex::new(()),
         }
@@ -670,6 +704,30 @@ pub fn proxy_max_connections(max: usize) {
     if let Some(m) = get() {
         m.proxy_max_connections
             .set(max.min(i64::MAX as usize) as i64);
+    }
+}
+
+/// Bytes reserved for proxy buffers grew (`delta > 0`) or shrank.
+#[inline]
+pub fn proxy_buffered(delta: i64) {
+    if let Some(m) = get() {
+        m.proxy_buffered.inc_by(delta);
+    }
+}
+
+/// The proxy's configured buffer budget.
+pub fn proxy_max_buffered(max: usize) {
+    if let Some(m) = get() {
+        m.proxy_max_buffered.set(max.min(i64::MAX as usize) as i64);
+    }
+}
+
+/// A reservation refused: `reason` is `gate` or `connection`.
+pub fn proxy_buffer_refusal(reason: &'static str) {
+    if let Some(m) = get() {
+        m.proxy_buffer_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 }
 

@@ -2,8 +2,11 @@
 //! readiness, Prometheus metrics and the read-only explain and lists APIs.
 //!
 //! A deliberately small HTTP/1.1 server (one request per connection, `Connection: close`,
-//! request heads parsed with httparse, bounded in size and time). No endpoint turns
-//! blocking off; the two that act need the bearer token from `[admin] token_file`.
+//! request heads parsed with httparse, bounded in size and time). It has the proxy's
+//! kind of limits, read from `[admin]` at each connection: connections at once over all
+//! clients (503) and per client address (429), and the time to send a head (408) and to
+//! take an answer. No endpoint turns blocking off; the two that act need the bearer
+//! token from `[admin] token_file`.
 //!
 //! | endpoint | answer |
 //! |---|---|
@@ -32,12 +35,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dns::filter::Filter;
+use crate::listen::{ConnLimits, LimitHit};
 use crate::lists::refresh::{Lists, Outcome};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -108,9 +110,11 @@ pub async fn serve(
 ) -> io::Result<()> {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let limits = Arc::new(ConnLimits::default());
     for listener in listeners {
         tracing::info!(addr = %listener.local_addr()?, "listening admin");
         let (state, stop, conns) = (state.clone(), stop.clone(), tracker.clone());
+        let limits = limits.clone();
         tracker.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -118,12 +122,13 @@ pub async fn serve(
                     accepted = listener.accept() => accepted,
                 };
                 match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, client)) => {
                         let (state, stop) = (state.clone(), stop.clone());
+                        let limits = limits.clone();
                         conns.spawn(async move {
                             tokio::select! {
                                 _ = stop.cancelled() => {}
-                                _ = connection(&state, stream) => {}
+                                _ = connection(&state, &limits, stream, client.ip()) => {}
                             }
                         });
                     }
@@ -181,6 +186,8 @@ impl Response {
             403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            429 => "Too Many Requests",
             431 => "Request Header Fields Too Large",
             500 => "Internal Server Error",
             503 => "Service Unavailable",
@@ -198,6 +205,9 @@ impl Response {
         if self.status == 401 {
             out.push_str("WWW-Authenticate: Bearer realm=\"portcullis\"\r\n");
         }
+        if self.status == 429 || self.status == 503 {
+            out.push_str("Retry-After: 1\r\n");
+        }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
         bytes.extend_from_slice(self.body.as_bytes());
@@ -205,9 +215,35 @@ impl Response {
     }
 }
 
-async fn connection(state: &AdminState, mut stream: TcpStream) {
+async fn connection(
+    state: &AdminState,
+    limits: &Arc<ConnLimits>,
+    mut stream: TcpStream,
+    client: IpAddr,
+) {
+    let config = state.lists.config();
+    let admin = &config.admin;
+    let write_timeout = admin.write_timeout();
+    let _slot = match limits.take(
+        client,
+        admin.max_connections,
+        admin.max_connections_per_client,
+    ) {
+        Ok(slot) => slot,
+        Err(hit) => {
+            let response = match hit {
+                LimitHit::Total => Response::text(503, "too many admin connections\n"),
+                LimitHit::PerClient => {
+                    Response::text(429, "too many admin connections from this address\n")
+                }
+            };
+            tracing::warn!(%client, status = response.status, "admin connection refused at the limit");
+            let _ = tokio::time::timeout(write_timeout, stream.write_all(&response.encode())).await;
+            return;
+        }
+    };
     let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(HEAD_TIMEOUT, async {
+    let head = tokio::time::timeout(admin.header_timeout(), async {
         let mut chunk = [0u8; 1024];
         loop {
             let n = stream.read(&mut chunk).await?;
@@ -247,9 +283,10 @@ async fn connection(state: &AdminState, mut stream: TcpStream) {
                 _ => Response::text(400, "bad request\n"),
             }
         }
+        Err(_) => Response::text(408, "request head not received in time\n"),
         _ => return,
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(write_timeout, async {
         stream.write_all(&response.encode()).await?;
         stream.shutdown().await
     })

@@ -4,6 +4,9 @@
 //! [admin]
 //! listen = ["127.0.0.1:9953"]   # empty: no admin listener
 //! token_file = "admin-token"    # enables POST /api/lists/refresh and /api/cache/flush
+//! max_connections = 64           # the proxy's kind of limits: 503 / 429 / 408 beyond
+//! max_connections_per_client = 16
+//! header_timeout_ms = 5000
 //! ```
 
 use std::fmt;
@@ -23,6 +26,14 @@ pub struct AdminConfig {
     /// The token read from `token_file` when the configuration is loaded.
     #[serde(skip)]
     pub token: Option<AdminToken>,
+    /// Connections at once, over all clients (503 beyond).
+    pub max_connections: usize,
+    /// Connections at once from one client address (429 beyond).
+    pub max_connections_per_client: usize,
+    /// Time a client has to send its request head, milliseconds (408 after).
+    pub header_timeout_ms: u64,
+    /// Time to write an answer to a client that does not read it, milliseconds.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for AdminConfig {
@@ -31,7 +42,39 @@ impl Default for AdminConfig {
             listen: vec!["127.0.0.1:9953".parse().expect("valid literal")],
             token_file: None,
             token: None,
+            max_connections: 64,
+            max_connections_per_client: 16,
+            header_timeout_ms: 5_000,
+            write_timeout_ms: 5_000,
         }
+    }
+}
+
+impl AdminConfig {
+    pub fn header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn write_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// Checks values serde cannot: `(key, message)` of the first problem.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value) in [
+            ("admin.max_connections", self.max_connections as u64),
+            (
+                "admin.max_connections_per_client",
+                self.max_connections_per_client as u64,
+            ),
+            ("admin.header_timeout_ms", self.header_timeout_ms),
+            ("admin.write_timeout_ms", self.write_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err((key, "must be greater than 0".into()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -79,5 +122,14 @@ mod tests {
         assert!(!format!("{token:?}").contains("s3cret"));
         assert!(AdminToken::from_file_text("  \n").is_none());
         assert!(AdminToken::from_file_text("").is_none());
+    }
+
+    #[test]
+    fn limits_default_and_validate() {
+        let c: AdminConfig = toml::from_str("max_connections = 2").unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_client), (2, 16));
+        assert!(c.validate().is_ok());
+        let zero: AdminConfig = toml::from_str("header_timeout_ms = 0").unwrap();
+        assert_eq!(zero.validate().unwrap_err().0, "admin.header_timeout_ms");
     }
 }

@@ -629,6 +629,9 @@ impl Config {
         self.proxy
             .validate(&group_names)
             .map_err(|(key, message)| invalid(key, message))?;
+        self.admin
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(())
     }
 

@@ -97,11 +97,21 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Most header fields in a request (431 beyond).
     pub max_headers: usize,
-    /// Largest plain-HTTP request body, bytes (413 beyond). Bodies are read whole
-    /// before the origin is dialled, so only complete, well-framed requests are sent.
+    /// Largest plain-HTTP request body, bytes (413 beyond): refused before the origin
+    /// is dialled when Content-Length says so, and a chunked body that passes it is
+    /// cut off (413 if the origin has not answered yet).
     pub max_body_bytes: usize,
     /// Largest origin response head on plain HTTP, bytes (502 beyond).
     pub max_response_header_bytes: usize,
+    /// Bodies are relayed through one buffer of this size per direction: the client
+    /// (or the origin) is not read while it waits to be written. A body that fits is
+    /// read whole, and checked, before the origin is dialled.
+    pub body_buffer_bytes: usize,
+    /// Memory for request and response heads and bodies (and ClientHellos being read)
+    /// over all connections, bytes. A connection that cannot reserve its buffers gets
+    /// 503 (`buffer_budget`). One connection never holds more than
+    /// [`ProxyConfig::connection_buffer_cap`].
+    pub max_buffered_bytes: usize,
     /// `copy` (default) or `splice`: see [`RelayMode`].
     pub relay: RelayMode,
 }
@@ -129,6 +139,8 @@ impl Default for ProxyConfig {
             max_headers: 100,
             max_body_bytes: 8 << 20,
             max_response_header_bytes: 64 * 1024,
+            body_buffer_bytes: 16 * 1024,
+            max_buffered_bytes: 256 << 20,
             relay: RelayMode::Copy,
         }
     }
@@ -162,6 +174,21 @@ impl ProxyConfig {
 
     pub fn tunnel_max(&self) -> Duration {
         Duration::from_secs(self.tunnel_max_secs)
+    }
+
+    /// The most one connection may hold, bytes. Forwarding: its request head and the
+    /// buffer it was read into (which becomes the request-body buffer), or the head sent
+    /// upstream (at most the request head plus 512 bytes of `Host`, framing and
+    /// `Connection` lines) and that buffer; then that buffer and a response-head or
+    /// response-body buffer. CONNECT: the request head, its read buffer and the
+    /// ClientHello (with one read's slack).
+    pub fn connection_buffer_cap(&self) -> usize {
+        let forward = 2 * self.max_header_bytes
+            + 1024
+            + 2 * self.body_buffer_bytes
+            + self.max_response_header_bytes;
+        let connect = 2 * self.max_header_bytes + crate::proxy::sni::MAX_CLIENT_HELLO + 4096;
+        forward.max(connect)
     }
 
     /// Checks values serde cannot: `(key, message)` of the first problem.
@@ -219,6 +246,17 @@ impl ProxyConfig {
                 "must be at least 1024".into(),
             ));
         }
+        // A chunk-size or trailer line (up to 4 KiB) must fit with room to spare.
+        if self.body_buffer_bytes < 8192 {
+            return Err(("proxy.body_buffer_bytes", "must be at least 8192".into()));
+        }
+        let cap = self.connection_buffer_cap();
+        if self.max_buffered_bytes < cap {
+            return Err((
+                "proxy.max_buffered_bytes",
+                format!("must be at least one connection's buffer cap, {cap} bytes"),
+            ));
+        }
         Ok(())
     }
 }
@@ -244,5 +282,15 @@ mod tests {
         assert!(ProxyConfig::default().validate(&groups).is_ok());
         assert!(toml::from_str::<ProxyConfig>("mode = \"open\"").is_err());
         assert!(toml::from_str::<ProxyConfig>("lisen = []").is_err());
+        let tiny: ProxyConfig = toml::from_str("max_buffered_bytes = 1000").unwrap();
+        assert_eq!(
+            tiny.validate(&groups).unwrap_err().0,
+            "proxy.max_buffered_bytes"
+        );
+        let small: ProxyConfig = toml::from_str("body_buffer_bytes = 100").unwrap();
+        assert_eq!(
+            small.validate(&groups).unwrap_err().0,
+            "proxy.body_buffer_bytes"
+        );
     }
 }

@@ -14,10 +14,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::ProxyState;
+use super::budget::Held;
 use super::check::{Approval, Asker, Kind};
 use super::error::ProxyError;
-use super::http::{BodyFraming, RequestHead};
-use super::server::{dial_checked, log_allowed, log_close, log_refusal, refuse};
+use super::http::BodyFraming;
+use super::server::{Received, dial_checked, log_allowed, log_close, log_refusal, refuse};
 use super::sni::{self, ClientHello, alerts};
 use super::splice::relay;
 use super::target::{Host, Target, parse_authority};
@@ -29,10 +30,16 @@ pub(crate) async fn handle(
     state: &ProxyState,
     mut client: TcpStream,
     asker: &Asker,
-    head: RequestHead,
-    mut early: Vec<u8>,
+    received: Received<'_>,
     stop: &CancellationToken,
 ) {
+    let Received {
+        head,
+        head_len,
+        rest: mut early,
+        mut held,
+        ..
+    } = received;
     let raw = head.target.clone();
     let target = match head.framing() {
         Ok(BodyFraming::None) => parse_authority(&raw).map_err(|error| ProxyError::BadTarget {
@@ -60,6 +67,7 @@ pub(crate) async fn handle(
             return;
         }
         log_allowed(asker, "CONNECT", &target, &approval, dialled, None);
+        drop(held);
         return tunnel(state, client, origin, dialled, asker, &target, early, stop).await;
     }
 
@@ -70,7 +78,7 @@ pub(crate) async fn handle(
         _ = stop.cancelled() => return,
         hello = tokio::time::timeout(
             state.config.client_hello_timeout(),
-            read_client_hello(&mut client, &mut early),
+            read_client_hello(&mut client, &mut early, &mut held, head_len),
         ) => hello,
     };
     let checked = match hello {
@@ -117,13 +125,18 @@ pub(crate) async fn handle(
     }
     let sent = early.len() as u64;
     drop(early);
+    // A relaying tunnel holds no reservation (the relay's buffers are per thread).
+    drop(held);
     tunnel_counted(state, client, origin, dialled, asker, &target, sent, stop).await;
 }
 
 /// Reads until the buffer holds a complete ClientHello (bounded by [`sni::MAX_CLIENT_HELLO`]).
+/// `held` reserves `head_len` plus the buffer's capacity.
 async fn read_client_hello(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
+    held: &mut Held<'_>,
+    head_len: usize,
 ) -> Result<ClientHello, ProxyError> {
     let refuse = |why: String| ProxyError::forbidden("not_tls", why);
     loop {
@@ -142,6 +155,8 @@ async fn read_client_hello(
                 "the client closed before a complete ClientHello".into(),
             ));
         }
+        held.resize(head_len + buf.capacity().max(buf.len() + n))?;
+        buf.reserve_exact(n);
         buf.extend_from_slice(&chunk[..n]);
     }
 }

@@ -3,6 +3,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::budget::Held;
 use super::error::ProxyError;
 
 /// A parsed request head.
@@ -62,12 +63,14 @@ impl RequestHead {
 }
 
 /// Reads from `stream` into `buf` until a complete head is parsed. Returns the head
-/// and its length in `buf` (bytes after it belong to the body or the tunnel).
+/// and its length in `buf` (bytes after it belong to the body or the tunnel). `held`
+/// follows the buffer's capacity, which grows 4 KiB at a time up to `max_bytes`.
 pub async fn read_request_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     max_bytes: usize,
     max_headers: usize,
+    held: &mut Held<'_>,
 ) -> Result<(RequestHead, usize), ProxyError> {
     loop {
         if let Some(done) = parse_request_head(buf, max_headers)? {
@@ -78,6 +81,8 @@ pub async fn read_request_head<S: AsyncRead + Unpin>(
         }
         let want = (max_bytes - buf.len()).min(4096);
         let start = buf.len();
+        held.resize(buf.capacity().max(start + want))?;
+        buf.reserve_exact(want);
         buf.resize(start + want, 0);
         let n = stream
             .read(&mut buf[start..])
@@ -195,53 +200,211 @@ pub fn connection_tokens(head: &RequestHead) -> Vec<String> {
         .collect()
 }
 
-/// Reads a chunked body into `out` (decoded), at most `max` bytes of data.
-/// `buf` holds bytes already read after the head.
+/// Longest chunk-size line (with its extensions) or trailer line, bytes.
+pub const MAX_CHUNK_LINE: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data: bytes left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer lines until the blank line.
+    Trailers,
+    Done,
+}
+
+/// A strict, incremental decoder of a chunked body (RFC 9112 §7.1) that works inside
+/// the caller's buffer: decoded data is moved to the front and everything consumed is
+/// dropped, so a body of any size passes through one bounded buffer. Bare CR or LF,
+/// NUL, obs-fold, malformed sizes and trailer fields are refused; trailers are checked
+/// against `max_trailer_bytes` and `max_trailers` (the head's limits) and dropped.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: Chunked,
+    body: u64,
+    max_body: u64,
+    trailer_bytes: usize,
+    trailers: usize,
+    max_trailer_bytes: usize,
+    max_trailers: usize,
+}
+
+impl ChunkedDecoder {
+    pub fn new(max_body: u64, max_trailer_bytes: usize, max_trailers: usize) -> ChunkedDecoder {
+        ChunkedDecoder {
+            state: Chunked::Size,
+            body: 0,
+            max_body,
+            trailer_bytes: 0,
+            trailers: 0,
+            max_trailer_bytes,
+            max_trailers,
+        }
+    }
+
+    /// The last chunk and the trailers have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == Chunked::Done
+    }
+
+    /// The last chunk has been read; the trailer section has not ended yet.
+    pub fn in_trailers(&self) -> bool {
+        self.state == Chunked::Trailers
+    }
+
+    /// Data bytes decoded so far.
+    pub fn body_len(&self) -> u64 {
+        self.body
+    }
+
+    /// Decodes `buf[data_end..]`. Its data is moved to follow `buf[..data_end]`; what
+    /// cannot be decoded yet (part of a line) is kept after it. Returns the new end of
+    /// the data. Bytes after the end of the body are dropped (one request per connection).
+    pub fn decode(&mut self, buf: &mut Vec<u8>, data_end: usize) -> Result<usize, ProxyError> {
+        let bad = |why: &str| ProxyError::BadRequest(why.to_owned());
+        let len = buf.len();
+        let (mut w, mut r) = (data_end, data_end);
+        loop {
+            match self.state {
+                Chunked::Done => {
+                    buf.truncate(w);
+                    return Ok(w);
+                }
+                Chunked::Data(left) => {
+                    let n = left.min((len - r) as u64) as usize;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.copy_within(r..r + n, w);
+                    (w, r) = (w + n, r + n);
+                    self.state = if left == n as u64 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left - n as u64)
+                    };
+                }
+                Chunked::DataEnd => {
+                    if len - r < 2 {
+                        break;
+                    }
+                    if &buf[r..r + 2] != b"\r\n" {
+                        return Err(bad("chunk not followed by CRLF"));
+                    }
+                    r += 2;
+                    self.state = Chunked::Size;
+                }
+                Chunked::Size | Chunked::Trailers => {
+                    let Some(end) = line_end(&buf[r..len])? else {
+                        break;
+                    };
+                    let line = &buf[r..r + end];
+                    if self.state == Chunked::Size {
+                        self.size_line(line)?;
+                    } else {
+                        self.trailer_line(line)?;
+                    }
+                    r += end + 2;
+                }
+            }
+        }
+        // Keep the partial line (or nothing) right after the data.
+        buf.copy_within(r..len, w);
+        buf.truncate(w + len - r);
+        Ok(w)
+    }
+
+    fn size_line(&mut self, line: &[u8]) -> Result<(), ProxyError> {
+        let size_text = line.split(|&b| b == b';').next().unwrap_or_default();
+        if size_text.is_empty()
+            || size_text.len() > 16
+            || !size_text.iter().all(u8::is_ascii_hexdigit)
+        {
+            return Err(ProxyError::BadRequest("bad chunk size".into()));
+        }
+        let size = std::str::from_utf8(size_text)
+            .ok()
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+            .ok_or_else(|| ProxyError::BadRequest("bad chunk size".into()))?;
+        if size == 0 {
+            self.state = Chunked::Trailers;
+            return Ok(());
+        }
+        match self.body.checked_add(size) {
+            Some(total) if total <= self.max_body => self.body = total,
+            _ => return Err(ProxyError::BodyTooLarge(self.max_body as usize)),
+        }
+        self.state = Chunked::Data(size);
+        Ok(())
+    }
+
+    fn trailer_line(&mut self, line: &[u8]) -> Result<(), ProxyError> {
+        if line.is_empty() {
+            self.state = Chunked::Done;
+            return Ok(());
+        }
+        self.trailer_bytes += line.len() + 2;
+        self.trailers += 1;
+        if self.trailer_bytes > self.max_trailer_bytes || self.trailers > self.max_trailers {
+            return Err(ProxyError::TrailersTooLarge(self.max_trailer_bytes));
+        }
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if name.len() == line.len() || name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(ProxyError::BadRequest(
+                "malformed trailer field (or obs-fold)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The length of the line at the start of `buf` (without its CRLF), `None` while it is
+/// incomplete. Bare CR or LF and NUL are refused as soon as they arrive, and so is a
+/// line longer than [`MAX_CHUNK_LINE`].
+fn line_end(buf: &[u8]) -> Result<Option<usize>, ProxyError> {
+    for (i, &b) in buf.iter().enumerate() {
+        match b {
+            b'\r' => match buf.get(i + 1) {
+                Some(b'\n') => return Ok(Some(i)),
+                Some(_) => {
+                    return Err(ProxyError::BadRequest("bare CR in chunked body".into()));
+                }
+                None => break,
+            },
+            b'\n' => {
+                return Err(ProxyError::BadRequest("bare LF in chunked body".into()));
+            }
+            0 => return Err(ProxyError::BadRequest("NUL in chunked body".into())),
+            _ if i >= MAX_CHUNK_LINE => {
+                return Err(ProxyError::BadRequest(
+                    "chunk-size or trailer line too long".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// A field-name character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads a whole chunked body (decoded), at most `max` bytes of data, trailers limited
+/// to 16 KiB and 100 fields. `buf` holds bytes already read after the head; it is used
+/// as the decoding buffer and holds the body when this returns. The proxy itself
+/// streams bodies with [`ChunkedDecoder`]; this is the same decoder for a whole body.
 pub async fn read_chunked<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     max: usize,
 ) -> Result<Vec<u8>, ProxyError> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    loop {
-        let line = read_line(stream, buf, &mut pos).await?;
-        let size_text = line.split(|&b| b == b';').next().unwrap_or_default();
-        if size_text.is_empty()
-            || size_text.len() > 8
-            || !size_text.iter().all(u8::is_ascii_hexdigit)
-        {
-            return Err(ProxyError::BadRequest("bad chunk size".into()));
-        }
-        let size = usize::from_str_radix(std::str::from_utf8(size_text).unwrap_or("x"), 16)
-            .map_err(|_| ProxyError::BadRequest("bad chunk size".into()))?;
-        if size == 0 {
-            // Trailers: read up to the blank line, drop them.
-            loop {
-                if read_line(stream, buf, &mut pos).await?.is_empty() {
-                    buf.drain(..pos);
-                    return Ok(out);
-                }
-            }
-        }
-        if out.len() + size > max {
-            return Err(ProxyError::BodyTooLarge(max));
-        }
-        fill(stream, buf, pos + size + 2).await?;
-        out.extend_from_slice(&buf[pos..pos + size]);
-        if &buf[pos + size..pos + size + 2] != b"\r\n" {
-            return Err(ProxyError::BadRequest("chunk not followed by CRLF".into()));
-        }
-        pos += size + 2;
-    }
-}
-
-async fn fill<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    want: usize,
-) -> Result<(), ProxyError> {
-    while buf.len() < want {
+    let mut decoder = ChunkedDecoder::new(max as u64, 16 * 1024, 100);
+    let mut end = decoder.decode(buf, 0)?;
+    while !decoder.is_done() {
         let mut chunk = [0u8; 4096];
         let n = stream
             .read(&mut chunk)
@@ -251,32 +414,9 @@ async fn fill<S: AsyncRead + Unpin>(
             return Err(ProxyError::BadRequest("truncated body".into()));
         }
         buf.extend_from_slice(&chunk[..n]);
+        end = decoder.decode(buf, end)?;
     }
-    Ok(())
-}
-
-async fn read_line<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    pos: &mut usize,
-) -> Result<Vec<u8>, ProxyError> {
-    loop {
-        if let Some(i) = buf[*pos..].windows(2).position(|w| w == b"\r\n") {
-            let line = buf[*pos..*pos + i].to_vec();
-            if line.contains(&b'\n') || line.contains(&b'\r') {
-                return Err(ProxyError::BadRequest(
-                    "bare CR or LF in chunked body".into(),
-                ));
-            }
-            *pos += i + 2;
-            return Ok(line);
-        }
-        if buf.len() - *pos > 4096 {
-            return Err(ProxyError::BadRequest("chunk line too long".into()));
-        }
-        let want = buf.len() + 1;
-        fill(stream, buf, want).await?;
-    }
+    Ok(std::mem::take(buf))
 }
 
 /// A parsed origin response head.
@@ -355,6 +495,7 @@ mod tests {
         let mut buf = Vec::new();
         let body = read_chunked(&mut input, &mut buf, 100).await.unwrap();
         assert_eq!(body, b"hello");
+        assert!(buf.is_empty(), "nothing of the body is kept in the buffer");
         let mut input: &[u8] = b"5\r\nhelloXX0\r\n\r\n";
         assert!(
             read_chunked(&mut input, &mut Vec::new(), 100)
@@ -365,6 +506,99 @@ mod tests {
         assert!(matches!(
             read_chunked(&mut input, &mut Vec::new(), 100).await,
             Err(ProxyError::BodyTooLarge(100))
+        ));
+    }
+
+    /// Feeds `input` to a decoder `step` bytes at a time through one buffer, as the
+    /// forwarder does; returns the data and the largest the buffer ever was.
+    fn decode_in_steps(input: &[u8], step: usize) -> Result<(Vec<u8>, usize), ProxyError> {
+        let mut decoder = ChunkedDecoder::new(1 << 20, 1024, 4);
+        let (mut buf, mut data, mut peak) = (Vec::new(), Vec::new(), 0);
+        for piece in input.chunks(step) {
+            buf.extend_from_slice(piece);
+            peak = peak.max(buf.len());
+            let end = decoder.decode(&mut buf, 0)?;
+            data.extend(buf.drain(..end));
+            if decoder.is_done() {
+                return Ok((data, peak));
+            }
+        }
+        Err(ProxyError::BadRequest("incomplete".into()))
+    }
+
+    #[test]
+    fn the_decoder_streams_through_a_small_buffer_whatever_the_split() {
+        let mut body = Vec::new();
+        for i in 0..2000u32 {
+            body.extend_from_slice(format!("{:x}\r\n", i % 7 + 1).as_bytes());
+            body.extend(std::iter::repeat_n(
+                b'a' + (i % 26) as u8,
+                (i % 7 + 1) as usize,
+            ));
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\nX-T: 1\r\n\r\nNEXT REQUEST");
+        let want: Vec<u8> = (0..2000u32)
+            .flat_map(|i| std::iter::repeat_n(b'a' + (i % 26) as u8, (i % 7 + 1) as usize))
+            .collect();
+        for step in [1, 2, 3, 5, 64, 4096] {
+            let (data, peak) = decode_in_steps(&body, step).unwrap();
+            assert_eq!(data, want, "step {step}");
+            // Never more than one partial line plus the new bytes.
+            assert!(peak <= step + 8, "step {step}: buffer grew to {peak}");
+        }
+    }
+
+    #[test]
+    fn trailers_are_bounded_and_checked() {
+        let ok = b"1\r\na\r\n0\r\nA: 1\r\nB: 2\r\n\r\n";
+        assert_eq!(decode_in_steps(ok, 1).unwrap().0, b"a");
+        // More fields than allowed, more bytes than allowed, however they are split.
+        let many = b"0\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\n\r\n";
+        let big = format!(
+            "0\r\nA: {}\r\nB: {}\r\n\r\n",
+            "x".repeat(600),
+            "y".repeat(600)
+        );
+        for step in [1, 7, 4096] {
+            assert!(matches!(
+                decode_in_steps(many, step),
+                Err(ProxyError::TrailersTooLarge(1024))
+            ));
+            assert!(matches!(
+                decode_in_steps(big.as_bytes(), step),
+                Err(ProxyError::TrailersTooLarge(1024))
+            ));
+        }
+        // An endless trailer line is refused once it passes the line limit.
+        let endless = format!("0\r\nA: {}", "x".repeat(MAX_CHUNK_LINE + 10));
+        assert!(matches!(
+            decode_in_steps(endless.as_bytes(), 100),
+            Err(ProxyError::BadRequest(_))
+        ));
+        for bad in [
+            &b"0\r\n folded: 1\r\n\r\n"[..],
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\n: empty name\r\n\r\n",
+            b"0\r\nA: 1\nB: 2\r\n\r\n",
+            b"1\r\na\r\n0\r\nA\r: 1\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"1\r\na\r\n\x000\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"\r\n",
+        ] {
+            assert!(
+                matches!(decode_in_steps(bad, 3), Err(ProxyError::BadRequest(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // The body limit counts the declared sizes, before any data arrives.
+        let mut decoder = ChunkedDecoder::new(10, 1024, 4);
+        let mut buf = b"6\r\nabcdef\r\n5\r\n".to_vec();
+        assert!(matches!(
+            decoder.decode(&mut buf, 0),
+            Err(ProxyError::BodyTooLarge(10))
         ));
     }
 }

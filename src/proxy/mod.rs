@@ -5,14 +5,17 @@
 //! with the policy and the client group's mode, resolve once through the gate's DNS
 //! pipeline and classify every address ([`check`]); for a tunnel, read the TLS
 //! ClientHello and compare its SNI with the approved host ([`sni`]); then dial exactly
-//! a checked address ([`dial`]) and relay ([`splice`], [`forward`]). Every refusal is
-//! an HTTP answer with `X-Portcullis-Reason` ([`error`]); every decision and every
-//! closed tunnel is one JSON log line (`portcullis::decision`, `door = "proxy"`).
+//! a checked address ([`dial`]) and relay ([`splice`], [`forward`]). Every buffer a
+//! connection reads into is reserved first from its cap and from the gate's budget
+//! ([`budget`]). Every refusal is an HTTP answer with a one-line `X-Portcullis-Reason`
+//! ([`error`]); every decision and every closed tunnel is one JSON log line
+//! (`portcullis::decision`, `door = "proxy"`).
 
 // The `[proxy]` configuration lives in src/config/proxy.rs; until `config/mod.rs`
 // declares it, it is compiled here.
 pub use crate::config::proxy as config;
 
+pub mod budget;
 pub mod check;
 pub mod connect;
 pub mod dial;
@@ -24,9 +27,8 @@ pub mod sni;
 pub mod splice;
 pub mod target;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::RecordType;
@@ -64,10 +66,10 @@ pub struct ProxyState {
     pub(crate) limits: Limits,
 }
 
-#[derive(Default)]
+/// Connection slots and the buffer budget, shared by every connection.
 pub(crate) struct Limits {
-    per_client: Mutex<HashMap<IpAddr, usize>>,
-    total: std::sync::atomic::AtomicUsize,
+    pub(crate) conns: Arc<crate::listen::ConnLimits>,
+    pub(crate) buffers: budget::Budget,
 }
 
 impl ProxyState {
@@ -91,6 +93,10 @@ impl ProxyState {
         for net in &config.deny_ranges {
             classifier = classifier.with_extra(*net, format!("proxy.deny_ranges {net}"));
         }
+        let limits = Limits {
+            conns: Arc::default(),
+            buffers: budget::Budget::new(config.max_buffered_bytes),
+        };
         ProxyState {
             config,
             policy,
@@ -99,12 +105,22 @@ impl ProxyState {
             classifier,
             own_listeners,
             host: crate::host::LiveHost::new(crate::host::HostAddrs::read()),
-            limits: Limits::default(),
+            limits,
         }
     }
 
     /// Connections being served right now.
     pub fn connections(&self) -> usize {
-        self.limits.total.load(std::sync::atomic::Ordering::Relaxed)
+        self.limits.conns.open()
+    }
+
+    /// Bytes reserved for heads and bodies by every connection now.
+    pub fn buffered(&self) -> usize {
+        self.limits.buffers.used()
+    }
+
+    /// The largest reservation one connection has held since start.
+    pub fn buffered_peak_per_connection(&self) -> usize {
+        self.limits.buffers.peak_connection()
     }
 }

@@ -6,23 +6,24 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::budget::{ConnBudget, Held};
 use super::check::{Approval, Asker};
-use super::error::{ProxyError, refusal_response};
-use super::http::read_request_head;
+use super::error::{ProxyError, redact_target, refusal_response};
+use super::http::{RequestHead, read_request_head};
 use super::splice::Relayed;
 use super::target::Target;
 use super::{ProxyState, connect, forward};
 use crate::error::HasFault;
+use crate::listen::LimitHit;
 
 pub use crate::listen::bind_tcp as bind;
 
@@ -35,6 +36,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     crate::admin::metrics::proxy_max_connections(state.config.max_connections);
+    crate::admin::metrics::proxy_max_buffered(state.config.max_buffered_bytes);
     let stop = Stop::default();
     let tracker = TaskTracker::new();
     for listener in listeners {
@@ -105,77 +107,61 @@ async fn accept_loop(
     }
 }
 
-/// Holds one connection slot (global and per client) until dropped.
-struct Slot {
-    state: Arc<ProxyState>,
-    client: IpAddr,
+/// A request head read from a client, and what it holds of the connection's budget.
+pub(crate) struct Received<'c> {
+    pub head: RequestHead,
+    /// Length of the head as received (what `head` holds).
+    pub head_len: usize,
+    /// Bytes read after the head (body, or the start of the tunnel).
+    pub rest: Vec<u8>,
+    /// Reserves `head_len` plus the capacity of `rest`.
+    pub held: Held<'c>,
+    pub conn: &'c ConnBudget<'c>,
 }
 
-impl Drop for Slot {
+/// Counts an open client connection in `portcullis_proxy_connections` until dropped.
+struct OpenGauge;
+
+impl Drop for OpenGauge {
     fn drop(&mut self) {
-        self.state.limits.total.fetch_sub(1, Ordering::Relaxed);
         crate::admin::metrics::proxy_connection(false);
-        let mut map = self
-            .state
-            .limits
-            .per_client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.client);
-            }
-        }
     }
-}
-
-fn take_slot(state: &Arc<ProxyState>, client: IpAddr) -> Result<Slot, ProxyError> {
-    let total = state.limits.total.fetch_add(1, Ordering::Relaxed);
-    crate::admin::metrics::proxy_connection(true);
-    let slot = Slot {
-        state: state.clone(),
-        client,
-    };
-    let mut map = state
-        .limits
-        .per_client
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let n = map.entry(client).or_insert(0);
-    *n += 1;
-    let over_client = *n > state.config.max_connections_per_client;
-    drop(map);
-    if total >= state.config.max_connections {
-        return Err(ProxyError::Overloaded);
-    }
-    if over_client {
-        return Err(ProxyError::ClientLimit);
-    }
-    Ok(slot)
 }
 
 async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: SocketAddr, stop: Stop) {
-    let _slot = match take_slot(&state, client.ip()) {
+    crate::admin::metrics::proxy_connection(true);
+    let _open = OpenGauge;
+    let slot = state.limits.conns.take(
+        client.ip(),
+        state.config.max_connections,
+        state.config.max_connections_per_client,
+    );
+    let _slot = match slot {
         Ok(slot) => slot,
-        Err(err) => {
+        Err(hit) => {
+            let err = match hit {
+                LimitHit::Total => ProxyError::Overloaded,
+                LimitHit::PerClient => ProxyError::ClientLimit,
+            };
             let asker = state.asker(client);
             log_refusal(&asker, "-", "-", &err);
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
-                stream.write_all(&refusal_response(&err)),
+                stream.write_all(&refusal_response(&err, asker.conn_id)),
             )
             .await;
             return;
         }
     };
     let asker = state.asker(client);
-    let mut buf = Vec::with_capacity(1024);
+    let conn = ConnBudget::new(&state.limits.buffers, state.config.connection_buffer_cap());
+    let Ok(mut held) = conn.hold(0) else { return };
+    let mut buf = Vec::new();
     let read = tokio::select! {
         _ = stop.accepting.cancelled() => return,
         read = tokio::time::timeout(
             state.config.header_timeout(),
-            read_request_head(&mut stream, &mut buf, state.config.max_header_bytes, state.config.max_headers),
+            read_request_head(&mut stream, &mut buf, state.config.max_header_bytes, state.config.max_headers, &mut held),
         ) => read,
     };
     let (head, len) = match read {
@@ -186,12 +172,23 @@ async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: Socke
             return refuse(&mut stream, &asker, "-", "-", ProxyError::HeaderTimeout).await;
         }
     };
-    let rest = buf[len..].to_vec();
-    drop(buf);
-    if head.method == "CONNECT" {
-        connect::handle(&state, stream, &asker, head, rest, &stop.tunnels).await;
+    // The bytes after the head stay in the same buffer; the parsed head is a copy.
+    buf.drain(..len);
+    if let Err(err) = held.resize(len + buf.capacity()) {
+        return refuse(&mut stream, &asker, &head.method, &head.target, err).await;
+    }
+    let connect = head.method == "CONNECT";
+    let received = Received {
+        head,
+        head_len: len,
+        rest: buf,
+        held,
+        conn: &conn,
+    };
+    if connect {
+        connect::handle(&state, stream, &asker, received, &stop.tunnels).await;
     } else {
-        forward::handle(&state, stream, &asker, head, rest, &stop.tunnels).await;
+        forward::handle(&state, stream, &asker, received, &stop.tunnels).await;
     }
 }
 
@@ -205,8 +202,28 @@ pub(crate) async fn refuse(
 ) {
     log_refusal(asker, method, target, &err);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        stream.write_all(&refusal_response(&err)).await?;
+        stream
+            .write_all(&refusal_response(&err, asker.conn_id))
+            .await?;
         stream.shutdown().await
+    })
+    .await;
+    linger(stream).await;
+}
+
+/// After the answer and a FIN, reads and drops what the client still sends (a body
+/// it was uploading) for a moment: closing with unread bytes would reset the
+/// connection, and a reset can destroy the answer before the client reads it.
+pub(crate) async fn linger(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let mut left = 4usize << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
     })
     .await;
 }
@@ -223,31 +240,13 @@ pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &Proxy
         mode = asker.mode.as_str(),
         method,
         // Not `target`: the JSON formatter already uses that key for the log target.
-        request = %redact_userinfo(target),
+        request = %redact_target(target),
         decision = "refused",
         status = err.status(),
         reason_code = err.code(),
         reason = %err,
         fault = err.fault().as_str(),
     );
-}
-
-/// The request target with any `user:password@` in its authority replaced, so
-/// credentials a client put in a URL never reach the log.
-fn redact_userinfo(target: &str) -> std::borrow::Cow<'_, str> {
-    let start = target.find("://").map_or(0, |i| i + 3);
-    let authority_end = target[start..]
-        .find(['/', '?', '#'])
-        .map_or(target.len(), |i| start + i);
-    match target[start..authority_end].rfind('@') {
-        Some(at) => format!(
-            "{}<redacted>@{}",
-            &target[..start],
-            &target[start + at + 1..]
-        )
-        .into(),
-        None => target.into(),
-    }
 }
 
 /// One decision line for an allowed request, once the origin is connected.
@@ -346,26 +345,4 @@ pub(crate) async fn dial_checked(
         }
     }
     Err(last)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_userinfo;
-
-    #[test]
-    fn credentials_in_a_target_never_reach_the_log() {
-        assert_eq!(
-            redact_userinfo("http://user:s3cret@example.com/path?q=a@b"),
-            "http://<redacted>@example.com/path?q=a@b"
-        );
-        assert_eq!(
-            redact_userinfo("user:s3cret@example.com:443"),
-            "<redacted>@example.com:443"
-        );
-        assert_eq!(redact_userinfo("example.com:443"), "example.com:443");
-        assert_eq!(
-            redact_userinfo("http://example.com/a@b"),
-            "http://example.com/a@b"
-        );
-    }
 }
