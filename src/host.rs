@@ -73,9 +73,14 @@ impl LiveHost {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let Ok(now) = tokio::task::spawn_blocking(read.clone()).await else {
+                let Ok(mut now) = tokio::task::spawn_blocking(read.clone()).await else {
                     continue;
                 };
+                // Every host has a loopback address: none means the read failed, and the
+                // addresses last read stay refused rather than none.
+                if now.interfaces.is_empty() {
+                    now.interfaces = live.load().interfaces.clone();
+                }
                 if **live.load() != now {
                     tracing::info!(
                         interfaces = ?now.interfaces,
@@ -156,6 +161,16 @@ mod tests {
         }
         assert!(live.load().is_own("192.0.2.7".parse().unwrap()));
         assert!(live.load().is_gateway("192.0.2.1".parse().unwrap()));
+        task.abort();
+
+        // A read that finds no interface at all failed: the last addresses stay.
+        let failed = || HostAddrs {
+            interfaces: Vec::new(),
+            gateways: vec!["192.0.2.1".parse().unwrap()],
+        };
+        let task = live.spawn_refresh(Duration::from_millis(20), failed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(live.load().is_own("192.0.2.7".parse().unwrap()));
         task.abort();
     }
 }

@@ -23,14 +23,26 @@ use portcullis::lists::refresh::{Lists, fetch_into_cache, tune_allocator};
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        write!(std::io::stdout(), $($arg)*)?
+        stdout_result(write!(std::io::stdout(), $($arg)*))?
     }};
 }
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout(), $($arg)*)?
+        stdout_result(writeln!(std::io::stdout(), $($arg)*))?
     }};
+}
+
+/// Our standard output was closed by its reader: the one error that ends a command quietly.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+struct StdoutClosed;
+
+fn stdout_result(result: std::io::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        other => Ok(other?),
+    }
 }
 
 #[derive(Parser)]
@@ -127,10 +139,7 @@ fn main() -> ExitCode {
 
 /// The reader of our output went away (`| head`): nothing left to say, and no one to say it to.
 fn closed_pipe(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    error.downcast_ref::<StdoutClosed>().is_some()
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -254,23 +263,26 @@ fn lists_fetch(path: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let pool = Arc::new(upstream_pool(&config)?);
         let (report, statuses) = fetch_into_cache(&config, pool).await?;
-        if json {
-            outln!("{}", serde_json::to_string_pretty(&statuses)?);
-        } else {
-            for status in &statuses {
-                out!("{status}");
+        let printed = (|| -> anyhow::Result<()> {
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                for status in &statuses {
+                    out!("{status}");
+                }
             }
-        }
+            Ok(())
+        })();
         let mut failed = false;
         for error in report.failures() {
             eprintln!("portcullis: {error}");
             failed = true;
         }
-        Ok(if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        })
+        // A failed download fails the command even when nobody reads the status.
+        if failed {
+            return Ok(ExitCode::FAILURE);
+        }
+        printed.map(|()| ExitCode::SUCCESS)
     })
 }
 
@@ -493,9 +505,13 @@ async fn reload_loop(
                     files = now_read;
                     loaded = fingerprint(&files);
                 }
-                filter
-                    .settings
-                    .store(Arc::new(FilterSettings::from(&config)));
+                // `[proxy]` applies at the next start, `deny_ranges` included: DNS keeps
+                // the ranges the proxy refuses, so both front doors refuse the same.
+                let deny_ranges = filter.settings.load().deny_ranges.clone();
+                filter.settings.store(Arc::new(FilterSettings {
+                    deny_ranges,
+                    ..FilterSettings::from(&config.dns)
+                }));
                 lists.publish(config, built).await;
                 portcullis::admin::metrics::config_reload(true);
                 tracing::info!(trigger, "configuration reloaded");

@@ -274,6 +274,9 @@ impl Default for SourcesConfig {
     }
 }
 
+/// Longest list name, in bytes (UTF-8).
+pub const MAX_LIST_NAME_BYTES: usize = 64;
+
 /// Shortest keyword accepted: a shorter substring (`a`, `co`) blocks a large share of
 /// every name there is.
 pub const MIN_KEYWORD_LEN: usize = 3;
@@ -591,6 +594,16 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for list in &self.lists {
             let at = list.name.span().start;
+            // Its cache files are named after it (`%XX` for each unsafe byte): bounded so
+            // that they stay within a file name's 255 bytes.
+            let len = list.name.get_ref().len();
+            if len == 0 || len > MAX_LIST_NAME_BYTES {
+                return Err(o.invalid(
+                    at,
+                    "lists.name",
+                    format!("a list name has 1 to {MAX_LIST_NAME_BYTES} bytes, this one {len}"),
+                ));
+            }
             if !names.insert(list.name.get_ref().as_str()) {
                 return Err(o.invalid(
                     at,
@@ -831,6 +844,15 @@ mod tests {
             );
         }
         assert!(parse(&list("keywords = [\"exfil\", \"c2.\"]")).is_ok());
+        let long = format!(
+            "[[lists]]\nname = \"{}\"\ninline = \"x.com\"\n",
+            "é".repeat(33)
+        );
+        let err = parse(&long).unwrap_err().to_string();
+        assert!(
+            err.starts_with("portcullis.toml:2: key `lists.name`: a list name has 1 to 64 bytes"),
+            "{err}"
+        );
         let err = parse(&format!(
             "[groups]\nagent = [\"10.0.0.0/8\"]\n{}",
             list("groups = []")

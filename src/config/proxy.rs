@@ -183,11 +183,14 @@ impl ProxyConfig {
     /// response-body buffer. CONNECT: the request head, its read buffer and the
     /// ClientHello (with one read's slack).
     pub fn connection_buffer_cap(&self) -> usize {
-        let forward = 2 * self.max_header_bytes
-            + 1024
-            + 2 * self.body_buffer_bytes
-            + self.max_response_header_bytes;
-        let connect = 2 * self.max_header_bytes + crate::proxy::sni::MAX_CLIENT_HELLO + 4096;
+        // Within `validate`'s bounds these sums are far below `usize::MAX`; saturate anyway
+        // so an unvalidated value cannot wrap into a small cap.
+        let head = self.max_header_bytes.saturating_mul(2);
+        let forward = head
+            .saturating_add(1024)
+            .saturating_add(self.body_buffer_bytes.saturating_mul(2))
+            .saturating_add(self.max_response_header_bytes);
+        let connect = head.saturating_add(crate::proxy::sni::MAX_CLIENT_HELLO + 4096);
         forward.max(connect)
     }
 
@@ -237,18 +240,32 @@ impl ProxyConfig {
                 return Err((key, "must be greater than 0".into()));
             }
         }
-        if self.max_header_bytes < 1024 {
-            return Err(("proxy.max_header_bytes", "must be at least 1024".into()));
-        }
-        if self.max_response_header_bytes < 1024 {
-            return Err((
+        // Upper bounds keep `connection_buffer_cap`'s arithmetic far from overflow and a
+        // single buffer allocatable.
+        for (key, value, min, max) in [
+            (
+                "proxy.max_header_bytes",
+                self.max_header_bytes,
+                1024,
+                MAX_HEAD_BYTES,
+            ),
+            (
                 "proxy.max_response_header_bytes",
-                "must be at least 1024".into(),
-            ));
-        }
-        // A chunk-size or trailer line (up to 4 KiB) must fit with room to spare.
-        if self.body_buffer_bytes < 8192 {
-            return Err(("proxy.body_buffer_bytes", "must be at least 8192".into()));
+                self.max_response_header_bytes,
+                1024,
+                MAX_HEAD_BYTES,
+            ),
+            // A chunk-size or trailer line (up to 4 KiB) must fit with room to spare.
+            (
+                "proxy.body_buffer_bytes",
+                self.body_buffer_bytes,
+                8192,
+                MAX_BODY_BUFFER_BYTES,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err((key, format!("must be between {min} and {max}")));
+            }
         }
         let cap = self.connection_buffer_cap();
         if self.max_buffered_bytes < cap {
@@ -261,9 +278,34 @@ impl ProxyConfig {
     }
 }
 
+/// Largest request or response head accepted as a setting: 1 MiB.
+const MAX_HEAD_BYTES: usize = 1 << 20;
+/// Largest body buffer accepted as a setting: 16 MiB a direction.
+const MAX_BODY_BUFFER_BYTES: usize = 16 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffer_sizes_are_bounded() {
+        for (text, key) in [
+            (
+                "max_header_bytes = 9223372036854775807",
+                "proxy.max_header_bytes",
+            ),
+            (
+                "max_response_header_bytes = 512",
+                "proxy.max_response_header_bytes",
+            ),
+            ("body_buffer_bytes = 4294967296", "proxy.body_buffer_bytes"),
+        ] {
+            let c: ProxyConfig = toml::from_str(text).unwrap();
+            let err = c.validate(&["default".into()]).unwrap_err();
+            assert_eq!(err.0, key, "{text}");
+            assert!(err.1.starts_with("must be between"), "{text}: {}", err.1);
+        }
+    }
 
     #[test]
     fn defaults_and_modes() {

@@ -478,7 +478,11 @@ impl Filter {
             return;
         }
         let denied = |ip: IpAddr| -> Option<(IpAddr, Denied)> {
-            if let Some(net) = settings.deny_ranges.iter().find(|net| net.contains(&ip)) {
+            if let Some(net) = settings
+                .deny_ranges
+                .iter()
+                .find(|net| crate::policy::addr::range_holds(net, ip))
+            {
                 return Some((ip, Denied::Configured(*net)));
             }
             if !fixed {

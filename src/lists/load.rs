@@ -213,10 +213,27 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
             }
             (None, None, None) => unreachable!("validated: a list has a path, url or inline rules"),
         };
-        let compiled = parse_into_list_mapped(info, &text, list.format, &lines, &list.keywords)
-            .finish()
-            .map_err(|e| config.origin.invalid(0, "lists", e.to_string()))?;
+        // A bug a list's text runs into fails that list only: the others load and serve.
+        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parse_into_list_mapped(info.clone(), &text, list.format, &lines, &list.keywords)
+                .finish()
+        }));
         drop(text);
+        let compiled = match compiled {
+            Ok(compiled) => {
+                compiled.map_err(|e| config.origin.invalid(0, "lists", e.to_string()))?
+            }
+            Err(panic) => {
+                let message = super::background::panic_message(panic.as_ref());
+                tracing::error!(list = %name, %message, "reading the list panicked; it is not served, the others are");
+                status.error = Some(format!(
+                    "internal error while reading it ({message}); not served"
+                ));
+                add(no_copy(info)?)?;
+                statuses.push(status);
+                continue;
+            }
+        };
         add(compiled.list)?;
         status.apply_report(&compiled.report);
         status.ready = true;
@@ -411,6 +428,11 @@ fn parse_into_list_mapped(
     lines: &LineMap,
     keywords: &[String],
 ) -> ParsedList {
+    // Stands in for a parser bug in the tests of the panic containment.
+    #[cfg(test)]
+    if text.starts_with("!test: panic") {
+        panic!("a parser bug");
+    }
     let mut builder = ListBuilder::new(info);
     // About a name a line (hosts lines with several names grow it).
     builder.reserve(text.bytes().filter(|&b| b == b'\n').count() + 1);
@@ -665,6 +687,26 @@ mod tests {
         assert!(blocked_line(&loaded, "data.exfil.example").is_some());
         assert!(blocked_line(&loaded, "my-tunnel.example").is_some());
         assert!(blocked_line(&loaded, "fine.example").is_none());
+    }
+
+    #[test]
+    fn a_list_that_panics_fails_alone_and_the_others_load() {
+        let loaded = load(
+            "[[upstream.servers]]\nurl = \"udp://127.0.0.1:9\"\n[[lists]]\nname = \"bad\"\ninline = \"!test: panic\"\n[[lists]]\nname = \"good\"\ninline = \"evil.example\"\n",
+        );
+        let bad = loaded.lists.iter().find(|l| l.name == "bad").unwrap();
+        assert!(!bad.ready, "{bad:?}");
+        assert!(
+            bad.error
+                .as_deref()
+                .is_some_and(|e| e.contains("a parser bug")),
+            "{bad:?}"
+        );
+        assert!(
+            !loaded.ready(),
+            "a list the operator asked for is not served"
+        );
+        assert!(blocked_line(&loaded, "evil.example").is_some());
     }
 
     #[test]

@@ -128,11 +128,6 @@ pub fn check_and_parse(
     keywords: &[String],
 ) -> Result<Result<ParsedList, crate::policy::rules::RuleError>, Rejection> {
     let text = looks_like_a_list(bytes, content_type)?;
-    // Stands in for a parser bug in the tests of `guarded`.
-    #[cfg(test)]
-    if text.starts_with("!test: panic") {
-        panic!("a parser bug");
-    }
     let mut parsed = parse_into_list(info, &text, format, 0, keywords);
     guard(
         parsed.parsed_entries,
@@ -383,6 +378,20 @@ impl Lists {
             .as_ref()
             .map(|u| u.get_ref().as_str())
             .unwrap_or("");
+        if let Err(e @ RefreshError::Panicked { .. }) = &source.result {
+            // The panic came before the source's own metadata write: record it, so that
+            // `portcullis lists` (which reads the cache) shows the list failed. Rare enough
+            // to write here, on the async worker.
+            let mut meta = store.read_meta(&source.name, url).unwrap_or_else(|| Meta {
+                url: url.to_owned(),
+                ..Meta::default()
+            });
+            meta.last_attempt = Some(now_unix());
+            meta.last_error = Some(e.detail());
+            if let Err(error) = store.write_meta(&source.name, &meta) {
+                tracing::warn!(list = %source.name, %error, "cannot record the list failure in the cache");
+            }
+        }
         let meta = store.read_meta(&source.name, url);
         let mut statuses = lock(&self.inner.statuses);
         if let Some(status) = statuses.iter_mut().find(|s| s.name == source.name) {
@@ -1116,6 +1125,16 @@ mod tests {
             .into_iter()
             .find(|s| s.name == "b")
             .unwrap();
+        assert!(
+            status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("a parser bug")),
+            "{status:?}"
+        );
+        // What `portcullis lists` reads: the cache's metadata, from another process.
+        let from_disk = build_policy(&lists.config()).unwrap();
+        let status = from_disk.lists.iter().find(|s| s.name == "b").unwrap();
         assert!(
             status
                 .last_error

@@ -256,6 +256,33 @@ fn classify_v4(ip: Ipv4Addr) -> AddrClass {
     }
 }
 
+/// The IPv4 address an IPv6 address carries in a form that reaches it: IPv4-mapped
+/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and 6to4
+/// (`2002:AABB:CCDD::`).
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(ip);
+    let low = Ipv4Addr::from(bits as u32);
+    let s = ip.segments();
+    match bits >> 32 {
+        0xffff | 0x0064_ff9b_0000_0000_0000_0000 => Some(low),
+        0 if bits > 1 => Some(low),
+        _ if s[0] == 0x2002 => Some(Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32)),
+        _ => None,
+    }
+}
+
+/// Does `net` hold `ip`, directly or as the IPv4 address an IPv6 form of it carries? An
+/// operator's IPv4 range holds `::ffff:` and NAT64 forms of its addresses too.
+pub fn range_holds(net: &IpNet, ip: IpAddr) -> bool {
+    net.contains(&ip)
+        || match (net, ip) {
+            (IpNet::V4(net), IpAddr::V6(v6)) => {
+                embedded_ipv4(v6).is_some_and(|v4| net.contains(&v4))
+            }
+            _ => false,
+        }
+}
+
 fn classify_v6(ip: Ipv6Addr) -> AddrClass {
     use AddrClass::*;
     let bits = u128::from(ip);
@@ -366,7 +393,7 @@ impl AddrClassifier {
     /// The operator's ranges come first: they are "never dialled, whatever the allow rules
     /// say", and `Configured` is a class that `private = true` does not open.
     pub fn classify_with_label(&self, ip: IpAddr) -> (AddrClass, Option<&str>) {
-        if let Some((_, label)) = self.extra.iter().find(|(net, _)| net.contains(&ip)) {
+        if let Some((_, label)) = self.extra.iter().find(|(net, _)| range_holds(net, ip)) {
             return (AddrClass::Configured, Some(label.as_str()));
         }
         // The gateway and the gate's own addresses before the fixed ranges: a private
@@ -832,8 +859,9 @@ mod tests {
             (Configured, Some("wide"))
         );
         assert_eq!(c.classify_with_label(ip("172.17.0.1")), (Gateway, None));
-        // A v4 range never matches a v6 address and vice versa.
-        assert_eq!(c.classify(ip("::ffff:44.1.1.1")), Ipv4Mapped);
+        // A v4 range holds the IPv6 forms that carry its addresses, and nothing else.
+        assert_eq!(c.classify(ip("::ffff:44.1.1.1")), Configured);
+        assert_eq!(c.classify(ip("::ffff:45.1.1.1")), Ipv4Mapped);
         // A private gateway is a gateway (which `private = true` does not open), not Private.
         assert_eq!(c.classify(ip("172.17.0.1")), Gateway);
         assert_eq!(c.classify(ip("172.17.0.2")), Private);
@@ -927,5 +955,25 @@ fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         for gw in AddrClassifier::detect_gateways() {
             assert!(!gw.is_unspecified(), "{gw}");
         }
+    }
+
+    #[test]
+    fn v4_ranges_hold_the_v6_forms_of_their_addresses() {
+        let net: IpNet = "44.0.0.0/8".parse().unwrap();
+        for held in [
+            "44.1.2.3",
+            "::ffff:44.1.2.3",
+            "::44.1.2.3",
+            "64:ff9b::2c01:203",
+            "2002:2c01:203::1",
+        ] {
+            assert!(range_holds(&net, ip(held)), "{held}");
+        }
+        for not in ["45.1.2.3", "::ffff:45.1.2.3", "2606:4700::1", "::1", "::"] {
+            assert!(!range_holds(&net, ip(not)), "{not}");
+        }
+        let v6: IpNet = "2606:4700::/32".parse().unwrap();
+        assert!(range_holds(&v6, ip("2606:4700::1")));
+        assert!(!range_holds(&v6, ip("44.1.2.3")));
     }
 }

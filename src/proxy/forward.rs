@@ -186,6 +186,8 @@ async fn prepare<'c>(
     if framing == BodyFraming::None {
         buf = Vec::new();
     } else {
+        // Reserved in the budget before it is allocated.
+        held.resize(head_len + size)?;
         buf.reserve_exact(size - buf.len());
     }
     held.resize(head_len + buf.capacity())?;
