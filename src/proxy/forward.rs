@@ -364,6 +364,23 @@ async fn read_idle<R: AsyncRead + Unpin>(
     }
 }
 
+/// [`write_parts`] that fails once it has waited `idle` for the peer to take the bytes: a
+/// reader that stops reading frees its connection slot and buffers instead of holding them
+/// until `tunnel_max_secs`. (The write is not restarted: a partial one cannot be.)
+async fn write_idle<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    parts: &[&[u8]],
+    idle: Duration,
+) -> io::Result<()> {
+    match tokio::time::timeout(idle, write_parts(dst, parts)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the peer took no bytes within the idle timeout",
+        )),
+    }
+}
+
 /// Writes every byte of `parts` (one writev where the socket takes it).
 async fn write_parts<W: AsyncWrite + Unpin>(dst: &mut W, parts: &[&[u8]]) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = parts
@@ -485,8 +502,7 @@ async fn upload<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         Body::Whole => Ok(()),
         Body::Length { mut left } => loop {
             if !buf.is_empty() {
-                origin
-                    .write_all(&buf)
+                write_idle(origin, &[&buf], idle)
                     .await
                     .map_err(|_| UploadEnd::Origin)?;
                 up.add(buf.len());
@@ -515,16 +531,19 @@ async fn upload<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             loop {
                 if data_end > 0 {
                     let size_line = format!("{data_end:x}\r\n");
-                    write_parts(origin, &[size_line.as_bytes(), &buf[..data_end], b"\r\n"])
-                        .await
-                        .map_err(|_| UploadEnd::Origin)?;
+                    write_idle(
+                        origin,
+                        &[size_line.as_bytes(), &buf[..data_end], b"\r\n"],
+                        idle,
+                    )
+                    .await
+                    .map_err(|_| UploadEnd::Origin)?;
                     up.add(size_line.len() + data_end + 2);
                     activity.touch();
                     buf.drain(..data_end);
                 }
                 if decoder.is_done() {
-                    origin
-                        .write_all(b"0\r\n\r\n")
+                    write_idle(origin, &[b"0\r\n\r\n"], idle)
                         .await
                         .map_err(|_| UploadEnd::Origin)?;
                     up.add(5);
@@ -617,8 +636,7 @@ async fn download<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             }
             let interim = response_head(&head, false);
             answered.store(true, Ordering::Relaxed);
-            client
-                .write_all(&interim)
+            write_idle(client, &[&interim], idle)
                 .await
                 .map_err(|_| (CloseReason::Error, None))?;
             down += interim.len() as u64;
@@ -629,7 +647,7 @@ async fn download<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     let out = response_head(&head, true);
     answered.store(true, Ordering::Relaxed);
-    write_parts(client, &[&out, &buf[len..]])
+    write_idle(client, &[&out, &buf[len..]], idle)
         .await
         .map_err(|_| (CloseReason::Error, None))?;
     down += (out.len() + buf.len() - len) as u64;
@@ -643,8 +661,10 @@ async fn download<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             Some(Err(_)) => break CloseReason::Error,
             Some(Ok(0)) => break CloseReason::Done,
             Some(Ok(n)) => {
-                if client.write_all(&chunk[..n]).await.is_err() {
-                    break CloseReason::Error;
+                match write_idle(client, &[&chunk[..n]], idle).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => break CloseReason::Idle,
+                    Err(_) => break CloseReason::Error,
                 }
                 activity.touch();
                 down += n as u64;
