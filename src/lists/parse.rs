@@ -336,7 +336,9 @@ pub fn detect_format(text: &str) -> Format {
             continue;
         };
         if first == b'[' && is_header(line) {
-            adblock_header |= line.len() >= 8 && line[1..8].eq_ignore_ascii_case("adblock");
+            adblock_header |= line
+                .get(1..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("adblock"));
             continue;
         }
         if first == b';' {
