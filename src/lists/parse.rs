@@ -1290,6 +1290,19 @@ mod tests {
     }
 
     #[test]
+    fn a_header_with_a_character_across_byte_8_is_detected_without_panic() {
+        // Found by fuzz/fuzz_targets/list_detect.rs (issue 11, item 1): the header check
+        // sliced `line[1..8]` by bytes; U+FFFD is what lossy decoding puts for bad bytes.
+        for text in ["[abcdefé]\na.example\n", "[A\0\u{fffd}\u{fffd}]\n"] {
+            assert_eq!(detect_format(text), Format::Domains, "{text:?}");
+        }
+        assert_eq!(
+            detect_format("[AdBlock é]\nplain.example\n"),
+            Format::Adblock
+        );
+    }
+
+    #[test]
     fn line_splitting_matches_str_lines() {
         for text in [
             "", "a", "a\n", "a\n\n", "\n", "\n\n", "a\r\nb", "a\nb\r\n", "\r\n", "é\nü",
