@@ -3,7 +3,7 @@
 # writes their seed corpora, and runs each target for a bounded number of inputs or a
 # time. Exit status 1 when any target crashed (the input is saved, see below).
 #
-#   scripts/fuzz.sh                   every target, 20000 inputs each (what CI runs)
+#   scripts/fuzz.sh                   every target, 50000 inputs each (what CI runs)
 #   scripts/fuzz.sh --runs N [T...]   targets T (default all), N inputs each
 #   scripts/fuzz.sh --time S [T...]   S seconds each
 #   scripts/fuzz.sh --list            the targets
@@ -11,7 +11,7 @@
 #
 # Corpora grow in fuzz/corpus/<target>/ (not committed); a crashing input is written to
 # fuzz/artifacts/<target>/crash-<sha1>; run the target binary on that file to replay it.
-# FUZZ_JOBS=N runs N targets at once (default 1); FUZZ_ARGS adds libFuzzer options;
+# FUZZ_JOBS=N runs N targets at once (default: nproc); FUZZ_ARGS adds libFuzzer options;
 # FUZZ_TARGET_DIR moves the build (default fuzz/target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ repo=$(pwd)
 
 list_targets() { sed -n 's/^name = "\([a-z_]*\)"$/\1/p' fuzz/Cargo.toml; }
 mode=runs
-amount=20000
+amount=50000
 build_only=0
 targets=()
 while [ $# -gt 0 ]; do
@@ -106,7 +106,7 @@ report() {
   fi
   ran=$((ran + 1))
 }
-jobs=${FUZZ_JOBS:-1}
+jobs=${FUZZ_JOBS:-$(nproc)}
 queue=("${targets[@]}")
 declare -A running=()
 while [ ${#queue[@]} -gt 0 ] || [ ${#running[@]} -gt 0 ]; do
