@@ -3,7 +3,7 @@
 # writes their seed corpora, and runs each target for a bounded number of inputs or a
 # time. Exit status 1 when any target crashed (the input is saved, see below).
 #
-#   scripts/fuzz.sh                   every target, 50000 inputs each (what CI runs)
+#   scripts/fuzz.sh                   every target, 100000 inputs each (what CI runs)
 #   scripts/fuzz.sh --runs N [T...]   targets T (default all), N inputs each
 #   scripts/fuzz.sh --time S [T...]   S seconds each
 #   scripts/fuzz.sh --list            the targets
@@ -19,7 +19,7 @@ repo=$(pwd)
 
 list_targets() { sed -n 's/^name = "\([a-z_]*\)"$/\1/p' fuzz/Cargo.toml; }
 mode=runs
-amount=50000
+amount=100000
 build_only=0
 targets=()
 while [ $# -gt 0 ]; do

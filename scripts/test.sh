@@ -45,9 +45,12 @@ status=${PIPESTATUS[0]}
 # properties (needs the debug binary the tests just built).
 bash scripts/validate-deploy.sh 2>&1 | tee -a "$log"
 deploy_status=${PIPESTATUS[0]}
+# Every fuzz target for a bounded number of inputs (about 2.5 minutes with its build).
+bash scripts/fuzz.sh 2>&1 | tee -a "$log"
+fuzz_status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary and the deployment checks.
 awk '/^test result:/ { p += $4; f += $6 }
      /^deploy checks: [0-9]+ passed, [0-9]+ failed$/ { p += $3; f += $5 }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
-[ "$status" -eq 0 ] && [ "$deploy_status" -eq 0 ]
+[ "$status" -eq 0 ] && [ "$deploy_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]
