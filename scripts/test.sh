@@ -92,6 +92,9 @@ fi
 # properties (needs the debug binary the tests just built).
 PORTCULLIS_BIN="${CARGO_TARGET_DIR:-target}/debug/portcullis" bash scripts/validate-deploy.sh 2>&1 | tee -a "$log"
 deploy_status=${PIPESTATUS[0]}
+# Every fuzz target for a bounded number of inputs (about 2.5 minutes with its build).
+bash scripts/fuzz.sh 2>&1 | tee -a "$log"
+fuzz_status=${PIPESTATUS[0]}
 set -e
 for test in "${not_run[@]}"; do
   echo "not run: $test"
@@ -104,4 +107,4 @@ awk -v first="$log" '
      /^test result:/ && FILENAME != first { p += $4; f += $6; i -= $4 + $6 }
      /^deploy checks: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$/ { p += $3; f += $5; i += $7 }
      END { printf "all tests: %d passed, %d failed, %d ignored\n", p, f, i }' "$log" "$ignored_log"
-[ "$status" -eq 0 ] && [ "$ignored_status" -eq 0 ] && [ "$deploy_status" -eq 0 ]
+[ "$status" -eq 0 ] && [ "$ignored_status" -eq 0 ] && [ "$deploy_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]

@@ -23,17 +23,19 @@ use super::filter::{Filter, Outcome, Reply, Step};
 use super::server::{Decision, MAX_QUERY_LEN, log, log_decision};
 use super::wire;
 
-/// What a parsed request needs for its response.
-struct Request {
-    id: u16,
-    recursion_desired: bool,
-    checking_disabled: bool,
-    query: Query,
+/// What a parsed request needs for its response. (Public, like [`parse`], [`encode`]
+/// and [`encode_error`], for the fuzz targets in `fuzz/`.)
+pub struct Request {
+    pub id: u16,
+    pub recursion_desired: bool,
+    pub checking_disabled: bool,
+    pub query: Query,
     /// The client's advertised UDP payload size, when it sent EDNS.
-    edns_payload: Option<u16>,
+    pub edns_payload: Option<u16>,
 }
 
-enum Parsed {
+/// What the full path makes of a datagram.
+pub enum Parsed {
     /// Not worth an answer: too short for a header, or a response (reflection).
     Drop,
     /// Answer with this code and no question.
@@ -45,7 +47,8 @@ enum Parsed {
     Query(Request),
 }
 
-fn parse(bytes: &[u8]) -> Parsed {
+/// Classifies a datagram the fast path declined.
+pub fn parse(bytes: &[u8]) -> Parsed {
     let Ok(header) = Header::read(&mut BinDecoder::new(bytes)) else {
         return Parsed::Drop;
     };
@@ -99,7 +102,8 @@ fn response_edns(rcode: ResponseCode, ede: Option<&(u16, String)>) -> Edns {
     edns
 }
 
-fn encode_error(header: &Header, rcode: ResponseCode, edns: bool) -> Option<Vec<u8>> {
+/// Encodes a refusal that carries no question.
+pub fn encode_error(header: &Header, rcode: ResponseCode, edns: bool) -> Option<Vec<u8>> {
     let mut m = Message::new(
         header.metadata.id,
         MessageType::Response,
@@ -115,7 +119,7 @@ fn encode_error(header: &Header, rcode: ResponseCode, edns: bool) -> Option<Vec<
 }
 
 /// Encodes a reply, truncating (TC) to what the client can take over UDP.
-fn encode(request: &Request, reply: Reply) -> Option<Vec<u8>> {
+pub fn encode(request: &Request, reply: Reply) -> Option<Vec<u8>> {
     let mut m = Message::new(request.id, MessageType::Response, OpCode::Query);
     m.metadata.recursion_desired = request.recursion_desired;
     m.metadata.checking_disabled = request.checking_disabled;

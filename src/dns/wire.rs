@@ -99,7 +99,11 @@ pub fn parse<'a>(bytes: &'a [u8], name: &mut String) -> Option<FastQuery<'a>> {
             return None;
         }
         edns_payload = Some(u16::from_be_bytes([opt[3], opt[4]]));
-        at += 11 + usize::from(u16::from_be_bytes([opt[9], opt[10]]));
+        let rdata_len = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
+        if !plain_options(bytes.get(at + 11..at + 11 + rdata_len)?) {
+            return None;
+        }
+        at += 11 + rdata_len;
     }
     if at != bytes.len() {
         return None;
@@ -116,6 +120,21 @@ pub fn parse<'a>(bytes: &'a [u8], name: &mut String) -> Option<FastQuery<'a>> {
         qtype,
         edns_payload,
     })
+}
+
+/// EDNS options the full path decodes without a FORMERR: well-formed code-length-value
+/// items, and no Client Subnet (whose content hickory validates). Anything else is the
+/// full path's to refuse.
+fn plain_options(mut rdata: &[u8]) -> bool {
+    const CLIENT_SUBNET: u16 = 8;
+    while let [c0, c1, l0, l1, rest @ ..] = rdata {
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        if u16::from_be_bytes([*c0, *c1]) == CLIENT_SUBNET || rest.len() < len {
+            return false;
+        }
+        rdata = &rest[len..];
+    }
+    rdata.is_empty()
 }
 
 /// A cached answer, inspected and encoded for one policy, settings and client group.
@@ -330,6 +349,34 @@ mod tests {
         let mut compressed = q.clone();
         compressed[12] = 0xc0;
         assert!(parse(&compressed, &mut name).is_none());
+    }
+
+    /// `request` with EDNS whose OPT record carries `rdata` as its options.
+    fn with_options(rdata: &[u8]) -> Vec<u8> {
+        let mut q = request("a.example.", RecordType::A, Some(1232));
+        let len = q.len();
+        q[len - 2..].copy_from_slice(&(rdata.len() as u16).to_be_bytes());
+        q.extend_from_slice(rdata);
+        q
+    }
+
+    #[test]
+    fn edns_options_the_full_path_refuses_are_not_for_the_fast_path() {
+        // Found by fuzz/fuzz_targets/dns_wire.rs: an option longer than the OPT record
+        // (the full path answers FORMERR) was answered from the cache.
+        let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        let mut name = String::new();
+        let good = with_options(&cookie);
+        assert!(Message::from_vec(&good).is_ok());
+        assert!(parse(&good, &mut name).is_some(), "a client cookie");
+        let overrun = with_options(&[0, 10, 0, 0x5d, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let short = with_options(&[0, 10, 0]);
+        // Client Subnet with an unknown address family.
+        let subnet = with_options(&[0, 8, 0, 4, 0, 9, 0, 0]);
+        for bad in [overrun, short, subnet] {
+            assert!(Message::from_vec(&bad).is_err(), "{bad:02x?}");
+            assert!(parse(&bad, &mut name).is_none(), "{bad:02x?}");
+        }
     }
 
     #[test]

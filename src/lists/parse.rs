@@ -1291,15 +1291,15 @@ mod tests {
 
     #[test]
     fn detection_takes_headers_with_multibyte_characters() {
-        // Byte 8 falls inside `é`: slicing there panicked (issue 11, item 1).
-        for text in [
-            "[abcdefé]\na.example\n",
-            "[é]\n",
-            "[Adblocké Plus]\n||a.example^\n",
-        ] {
-            let _ = detect_format(text);
+        // Byte 8 falls inside `é`: slicing there panicked (issue 11, item 1; also found by
+        // fuzz/fuzz_targets/list_detect.rs). U+FFFD is what lossy decoding puts for bad bytes.
+        for text in ["[abcdefé]\na.example\n", "[A\0\u{fffd}\u{fffd}]\n", "[é]\n"] {
+            assert_eq!(detect_format(text), Format::Domains, "{text:?}");
         }
-        assert_eq!(detect_format("[abcdefé]\na.example\n"), Format::Domains);
+        assert_eq!(
+            detect_format("[AdBlock é]\nplain.example\n"),
+            Format::Adblock
+        );
         let (_, report) = run("[abcdefé]\na.example\n", Format::Auto);
         assert_eq!(report.format, Format::Domains);
     }

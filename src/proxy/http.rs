@@ -401,32 +401,6 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Reads a whole chunked body (decoded), at most `max` bytes of data, trailers limited
-/// to 16 KiB and 100 fields. `buf` holds bytes already read after the head; it is used
-/// as the decoding buffer and holds the body when this returns. The proxy itself
-/// streams bodies with [`ChunkedDecoder`]; this is the same decoder for a whole body.
-pub async fn read_chunked<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> Result<Vec<u8>, ProxyError> {
-    let mut decoder = ChunkedDecoder::new(max as u64, 16 * 1024, 100);
-    let mut end = decoder.decode(buf, 0)?;
-    while !decoder.is_done() {
-        let mut chunk = [0u8; 4096];
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| ProxyError::BadRequest(format!("reading the body: {e}")))?;
-        if n == 0 {
-            return Err(ProxyError::BadRequest("truncated body".into()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        end = decoder.decode(buf, end)?;
-    }
-    Ok(std::mem::take(buf))
-}
-
 /// A parsed origin response head.
 #[derive(Debug)]
 pub struct ResponseHead {
@@ -495,6 +469,29 @@ mod tests {
         }
         let ok = parse("POST http://a.example/ HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap();
         assert_eq!(ok.framing().unwrap(), BodyFraming::Length(5));
+    }
+
+    /// A whole chunked body through [`ChunkedDecoder`] (the proxy streams it instead).
+    async fn read_chunked<S: AsyncRead + Unpin>(
+        stream: &mut S,
+        buf: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<Vec<u8>, ProxyError> {
+        let mut decoder = ChunkedDecoder::new(max as u64, 16 * 1024, 100);
+        let mut end = decoder.decode(buf, 0)?;
+        while !decoder.is_done() {
+            let mut chunk = [0u8; 4096];
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| ProxyError::BadRequest(format!("reading the body: {e}")))?;
+            if n == 0 {
+                return Err(ProxyError::BadRequest("truncated body".into()));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            end = decoder.decode(buf, end)?;
+        }
+        Ok(std::mem::take(buf))
     }
 
     #[tokio::test]
