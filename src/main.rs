@@ -356,7 +356,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let proxy_listeners = portcullis::proxy::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("binding the proxy on {:?}", config.proxy.listen))?;
-    portcullis::admin::metrics::init();
+    portcullis::telemetry::metrics::init();
     let admin_listeners = portcullis::admin::bind(&config.admin.listen)
         .await
         .with_context(|| format!("binding the admin listener on {:?}", config.admin.listen))?;
@@ -513,15 +513,15 @@ async fn reload_loop(
                     ..FilterSettings::from(&config.dns)
                 }));
                 lists.publish(config, built).await;
-                portcullis::admin::metrics::config_reload(true);
+                portcullis::telemetry::metrics::config_reload(true);
                 tracing::info!(trigger, "configuration reloaded");
             }
             Ok(Err(error)) => {
-                portcullis::admin::metrics::config_reload(false);
+                portcullis::telemetry::metrics::config_reload(false);
                 tracing::error!(trigger, error = %format!("{error:#}"), "reload refused; the running configuration keeps serving")
             }
             Err(error) => {
-                portcullis::admin::metrics::config_reload(false);
+                portcullis::telemetry::metrics::config_reload(false);
                 tracing::error!(trigger, %error, "reload failed")
             }
         }

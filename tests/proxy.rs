@@ -1131,7 +1131,7 @@ fn sample(metrics: &str, series: &str) -> f64 {
 }
 
 fn scrape() -> String {
-    portcullis::admin::metrics::init().render(&portcullis::admin::metrics::Snapshot {
+    portcullis::telemetry::metrics::init().render(&portcullis::telemetry::metrics::Snapshot {
         cache_entries: 0,
         lists: Vec::new(),
         upstreams: Vec::new(),

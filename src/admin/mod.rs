@@ -21,8 +21,7 @@
 //! The POST endpoints answer 401 without `Authorization: Bearer TOKEN` matching the token
 //! file, and 403 when no token file is configured.
 
-pub mod metrics;
-
+use crate::telemetry::metrics;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
@@ -49,10 +48,30 @@ pub struct AdminState {
 
 impl AdminState {
     fn snapshot(&self) -> metrics::Snapshot {
+        let lists = self
+            .lists
+            .statuses()
+            .into_iter()
+            .map(|list| metrics::ListGauges {
+                failing: list.last_attempt.map(|_| list.last_error.is_some()),
+                name: list.name,
+                entries: list.entries,
+                ready: list.ready,
+                last_success: list.last_success,
+            });
+        let upstreams =
+            self.filter
+                .upstream
+                .health()
+                .into_iter()
+                .map(|u| metrics::UpstreamGauges {
+                    name: u.name,
+                    healthy: u.healthy,
+                });
         metrics::Snapshot {
             cache_entries: self.filter.cache.len(),
-            lists: self.lists.statuses(),
-            upstreams: self.filter.upstream.health(),
+            lists: lists.collect(),
+            upstreams: upstreams.collect(),
         }
     }
 

@@ -33,38 +33,7 @@ pub mod ede {
     pub const NETWORK_ERROR: u16 = 23;
 }
 
-/// What happened to a query: the `outcome` of the decision log and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A deny rule matched the name or a CNAME target, or an answer address was on an IP list.
-    Blocked,
-    /// Answered from upstream (fresh).
-    Forwarded,
-    /// Answered from the cache.
-    Cached,
-    /// Answered from the cache past its TTL because no upstream answered.
-    Stale,
-    /// Answered locally: special-use names.
-    Local,
-    /// Refused: malformed name, rebinding answer, unsupported query.
-    Refused,
-    /// SERVFAIL: no upstream answered, or overload.
-    Error,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Blocked => "blocked",
-            Outcome::Forwarded => "forwarded",
-            Outcome::Cached => "cached",
-            Outcome::Stale => "stale",
-            Outcome::Local => "local",
-            Outcome::Refused => "refused",
-            Outcome::Error => "error",
-        }
-    }
-}
+pub use crate::telemetry::metrics::Outcome;
 
 /// A reply ready to encode, with the decision that produced it.
 #[derive(Debug)]
@@ -266,7 +235,7 @@ impl Filter {
             stale: None,
         };
         let cached = self.cache.get(pending.name.as_str(), query.query_type());
-        crate::admin::metrics::cache_lookup(cached.as_ref().is_some_and(|hit| !hit.stale));
+        crate::telemetry::metrics::cache_lookup(cached.as_ref().is_some_and(|hit| !hit.stale));
         match cached {
             Some(hit) if !hit.stale => {
                 let reply = from_cache(&hit, Outcome::Cached);
@@ -318,7 +287,7 @@ impl Filter {
         if !wire.valid_for(&policy, &settings, group) || !wire.answer(query, hit.age, out) {
             return None;
         }
-        crate::admin::metrics::cache_lookup(true);
+        crate::telemetry::metrics::cache_lookup(true);
         Some((hit.response, wire))
     }
 

@@ -267,7 +267,7 @@ pub(crate) fn log_decision(
 }
 
 pub(crate) fn log(d: &Decision, log_allowed: bool) {
-    crate::admin::metrics::dns_query(d.qtype, d.outcome, d.list);
+    crate::telemetry::metrics::dns_query(d.qtype, d.outcome, d.list);
     let quiet = matches!(d.outcome, Outcome::Forwarded | Outcome::Cached);
     if (quiet && !log_allowed)
         || !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO)

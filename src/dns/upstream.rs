@@ -661,7 +661,7 @@ impl Upstream {
     async fn attempt(self: &Arc<Self>, query: &Message) -> Result<Message, UpstreamError> {
         let started = Instant::now();
         let result = self.exchange(query).await;
-        crate::admin::metrics::upstream_request(&self.name, started.elapsed(), result.is_ok());
+        crate::telemetry::metrics::upstream_request(&self.name, started.elapsed(), result.is_ok());
         match &result {
             Ok(_) => self.record_success(started.elapsed()),
             Err(err) => self.record_failure(err),

@@ -83,23 +83,23 @@ impl<'a> ConnBudget<'a> {
         let held = self.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if held > self.cap {
             self.held.fetch_sub(bytes, Ordering::Relaxed);
-            crate::admin::metrics::proxy_buffer_refusal("connection");
+            crate::telemetry::metrics::proxy_buffer_refusal("connection");
             return Err(ProxyError::BufferCap(self.cap));
         }
         if !self.gate.try_add(bytes) {
             self.held.fetch_sub(bytes, Ordering::Relaxed);
-            crate::admin::metrics::proxy_buffer_refusal("gate");
+            crate::telemetry::metrics::proxy_buffer_refusal("gate");
             return Err(ProxyError::BufferBudget(self.gate.limit));
         }
         self.gate.peak_connection.fetch_max(held, Ordering::Relaxed);
-        crate::admin::metrics::proxy_buffered(bytes as i64);
+        crate::telemetry::metrics::proxy_buffered(bytes as i64);
         Ok(())
     }
 
     fn release(&self, bytes: usize) {
         self.held.fetch_sub(bytes, Ordering::Relaxed);
         self.gate.used.fetch_sub(bytes, Ordering::Relaxed);
-        crate::admin::metrics::proxy_buffered(-(bytes as i64));
+        crate::telemetry::metrics::proxy_buffered(-(bytes as i64));
     }
 }
 

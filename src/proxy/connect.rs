@@ -242,7 +242,7 @@ async fn tunnel_counted(
     stop: &CancellationToken,
 ) {
     let started = Instant::now();
-    let _tunnel = crate::admin::metrics::tunnel_open();
+    let _tunnel = crate::telemetry::metrics::tunnel_open();
     let mut relayed = relay(
         &client,
         &origin,

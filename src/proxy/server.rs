@@ -35,8 +35,8 @@ pub async fn serve(
     state: Arc<ProxyState>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    crate::admin::metrics::proxy_max_connections(state.config.max_connections);
-    crate::admin::metrics::proxy_max_buffered(state.config.max_buffered_bytes);
+    crate::telemetry::metrics::proxy_max_connections(state.config.max_connections);
+    crate::telemetry::metrics::proxy_max_buffered(state.config.max_buffered_bytes);
     let stop = Stop::default();
     let tracker = TaskTracker::new();
     for listener in listeners {
@@ -124,12 +124,12 @@ struct OpenGauge;
 
 impl Drop for OpenGauge {
     fn drop(&mut self) {
-        crate::admin::metrics::proxy_connection(false);
+        crate::telemetry::metrics::proxy_connection(false);
     }
 }
 
 async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: SocketAddr, stop: Stop) {
-    crate::admin::metrics::proxy_connection(true);
+    crate::telemetry::metrics::proxy_connection(true);
     let _open = OpenGauge;
     let slot = state.limits.conns.take(
         client.ip(),
@@ -230,7 +230,7 @@ pub(crate) async fn linger(stream: &mut TcpStream) {
 
 /// One decision line for a refusal.
 pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &ProxyError) {
-    crate::admin::metrics::proxy_decision("refused", err.code());
+    crate::telemetry::metrics::proxy_decision("refused", err.code());
     tracing::info!(
         target: "portcullis::decision",
         door = "proxy",
@@ -258,7 +258,7 @@ pub(crate) fn log_allowed(
     dialled: SocketAddr,
     sni: Option<&str>,
 ) {
-    crate::admin::metrics::proxy_decision(
+    crate::telemetry::metrics::proxy_decision(
         if approval.would_refuse.is_some() {
             "allowed_report"
         } else {
@@ -302,7 +302,7 @@ pub(crate) fn log_close(
     relayed: &Relayed,
     started: Instant,
 ) {
-    crate::admin::metrics::proxy_closed(relayed.up, relayed.down, started.elapsed());
+    crate::telemetry::metrics::proxy_closed(relayed.up, relayed.down, started.elapsed());
     tracing::info!(
         target: "portcullis::decision",
         door = "proxy",

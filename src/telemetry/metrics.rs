@@ -1,4 +1,5 @@
-//! Prometheus metrics (`portcullis_*`), kept in one process-wide [`Metrics`].
+//! Prometheus metrics (`portcullis_*`), kept in one process-wide [`Metrics`]. Every
+//! counter has fixed labels; the admin listener only renders them.
 //!
 //! The DNS and proxy code record through the free functions here, which do nothing until
 //! [`init`] has run (unit tests and the CLI subcommands never pay for metrics). Hot-path
@@ -18,9 +19,39 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::dns::filter::Outcome;
-use crate::dns::upstream::UpstreamHealth;
-use crate::lists::load::ListStatus;
+/// What happened to a query: the `outcome` label of `portcullis_dns_queries_total` and
+/// of the decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A deny rule matched the name or a CNAME target, or an answer address was on an IP list.
+    Blocked,
+    /// Answered from upstream (fresh).
+    Forwarded,
+    /// Answered from the cache.
+    Cached,
+    /// Answered from the cache past its TTL because no upstream answered.
+    Stale,
+    /// Answered locally: special-use names.
+    Local,
+    /// Refused: malformed name, rebinding answer, unsupported query.
+    Refused,
+    /// SERVFAIL: no upstream answered, or overload.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Blocked => "blocked",
+            Outcome::Forwarded => "forwarded",
+            Outcome::Cached => "cached",
+            Outcome::Stale => "stale",
+            Outcome::Local => "local",
+            Outcome::Refused => "refused",
+            Outcome::Error => "error",
+        }
+    }
+}
 
 /// Query types with their own label value; every other type counts as `other`.
 pub const QTYPES: [&str; 12] = [
@@ -142,11 +173,32 @@ pub struct Metrics {
     scrape: Mutex<()>,
 }
 
-/// What the admin server reads at scrape time.
+/// What the scrape-time gauges are set from: the admin server reads it from the lists,
+/// the cache and the upstream pool.
+#[derive(Debug, Default)]
 pub struct Snapshot {
     pub cache_entries: usize,
-    pub lists: Vec<ListStatus>,
-    pub upstreams: Vec<UpstreamHealth>,
+    pub lists: Vec<ListGauges>,
+    pub upstreams: Vec<UpstreamGauges>,
+}
+
+/// One list's gauges.
+#[derive(Debug, Clone)]
+pub struct ListGauges {
+    pub name: String,
+    pub entries: u32,
+    pub ready: bool,
+    /// Unix seconds of the last successful check (`url` lists).
+    pub last_success: Option<u64>,
+    /// `None` until a download was attempted; then whether the last attempt failed.
+    pub failing: Option<bool>,
+}
+
+/// One upstream's gauges.
+#[derive(Debug, Clone)]
+pub struct UpstreamGauges {
+    pub name: String,
+    pub healthy: bool,
 }
 
 impl Metrics {
@@ -400,10 +452,10 @@ impl Metrics {
                     .get_or_create(&label)
                     .set(when as i64);
             }
-            if list.last_attempt.is_some() {
+            if let Some(failing) = list.failing {
                 self.list_failing
                     .get_or_create(&label)
-                    .set(i64::from(list.last_error.is_some()));
+                    .set(i64::from(failing));
             }
         }
         self.upstream_healthy.clear();

@@ -1,4 +1,7 @@
-//! Tracing setup: JSON lines for containers, readable text for terminals.
+//! What the gate tells about itself: the Prometheus counters ([`metrics`]) and the
+//! tracing setup (JSON lines for containers, readable text for terminals).
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 
