@@ -61,6 +61,10 @@ chmod u+w "$WORK"/src/*.txt
     cat <<EOF
 [dns]
 listen = ["127.0.0.1:$PORT"]
+[proxy]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = ["127.0.0.1:0"]
 [upstream]
 timeout_ms = 200
 [[upstream.servers]]

@@ -1,19 +1,11 @@
-//! The gate as `serve()` runs it, plus the list refresher wired the way `src/main.rs` will be,
-//! for `benches/refresh.sh`: every SIGUSR1 runs one refresh round of every `url` list now
+//! The gate as `portcullis run` starts it (`app::Gate`), for `benches/refresh.sh`: every SIGUSR1 runs one refresh round of every `url` list now
 //! (download, sanity guard, cache, one rebuild beside the running policy, one swap) and logs
 //! how long it took. Not a criterion bench: `cargo bench --bench refresh_gate -- CONFIG`.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use portcullis::app::{Gate, Listeners};
 use portcullis::config::Config;
-use portcullis::dns::cache::Cache;
-use portcullis::dns::filter::{Filter, FilterSettings};
-use portcullis::dns::server::{self, DnsSockets};
-use portcullis::dns::upstream::UpstreamPool;
-use portcullis::lists::load::build_policy;
-use portcullis::lists::refresh::Lists;
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os("NO_TUNE").is_none() {
@@ -33,33 +25,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
-    let loaded = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || build_policy(&config)
-    })
-    .await??;
+    let gate = Gate::build(config, None).await?;
+    let policy = gate.shared().policy().load_full();
     eprintln!(
-        "policy from cache in {} ms: {} deny names, ready = {}",
+        "policy from cache in {} ms: {} deny names",
         started.elapsed().as_millis(),
-        loaded.policy.rules.deny_name_count(),
-        loaded.ready()
+        policy.rules.deny_name_count(),
     );
-    let statuses = loaded.lists.clone();
-    let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
-    let upstream = Arc::new(UpstreamPool::new(
-        &config.upstream.servers,
-        config.upstream.strategy,
-        Duration::from_millis(config.upstream.timeout_ms),
-    )?);
-    let lists = Lists::new(config.clone(), policy.clone(), statuses, upstream.clone())?;
-    let filter = Arc::new(Filter::new(
-        policy,
-        upstream,
-        Cache::new(&config.cache),
-        FilterSettings::from(&config.dns),
-        config.dns.max_inflight,
-    ));
-    let sockets = DnsSockets::bind(&config.dns.listen).await?;
+    let listeners = Listeners::bind(&gate.shared().config()).await?;
+    let lists = gate.lists().clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1");
@@ -79,5 +53,5 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM");
         term.recv().await;
     };
-    server::serve(sockets, filter, Duration::from_secs(10), false, shutdown).await
+    gate.serve(listeners, shutdown).await
 }

@@ -4,6 +4,7 @@
 //! and, later, the egress proxy. Lists are parsed in [`lists`], configuration in [`config`].
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod dns;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod forwarding;
 pub mod host;
 pub mod listen;
 pub mod lists;
+pub mod live;
 pub mod policy;
 pub mod proxy;
 pub mod telemetry;

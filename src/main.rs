@@ -7,16 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 
-use portcullis::config::Config;
-use portcullis::dns::cache::Cache;
-use portcullis::dns::filter::{Filter, FilterSettings};
-use portcullis::dns::server::{self, DnsSockets};
-use portcullis::dns::upstream::UpstreamPool;
-use portcullis::lists::load::{Loaded, build_policy};
-use portcullis::lists::refresh::{Lists, fetch_into_cache, tune_allocator};
+use portcullis::app::{Gate, Listeners, load_all, load_config, upstream_pool};
+use portcullis::lists::refresh::{fetch_into_cache, tune_allocator};
 
 /// `print!` and `println!` that return a write error to the caller instead of panicking:
 /// output into a closed pipe (`portcullis lists | head -1`) then ends quietly in `main`.
@@ -142,48 +136,6 @@ fn closed_pipe(error: &anyhow::Error) -> bool {
     error.downcast_ref::<StdoutClosed>().is_some()
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    let mut config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::builtin()?,
-    };
-    config.apply_env(std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")))?;
-    config.read_admin_token()?;
-    Ok(config)
-}
-
-/// Reads a configuration and builds everything `run` builds from it short of binding
-/// sockets, so `config check`, `check`, `lists` and a reload refuse exactly what `run`
-/// would refuse.
-fn load_all(path: Option<&Path>) -> anyhow::Result<(Config, Loaded)> {
-    let config = load_config(path)?;
-    let pool = upstream_pool(&config)?;
-    Lists::check_settings(&config, &Arc::new(pool))?;
-    let loaded = build_policy(&config)?;
-    Ok((config, loaded))
-}
-
-/// The upstream pool of `config`; a bad upstream is reported at its line in the file.
-fn upstream_pool(config: &Config) -> anyhow::Result<UpstreamPool> {
-    UpstreamPool::new(
-        &config.upstream.servers,
-        config.upstream.strategy,
-        Duration::from_millis(config.upstream.timeout_ms),
-    )
-    .map_err(|error| {
-        let at = match &error {
-            portcullis::dns::upstream::UpstreamError::BadSpec { url, .. } => {
-                config.origin.source.find(url.as_str())
-            }
-            _ => None,
-        };
-        config
-            .origin
-            .invalid(at.unwrap_or(0), "upstream.servers", error.to_string())
-            .into()
-    })
-}
-
 fn check(
     path: Option<&Path>,
     name: &str,
@@ -293,136 +245,12 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(config, path.map(Path::to_owned)))?;
+    runtime.block_on(async {
+        let gate = Gate::build(config, path.map(Path::to_owned)).await?;
+        let listeners = Listeners::bind(&gate.shared().config()).await?;
+        gate.serve(listeners, wait_for_stop()).await
+    })?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn log_loaded(loaded: &Loaded) {
-    for list in &loaded.lists {
-        match &list.error {
-            Some(error) => {
-                tracing::warn!(list = %list.name, source = %list.source, %error, "list not loaded")
-            }
-            None => tracing::info!(
-                list = %list.name,
-                source = %list.source,
-                entries = list.entries,
-                skipped = list.skipped,
-                "list loaded"
-            ),
-        }
-    }
-    tracing::info!(
-        allow_rules = loaded.allow_rules,
-        deny_names = loaded.policy.rules.deny_name_count(),
-        build_ms = loaded.build_time.as_millis() as u64,
-        "policy ready"
-    );
-}
-
-async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    // What the running configuration is built from, taken before the allowlist and the
-    // lists are read: an edit from here on is a change to reload.
-    let loaded_from = portcullis::config::watch::loaded_fingerprint(path.as_deref(), &config);
-    // Build the policy off the async workers: big lists take a moment.
-    let loaded = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || build_policy(&config)
-    })
-    .await??;
-    log_loaded(&loaded);
-    portcullis::forwarding::warn_if_forwarding();
-    if !loaded.ready() {
-        tracing::warn!(
-            "some lists have no copy yet: serving the allowlist and the others, downloading in the background"
-        );
-    }
-    let statuses = loaded.lists.clone();
-    let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
-    let upstream = Arc::new(upstream_pool(&config)?);
-    let lists = Lists::new(config.clone(), policy.clone(), statuses, upstream.clone())?;
-    let _refresher = lists.spawn();
-    let filter = Arc::new(Filter::new(
-        policy.clone(),
-        upstream,
-        Cache::new(&config.cache),
-        FilterSettings::from(&config),
-        config.dns.max_inflight,
-    ));
-    let sockets = DnsSockets::bind(&config.dns.listen)
-        .await
-        .with_context(|| format!("binding DNS on {:?}", config.dns.listen))?;
-
-    let proxy_listeners = portcullis::proxy::bind(&config.proxy.listen)
-        .await
-        .with_context(|| format!("binding the proxy on {:?}", config.proxy.listen))?;
-    portcullis::telemetry::metrics::init();
-    let admin_listeners = portcullis::admin::bind(&config.admin.listen)
-        .await
-        .with_context(|| format!("binding the admin listener on {:?}", config.admin.listen))?;
-    // The gate's own listeners are never a destination (the admin API least of all).
-    let mut own = sockets.local_addrs();
-    own.extend(
-        proxy_listeners
-            .iter()
-            .chain(&admin_listeners)
-            .filter_map(|l| l.local_addr().ok()),
-    );
-    let proxy_state = Arc::new(portcullis::proxy::ProxyState::new(
-        config.proxy.clone(),
-        policy.clone(),
-        filter.clone(),
-        Arc::new(portcullis::proxy::TcpDialer),
-        own,
-    ));
-
-    // Interface addresses and gateways come and go: keep what the proxy refuses current.
-    let _host_refresh = proxy_state
-        .host
-        .spawn_refresh(portcullis::host::REFRESH, portcullis::host::HostAddrs::read);
-
-    let admin_state = Arc::new(portcullis::admin::AdminState {
-        filter: filter.clone(),
-        lists: lists.clone(),
-    });
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(reload_loop(
-        path,
-        lists.clone(),
-        filter.clone(),
-        loaded_from,
-    ));
-    tokio::spawn(async move {
-        wait_for_stop().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let dns_stop = {
-        let stop = stopped(stop_rx.clone());
-        async move {
-            stop.await;
-            tracing::info!("stopping: finishing in-flight queries and tunnels");
-        }
-    };
-    let (dns, proxy, admin) = tokio::join!(
-        server::serve(
-            sockets,
-            filter,
-            Duration::from_secs(config.dns.tcp_idle_secs),
-            config.log.allowed_queries,
-            dns_stop,
-        ),
-        portcullis::proxy::serve(proxy_listeners, proxy_state, stopped(stop_rx.clone())),
-        portcullis::admin::serve(admin_listeners, admin_state, stopped(stop_rx)),
-    );
-    dns?;
-    proxy?;
-    admin?;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 async fn wait_for_stop() {
@@ -431,99 +259,5 @@ async fn wait_for_stop() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// SIGHUP, or a change to a file the configuration is read from, rebuilds the policy;
-/// a bad file is refused (file, line, key in the log; the failure counter moves) and the
-/// running policy keeps serving.
-async fn reload_loop(
-    path: Option<PathBuf>,
-    lists: Lists,
-    filter: Arc<Filter>,
-    loaded: portcullis::config::watch::Fingerprint,
-) {
-    use portcullis::config::watch::{ConfigWatcher, fingerprint, watched_files};
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let mut files = watched_files(path.as_deref(), &lists.config());
-    let mut loaded = loaded;
-    loop {
-        let mut watcher = match ConfigWatcher::new(files.clone(), loaded.clone()) {
-            Ok(watcher) => {
-                tracing::debug!(files = ?watcher.files(), "watching for configuration changes");
-                Some(watcher)
-            }
-            Err(error) => {
-                tracing::warn!(%error, "not watching the configuration files; SIGHUP still reloads");
-                None
-            }
-        };
-        let hangup = async {
-            match hup.as_mut() {
-                Some(hup) => hup.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        let missed = watcher.as_ref().and_then(ConfigWatcher::missed_change);
-        let changed = async {
-            match (missed, watcher.as_mut()) {
-                (Some(now), _) => now,
-                (None, Some(watcher)) => watcher.changed().await,
-                (None, None) => std::future::pending().await,
-            }
-        };
-        // The fingerprint is taken before the files are read, so an edit made while this
-        // reload runs is seen as a change next time.
-        let trigger = tokio::select! {
-            _ = hangup => {
-                loaded = fingerprint(&files);
-                "SIGHUP"
-            }
-            now = changed => {
-                loaded = now;
-                "file change"
-            }
-        };
-        let result = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || load_all(path.as_deref())
-        })
-        .await;
-        match result {
-            Ok(Ok((config, built))) => {
-                log_loaded(&built);
-                let restart = lists.config().restart_needed(&config);
-                if !restart.is_empty() {
-                    tracing::warn!(
-                        keys = restart.join(", "),
-                        "these settings changed but apply only at the next start; the rest is applied now"
-                    );
-                }
-                let now_read = watched_files(path.as_deref(), &config);
-                if now_read != files {
-                    files = now_read;
-                    loaded = fingerprint(&files);
-                }
-                // `[proxy]` applies at the next start, `deny_ranges` included: DNS keeps
-                // the ranges the proxy refuses, so both front doors refuse the same.
-                let deny_ranges = filter.settings.load().deny_ranges.clone();
-                filter.settings.store(Arc::new(FilterSettings {
-                    deny_ranges,
-                    ..FilterSettings::from(&config.dns)
-                }));
-                lists.publish(config, built).await;
-                portcullis::telemetry::metrics::config_reload(true);
-                tracing::info!(trigger, "configuration reloaded");
-            }
-            Ok(Err(error)) => {
-                portcullis::telemetry::metrics::config_reload(false);
-                tracing::error!(trigger, error = %format!("{error:#}"), "reload refused; the running configuration keeps serving")
-            }
-            Err(error) => {
-                portcullis::telemetry::metrics::config_reload(false);
-                tracing::error!(trigger, %error, "reload failed")
-            }
-        }
     }
 }

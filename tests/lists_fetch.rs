@@ -113,8 +113,9 @@ impl Running {
             )
             .unwrap(),
         );
-        let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
-        let lists = Lists::new(config, policy.clone(), loaded.lists, pool).unwrap();
+        let shared = portcullis::live::Shared::new(config, loaded.policy);
+        let policy = shared.policy().clone();
+        let lists = Lists::new(shared, loaded.lists, pool).unwrap();
         Running { policy, lists }
     }
 

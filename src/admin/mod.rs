@@ -21,6 +21,7 @@
 //! The POST endpoints answer 401 without `Authorization: Bearer TOKEN` matching the token
 //! file, and 403 when no token file is configured.
 
+use crate::live::Shared;
 use crate::telemetry::metrics;
 use std::future::Future;
 use std::io;
@@ -42,6 +43,8 @@ const MAX_HEAD: usize = 8 * 1024;
 
 /// What the admin endpoints read.
 pub struct AdminState {
+    /// The configuration in force (the token, the limits).
+    pub shared: Arc<Shared>,
     pub filter: Arc<Filter>,
     pub lists: Lists,
 }
@@ -77,7 +80,7 @@ impl AdminState {
 
     /// `None` when the request carries the configured bearer token, else the refusal.
     fn unauthorized(&self, authorization: Option<&[u8]>) -> Option<Response> {
-        let config = self.lists.config();
+        let config = self.shared.config();
         let Some(token) = &config.admin.token else {
             return Some(Response::text(
                 403,
@@ -240,7 +243,7 @@ async fn connection(
     mut stream: TcpStream,
     client: IpAddr,
 ) {
-    let config = state.lists.config();
+    let config = state.shared.config();
     let admin = &config.admin;
     let write_timeout = admin.write_timeout();
     let _slot = match limits.take(

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -27,6 +26,7 @@ use super::background::in_background;
 use crate::config::{Config, ConfigError, ListConfig};
 use crate::dns::upstream::UpstreamPool;
 use crate::error::{Fault, HasFault};
+use crate::live::Shared;
 use crate::policy::Policy;
 
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators, looks_like_html};
@@ -213,8 +213,7 @@ pub struct Lists {
 }
 
 struct Inner {
-    config: Mutex<Arc<Config>>,
-    policy: Arc<ArcSwap<Policy>>,
+    shared: Arc<Shared>,
     pool: Arc<UpstreamPool>,
     fetcher: Mutex<Arc<Fetcher>>,
     statuses: Mutex<Vec<ListStatus>>,
@@ -250,18 +249,19 @@ impl Lists {
 
     /// Takes over publishing list updates into `policy` (already holding the policy `lists`
     /// describes). Downloads resolve names through `pool`. No network I/O happens here.
+    /// The refresher of the lists of `shared`'s configuration, which publishes what it
+    /// builds into `shared`'s policy.
     pub fn new(
-        config: Config,
-        policy: Arc<ArcSwap<Policy>>,
+        shared: Arc<Shared>,
         lists: Vec<ListStatus>,
         pool: Arc<UpstreamPool>,
     ) -> Result<Lists, FetchError> {
+        let config = shared.config();
         let fetcher = fetcher_for(&config, &pool)?;
         let config_max_concurrent = config.sources.max_concurrent.max(1);
         Ok(Lists {
             inner: Arc::new(Inner {
-                config: Mutex::new(Arc::new(config)),
-                policy,
+                shared,
                 pool,
                 fetcher: Mutex::new(Arc::new(fetcher)),
                 statuses: Mutex::new(lists),
@@ -284,7 +284,7 @@ impl Lists {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        lock(&self.inner.config).clone()
+        self.inner.shared.config()
     }
 
     /// Publishes a policy built from a new configuration (SIGHUP) and makes the refresher
@@ -298,9 +298,9 @@ impl Lists {
                 tracing::error!(%error, "list download settings refused; the previous ones stay")
             }
         }
-        *lock(&self.inner.config) = Arc::new(config);
+        self.inner.shared.set_config(config);
         *lock(&self.inner.statuses) = loaded.lists;
-        self.inner.policy.store(Arc::new(loaded.policy));
+        self.inner.shared.policy().store(Arc::new(loaded.policy));
         drop(_turn);
         self.inner.wake.notify_one();
     }
@@ -414,7 +414,7 @@ impl Lists {
         compiled: CompiledSource,
     ) -> Result<(), RefreshError> {
         let _turn = self.inner.publish.lock().await;
-        let current = self.inner.policy.load_full();
+        let current = self.inner.shared.policy().load_full();
         let slot = current
             .rules
             .list_id(name)
@@ -427,7 +427,7 @@ impl Lists {
         let CompiledSource { list, report, .. } = compiled;
         let names = list.deny_name_count();
         let started = std::time::Instant::now();
-        let swap = self.inner.policy.clone();
+        let swap = self.inner.shared.policy().clone();
         in_background(move || {
             let next = Arc::new(current.with_list(id, Arc::new(list)));
             let old = swap.swap(next);
@@ -467,7 +467,7 @@ impl Lists {
             build_ms = loaded.build_time.as_millis() as u64,
             "lists refreshed; whole policy rebuilt and swapped"
         );
-        self.inner.policy.store(Arc::new(loaded.policy));
+        self.inner.shared.policy().store(Arc::new(loaded.policy));
         let ready = all_ready(&loaded.lists);
         *lock(&self.inner.statuses) = loaded.lists;
         if ready && !was_ready {
@@ -838,12 +838,10 @@ pub async fn fetch_into_cache(
     .await
     .expect("policy build panicked")?;
     // The policy the cache holds now: each downloaded list then replaces its own slot.
-    let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
-    let lists = Lists::new(config.clone(), policy, loaded.lists, pool).map_err(|source| {
-        RefreshError::Fetch {
-            name: "*".into(),
-            source,
-        }
+    let shared = Shared::new(config.clone(), loaded.policy);
+    let lists = Lists::new(shared, loaded.lists, pool).map_err(|source| RefreshError::Fetch {
+        name: "*".into(),
+        source,
     })?;
     let report = lists.refresh_all().await;
     Ok((report, lists.statuses()))
@@ -906,7 +904,7 @@ mod tests {
     }
 
     /// Lists `a`, `b` and `c` as `file://` sources in a temporary directory.
-    fn gate(dir: &std::path::Path) -> (Lists, Arc<ArcSwap<Policy>>) {
+    fn gate(dir: &std::path::Path) -> (Lists, Arc<arc_swap::ArcSwap<Policy>>) {
         for l in ["a", "b", "c"] {
             std::fs::write(dir.join(format!("{l}.txt")), names(l, 200)).unwrap();
         }
@@ -930,8 +928,9 @@ mod tests {
             )
             .unwrap(),
         );
-        let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
-        let lists = Lists::new(config, policy.clone(), loaded.lists, pool).unwrap();
+        let shared = Shared::new(config, loaded.policy);
+        let policy = shared.policy().clone();
+        let lists = Lists::new(shared, loaded.lists, pool).unwrap();
         (lists, policy)
     }
 
