@@ -34,7 +34,8 @@ struct AllowEntry {
     #[serde(default = "default_ports")]
     ports: Vec<Spanned<u16>>,
     #[serde(default)]
-    groups: Option<Vec<Spanned<String>>>,
+    /// Spanned as a whole too: `groups = []` is reported at its own line.
+    groups: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     private: bool,
     #[serde(default)]
@@ -125,17 +126,16 @@ fn allow_rule(
         key: key.to_owned(),
         message,
     };
-    if entry.groups.as_ref().is_some_and(Vec::is_empty) {
+    if let Some(empty) = entry.groups.as_ref().filter(|g| g.get_ref().is_empty()) {
         // `groups = []` would match no client at all: a rule that silently does nothing.
-        let key_at = text[at..].find("groups").map_or(at, |i| at + i);
         return Err(invalid(
-            key_at,
+            empty.span().start,
             "allow.groups",
             "an empty group list matches no client; name the groups, or leave `groups` out for every group".into(),
         ));
     }
     let mut mask: GroupMask = 0;
-    for group in entry.groups.iter().flatten() {
+    for group in entry.groups.iter().flat_map(|g| g.get_ref()) {
         let id = groups.id(group.get_ref()).ok_or_else(|| {
             invalid(
                 group.span().start,

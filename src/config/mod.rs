@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod allowlist;
+pub mod locate;
 pub mod proxy;
 pub mod watch;
 
@@ -309,7 +310,8 @@ fn keyword_problem(keyword: &str) -> Option<String> {
 
 impl ListConfig {
     /// Exactly one of `path`, `url` and `inline`; a URL of a scheme the fetcher speaks.
-    fn validate_source(&self, o: &ConfigOrigin) -> Result<(), ConfigError> {
+    /// `index`: the list's place among the `[[lists]]` tables, for error positions.
+    fn validate_source(&self, o: &ConfigOrigin, index: usize) -> Result<(), ConfigError> {
         let name = self.name.get_ref();
         let at = self.name.span().start;
         let given = usize::from(self.path.is_some())
@@ -348,9 +350,11 @@ impl ListConfig {
             ));
         }
         if let Some(bad) = self.keywords.iter().find_map(|k| keyword_problem(k)) {
-            // Keywords carry no position of their own: the line of the list's `keywords` key.
-            let key_at = o.source[at..].find("keywords").map_or(at, |i| at + i);
-            return Err(o.invalid(key_at, "lists.keywords", format!("list `{name}`: {bad}")));
+            return Err(o.invalid_key(
+                &format!("lists[{index}].keywords"),
+                "lists.keywords",
+                format!("list `{name}`: {bad}"),
+            ));
         }
         if self.min_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
             return Err(o.invalid(
@@ -403,6 +407,18 @@ impl ConfigOrigin {
     /// 1-based line of a byte offset in the source.
     pub fn line_of(&self, offset: usize) -> usize {
         line_of(&self.source, offset)
+    }
+
+    /// An error at the key `path` (`dns.listen`, `lists[2].keywords`: see
+    /// [`locate::key_offset`]), named `key` in the message.
+    pub fn invalid_key(
+        &self,
+        path: &str,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let at = locate::key_offset(&self.source, path).unwrap_or(0);
+        self.invalid(at, key, message)
     }
 
     pub fn invalid(
@@ -553,30 +569,35 @@ impl Config {
     /// Checks what serde cannot: cross-references and ranges.
     fn validate(&self) -> Result<(), ConfigError> {
         let o = &self.origin;
-        let key_line = |key: &str| o.source.find(key).map_or(0, |off| o.line_of(off));
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            file: o.file.clone(),
-            line: key_line(key),
-            key: key.to_owned(),
-            message,
+        // `key` is a dotted path; the message names its last part, as serde's do.
+        let invalid = |key: &str, message: String| {
+            o.invalid_key(key, key.rsplit('.').next().unwrap_or(key), message)
         };
+        // `[proxy]` and `[admin]` name their keys in full.
+        let invalid_full = |key: &str, message: String| o.invalid_key(key, key, message);
         if self.dns.listen.is_empty() {
-            return Err(invalid("listen", "at least one address is needed".into()));
+            return Err(invalid(
+                "dns.listen",
+                "at least one address is needed".into(),
+            ));
         }
         if self.dns.block_answer == BlockAnswer::Addresses && self.dns.block_addresses.is_empty() {
             return Err(invalid(
-                "block_addresses",
+                "dns.block_addresses",
                 "block_answer = \"addresses\" needs at least one address".into(),
             ));
         }
         if self.dns.max_inflight == 0 {
-            return Err(invalid("max_inflight", "must be at least 1".into()));
+            return Err(invalid("dns.max_inflight", "must be at least 1".into()));
         }
         if self.upstream.servers.is_empty() {
-            return Err(invalid("servers", "at least one upstream is needed".into()));
+            return Err(invalid(
+                "upstream.servers",
+                "at least one upstream is needed".into(),
+            ));
         }
         if self.cache.min_ttl > self.cache.max_ttl {
-            return Err(invalid("min_ttl", "must not exceed max_ttl".into()));
+            return Err(invalid("cache.min_ttl", "must not exceed max_ttl".into()));
         }
         if self.groups.len() + 1 > crate::policy::groups::MAX_GROUPS {
             return Err(invalid(
@@ -586,13 +607,13 @@ impl Config {
         }
         if self.groups.contains_key("default") {
             return Err(invalid(
-                "default",
+                "groups.default",
                 "`default` is the group of every client no network names; it cannot list networks"
                     .into(),
             ));
         }
         let mut names = std::collections::HashSet::new();
-        for list in &self.lists {
+        for (index, list) in self.lists.iter().enumerate() {
             let at = list.name.span().start;
             // Its cache files are named after it (`%XX` for each unsafe byte): bounded so
             // that they stay within a file name's 255 bytes.
@@ -611,11 +632,10 @@ impl Config {
                     format!("duplicate list name `{}`", list.name.get_ref()),
                 ));
             }
-            list.validate_source(o)?;
+            list.validate_source(o, index)?;
             if list.groups.as_ref().is_some_and(Vec::is_empty) {
-                let key_at = o.source[at..].find("groups").map_or(at, |i| at + i);
-                return Err(o.invalid(
-                    key_at,
+                return Err(o.invalid_key(
+                    &format!("lists[{index}].groups"),
                     "lists.groups",
                     format!(
                         "list `{}`: an empty group list applies to no client; name the groups, or leave `groups` out for every group",
@@ -641,23 +661,20 @@ impl Config {
         group_names.push("default".to_owned());
         self.proxy
             .validate(&group_names)
-            .map_err(|(key, message)| invalid(key, message))?;
+            .map_err(|(key, message)| invalid_full(key, message))?;
         self.admin
             .validate()
-            .map_err(|(key, message)| invalid(key, message))?;
+            .map_err(|(key, message)| invalid_full(key, message))?;
         Ok(())
     }
 
     /// The `[sources]` keys `serde` cannot check.
     fn validate_sources(&self) -> Result<(), ConfigError> {
         let o = &self.origin;
-        let key_line = |key: &str| o.source.find(key).map_or(0, |off| o.line_of(off));
         let s = &self.sources;
-        let bad = |key: &str, message: &str| ConfigError::Invalid {
-            file: o.file.clone(),
-            line: key_line(key),
-            key: format!("sources.{key}"),
-            message: message.to_owned(),
+        let bad = |key: &str, message: &str| {
+            let key = format!("sources.{key}");
+            o.invalid_key(&key, key.clone(), message)
         };
         if s.refresh_secs < 60 {
             return Err(bad("refresh_secs", "must be at least 60"));
@@ -733,7 +750,8 @@ impl Config {
             let o = &self.origin;
             ConfigError::Invalid {
                 file: o.file.clone(),
-                line: o.source.find("token_file").map_or(0, |off| o.line_of(off)),
+                line: locate::key_offset(&o.source, "admin.token_file")
+                    .map_or(0, |at| o.line_of(at)),
                 key: "admin.token_file".to_owned(),
                 message: format!("{} is empty", path.display()),
             }
@@ -761,6 +779,40 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "portcullis.toml", Path::new("."))
+    }
+
+    /// The line of an error is the key's own, found in the parsed document: a comment
+    /// or another table that mentions the key first does not move it (issue 12).
+    #[test]
+    fn errors_name_the_line_of_the_key_itself() {
+        let text = "# max_inflight: how many queries at once\n[admin]\nlisten = [\"127.0.0.1:9953\"]\n\n[dns]\nlisten = []\nmax_inflight = 0\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "portcullis.toml:6: key `listen`: at least one address is needed"
+        );
+        let err = parse(&text.replace("listen = []\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "portcullis.toml:6: key `max_inflight`: must be at least 1"
+        );
+        // `[proxy]` keys are named in full; they were found nowhere in the text before.
+        let err = parse("[dns]\nmax_inflight = 8\n\n[proxy]\nconnect_timeout_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("portcullis.toml:5: key `proxy.connect_timeout_ms`: "),
+            "{err}"
+        );
+        // The second list's keywords, not the first `keywords` of the file.
+        let lists = "[[lists]]\nname = \"a\"\ninline = \"x.example\"\nkeywords = [\"fine\"]\n\n[[lists]]\nname = \"b\"\ninline = \"y.example\"\nkeywords = [\"..\"]\n";
+        let err = parse(lists).unwrap_err().to_string();
+        assert!(
+            err.starts_with("portcullis.toml:9: key `lists.keywords`: list `b`: "),
+            "{err}"
+        );
     }
 
     #[test]
