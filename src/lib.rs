@@ -13,4 +13,5 @@ pub mod listen;
 pub mod lists;
 pub mod policy;
 pub mod proxy;
+pub mod sys;
 pub mod telemetry;

@@ -21,6 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::dns::filter::Outcome;
 use crate::dns::upstream::UpstreamHealth;
 use crate::lists::load::ListStatus;
+use crate::sys;
 
 /// Query types with their own label value; every other type counts as `other`.
 pub const QTYPES: [&str; 12] = [
@@ -379,7 +380,7 @@ impl Metrics {
 
     /// Refreshes the scrape-time gauges from `snapshot` and renders the text format.
     pub fn render(&self, snapshot: &Snapshot) -> String {
-        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = sys::lock(&self.scrape);
         self.cache_entries.set(snapshot.cache_entries as i64);
         self.list_rules.clear();
         self.list_ready.clear();
@@ -521,13 +522,8 @@ impl ProcessMetrics {
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             self.open_fds.set(dir.count() as i64);
         }
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-            self.max_fds.set(limit.rlim_cur.min(i64::MAX as u64) as i64);
+        if let Some(limit) = sys::open_file_limit() {
+            self.max_fds.set(limit.min(i64::MAX as u64) as i64);
         }
     }
 }

@@ -55,7 +55,7 @@ fn pool() -> &'static std::sync::mpsc::Sender<Job> {
                 .spawn(move || {
                     lower_priority();
                     loop {
-                        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        let job = match crate::sys::lock(&rx).recv() {
                             Ok(job) => job,
                             Err(_) => return,
                         };

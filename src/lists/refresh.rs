@@ -15,7 +15,7 @@
 //! rebuilding the whole policy from the cache instead.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -28,6 +28,7 @@ use crate::config::{Config, ConfigError, ListConfig};
 use crate::dns::upstream::UpstreamPool;
 use crate::error::{Fault, HasFault};
 use crate::policy::Policy;
+use crate::sys::{jittered, lock};
 
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators, looks_like_html};
 use super::load::{
@@ -226,10 +227,6 @@ struct Inner {
     /// One source at a time is parsed (guard and compile), cached and published: bounds
     /// what a refresh holds beside the running policy to one list's body and tables.
     checking: tokio::sync::Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn fetcher_for(config: &Config, pool: &Arc<UpstreamPool>) -> Result<Fetcher, FetchError> {
@@ -815,16 +812,6 @@ fn url_lists(config: &Config) -> impl Iterator<Item = &ListConfig> {
     config.lists.iter().filter(|l| l.url.is_some())
 }
 
-/// `wait` spread by up to `jitter` (a share) either way.
-fn jittered(wait: Duration, jitter: f64) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let unit = (random >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-    wait.mul_f64((1.0 + jitter * (2.0 * unit - 1.0)).max(0.0))
-}
-
 /// `portcullis lists fetch`: downloads every `url` list of `config` into its cache (no
 /// running gate needed), and returns the round's report and every source's status after it.
 pub async fn fetch_into_cache(
@@ -882,17 +869,6 @@ mod tests {
         // Growth is always fine; min_ratio 0 turns the ratio check off.
         assert_eq!(check_body(body, None, f, Some(1), 0.5), Ok(2));
         assert_eq!(check_body(body, None, f, Some(1000), 0.0), Ok(2));
-    }
-
-    #[test]
-    fn jitter_stays_in_bounds() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_secs(100), 0.1);
-            assert!(
-                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
-                "{d:?}"
-            );
-        }
     }
 
     use crate::policy::groups::GroupId;
