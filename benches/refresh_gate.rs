@@ -17,7 +17,7 @@ use portcullis::lists::refresh::Lists;
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os("NO_TUNE").is_none() {
-        portcullis::lists::refresh::tune_allocator();
+        portcullis::sys::tune_allocator();
     }
     let path = std::env::args()
         .skip(1)

@@ -16,7 +16,8 @@ use portcullis::dns::filter::{Filter, FilterSettings};
 use portcullis::dns::server::{self, DnsSockets};
 use portcullis::dns::upstream::UpstreamPool;
 use portcullis::lists::load::{Loaded, build_policy};
-use portcullis::lists::refresh::{Lists, fetch_into_cache, tune_allocator};
+use portcullis::lists::refresh::{Lists, fetch_into_cache};
+use portcullis::sys::tune_allocator;
 
 /// `print!` and `println!` that return a write error to the caller instead of panicking:
 /// output into a closed pipe (`portcullis lists | head -1`) then ends quietly in `main`.

@@ -730,35 +730,7 @@ fn retire(old: Arc<Policy>) {
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(old);
-    trim_allocator();
-}
-
-/// Hands the free memory inside glibc's arenas back to the system (`malloc_trim`): the tables
-/// of small lists and the growth steps of a list being parsed live there (below the 1 MiB
-/// mmap threshold), and without a trim the holes they leave keep RSS up after a refresh.
-fn trim_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Makes glibc's allocator give rebuilt rule sets back to the system: allocations of 1 MiB and
-/// more always get their own mapping (returned on free; by default the threshold creeps up to
-/// 32 MiB after the first free, so later rule tables land in arenas that never shrink), and at
-/// most two arenas (each thread would otherwise keep one, grown to a rule set's size).
-/// Call once at process start, before other threads exist. Without it, peak RSS during a
-/// refresh of the full shared set was ~4.5x steady instead of ~1.8x (`benches/refresh.sh`, when
-/// a refresh still rebuilt every list at once).
-/// Same effect as `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=1048576`. A no-op elsewhere.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before other threads run.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
+    crate::sys::trim_allocator();
 }
 
 /// When a source is next downloaded.
