@@ -97,9 +97,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::policy::name::Name;
+/// The parser's output: defined by the policy it feeds.
+pub use crate::policy::rules::Entry;
+use crate::policy::rules::MAX_REGEX_LEN;
 
-/// Longest `/regex/` pattern accepted, in bytes, slashes excluded.
-pub const MAX_REGEX_LEN: usize = 512;
 /// Examples kept per skip reason in a [`ParseReport`].
 pub const MAX_EXAMPLES: usize = 5;
 /// Longest example text kept, in characters.
@@ -138,27 +139,6 @@ impl Format {
             Format::Ips => "ips",
         }
     }
-}
-
-/// One rule from a list line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Entry<'a> {
-    /// Blocks the name AND all its subdomains (plain names, hosts lines, `*.name`,
-    /// `||name^`, dnsmasq lines all mean this).
-    Block(Name),
-    /// `=name`: only that exact name.
-    BlockExact(Name),
-    /// adblock `||name^$important`: beats `@@` exceptions of every list (but never
-    /// the operator's allowlist).
-    BlockImportant(Name),
-    /// `/.../` regex line (pattern text without the slashes); the caller
-    /// compiles it with a size limit.
-    BlockRegex(&'a str),
-    /// adblock `@@||name^`: an allow rule (name and subdomains) scoped to this
-    /// source's groups.
-    Allow(Name),
-    /// An IP or CIDR from an `ips` list (or a bare address line in a domains list).
-    Ip(IpNet),
 }
 
 /// Why a line (or one item of a line) did not become a rule.

@@ -21,6 +21,7 @@
 //! strings.
 
 mod allow;
+mod entry;
 mod hash;
 mod index;
 mod ips;
@@ -35,10 +36,10 @@ use std::sync::Arc;
 use super::groups::{GroupId, GroupMask};
 use super::name::Name;
 use crate::error::{Fault, HasFault};
-use crate::lists::parse::Entry;
 
 pub use allow::AllowRule;
 use allow::AllowSet;
+pub use entry::{Entry, MAX_REGEX_LEN};
 use index::{ListIndex, SHARED_BIT, count_distinct};
 pub use list::{CompiledList, ListBuilder};
 use names::{F_IMPORTANT, F_SUBDOMAINS, LINE_MASK, parents};
@@ -46,8 +47,6 @@ use names::{F_IMPORTANT, F_SUBDOMAINS, LINE_MASK, parents};
 /// Index of a list (source) in a [`RuleSet`].
 pub type ListId = u16;
 
-/// Longest regex rule accepted, in bytes.
-pub const MAX_REGEX_LEN: usize = 512;
 const MAX_LISTS: usize = 1 << 12;
 
 #[derive(Debug, thiserror::Error)]
