@@ -35,7 +35,6 @@ use std::sync::Arc;
 
 use super::groups::{GroupId, GroupMask};
 use super::name::Name;
-use crate::error::{Fault, HasFault};
 
 pub use allow::AllowRule;
 use allow::AllowSet;
@@ -61,14 +60,6 @@ pub enum RuleError {
     TooManyLists,
     #[error("list {0} was added compiled and takes no more entries")]
     Sealed(ListId),
-}
-
-impl HasFault for RuleError {
-    fn fault(&self) -> Fault {
-        // Rules come from the operator's config or from list publishers; neither is
-        // the querying client. Treated as configuration/upstream input.
-        Fault::Upstream
-    }
 }
 
 /// A name-rule hit: which list, where in the queried name, and the packed metadata.
