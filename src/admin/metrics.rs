@@ -20,7 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::dns::filter::Outcome;
 use crate::dns::upstream::UpstreamHealth;
-use crate::lists::load::ListStatus;
+use crate::lists::status::ListStatus;
 use crate::sys;
 
 /// Query types with their own label value; every other type counts as `other`.

@@ -5,4 +5,5 @@ pub mod fetch;
 pub mod load;
 pub mod parse;
 pub mod refresh;
+pub mod status;
 pub mod store;

@@ -32,10 +32,10 @@ use crate::sys::{jittered, lock};
 
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators, looks_like_html};
 use super::load::{
-    CompiledSource, ListStatus, Loaded, ParsedList, all_ready, build_policy, list_info,
-    parse_into_list, store_for,
+    CompiledSource, Loaded, ParsedList, build_policy, list_info, parse_into_list, store_for,
 };
 use super::parse::{Format, parse_list};
+use super::status::{ListStatus, all_ready};
 use super::store::{Meta, Store, StoreError, digest, now_unix};
 use crate::policy::rules::ListInfo;
 
