@@ -16,7 +16,9 @@ use std::time::Instant;
 use crate::config::{BareNames, Config, ConfigError, ListConfig, allowlist};
 use crate::policy::Policy;
 use crate::policy::groups::{ALL_GROUPS, GroupMask, Groups};
-use crate::policy::rules::{CompiledList, ListBuilder, ListInfo, RuleError, RuleSetBuilder};
+use crate::policy::rules::{
+    AllowRule, CompiledList, ListBuilder, ListInfo, RuleError, RuleSetBuilder,
+};
 
 use super::parse::{Format, ParseReport, SkipReason, Skipped, parse_list};
 // What a build reports of each list ([`Loaded::lists`]); the refresher keeps it current.
@@ -55,21 +57,7 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
     let groups = groups_of(config)?;
 
     let mut builder = RuleSetBuilder::new();
-    let (allow_text, allow_file) = match &config.allowlist {
-        Some(path) => {
-            let path = config.resolve(path);
-            let text = std::fs::read_to_string(&path).map_err(|reason| ConfigError::Read {
-                file: path.display().to_string(),
-                reason,
-            })?;
-            (text, path.display().to_string())
-        }
-        None => (
-            allowlist::BUILTIN_ALLOWLIST.to_owned(),
-            "<built-in allowlist.toml>".to_owned(),
-        ),
-    };
-    let allow_rules = allowlist::parse(&allow_text, &allow_file, &groups)?;
+    let allow_rules = allow_rules_of(config, &groups)?;
     let allow_count = allow_rules.len();
     for rule in allow_rules {
         builder.add_allow(rule);
@@ -78,108 +66,12 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
     let store = store_for(config);
     let mut statuses = Vec::with_capacity(config.lists.len());
     for list in &config.lists {
-        let name = list.name.get_ref().clone();
-        let mut status = ListStatus::new(config, list);
-        let info = list_info_with(config, list, &groups);
-        let mut add = |compiled: CompiledList| {
-            builder.add_compiled(Arc::new(compiled)).map_err(|e| {
-                config
-                    .origin
-                    .invalid(list.name.span().start, "lists", e.to_string())
-            })
-        };
-        // A list with nothing to read yet (no download, an optional file that is missing)
-        // still has the config's own rules of it: its keywords.
-        let no_copy = |info: ListInfo| {
-            compile_list(info, "", Format::Domains, 0, &list.keywords)
-                .map(|c| c.list)
-                .map_err(|e| {
-                    config
-                        .origin
-                        .invalid(list.name.span().start, "lists", e.to_string())
-                })
-        };
-        // Inline rules report lines of the config file itself.
-        let mut lines = LineMap::Offset(0);
-        let text = match (&list.path, &list.url, &list.inline) {
-            (Some(path), _, _) => {
-                let path = config.resolve(path);
-                match super::background::read(&path) {
-                    Ok(bytes) => into_text(bytes),
-                    Err(e) if list.optional && e.kind() == std::io::ErrorKind::NotFound => {
-                        tracing::warn!(list = %name, path = %path.display(), "optional list file not found; skipped");
-                        status.error = Some("file not found (optional)".into());
-                        // Nothing is missing that the operator asked for.
-                        status.ready = true;
-                        add(no_copy(info)?)?;
-                        statuses.push(status);
-                        continue;
-                    }
-                    Err(reason) => {
-                        return Err(ConfigError::Read {
-                            file: path.display().to_string(),
-                            reason,
-                        });
-                    }
-                }
-            }
-            (None, Some(url), _) => {
-                let meta = store.read_meta(&name, url.get_ref());
-                status.apply_meta(meta.as_ref());
-                let cached = meta
-                    .as_ref()
-                    .filter(|m| m.has_body())
-                    .map(|_| store.read_list(&name));
-                match cached {
-                    Some(Ok(bytes)) => into_text(bytes),
-                    Some(Err(e)) => {
-                        tracing::warn!(list = %name, error = %e, "cached copy unreadable; the list waits for a download");
-                        status.error = Some(format!(
-                            "cached copy unreadable ({e}); not served until downloaded"
-                        ));
-                        add(no_copy(info)?)?;
-                        statuses.push(status);
-                        continue;
-                    }
-                    None => {
-                        status.error =
-                            Some("no cached copy yet; not served until downloaded".into());
-                        add(no_copy(info)?)?;
-                        statuses.push(status);
-                        continue;
-                    }
-                }
-            }
-            (None, None, Some(inline)) => {
-                lines = LineMap::Table(inline_lines(&config.origin.source, inline.span().start));
-                inline.get_ref().clone()
-            }
-            (None, None, None) => unreachable!("validated: a list has a path, url or inline rules"),
-        };
-        // A bug a list's text runs into fails that list only: the others load and serve.
-        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            parse_into_list_mapped(info.clone(), &text, list.format, &lines, &list.keywords)
-                .finish()
-        }));
-        drop(text);
-        let compiled = match compiled {
-            Ok(compiled) => {
-                compiled.map_err(|e| config.origin.invalid(0, "lists", e.to_string()))?
-            }
-            Err(panic) => {
-                let message = super::background::panic_message(panic.as_ref());
-                tracing::error!(list = %name, %message, "reading the list panicked; it is not served, the others are");
-                status.error = Some(format!(
-                    "internal error while reading it ({message}); not served"
-                ));
-                add(no_copy(info)?)?;
-                statuses.push(status);
-                continue;
-            }
-        };
-        add(compiled.list)?;
-        status.apply_report(&compiled.report);
-        status.ready = true;
+        let (compiled, status) = load_list(config, &store, list, &groups)?;
+        builder.add_compiled(Arc::new(compiled)).map_err(|e| {
+            config
+                .origin
+                .invalid(list.name.span().start, "lists", e.to_string())
+        })?;
         statuses.push(status);
     }
 
@@ -196,6 +88,154 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
         allow_rules: allow_count,
         build_time: started.elapsed(),
     })
+}
+
+/// The operator's allow rules: the `allowlist` file, or the built-in one when none is named.
+fn allow_rules_of(config: &Config, groups: &Groups) -> Result<Vec<AllowRule>, ConfigError> {
+    let (allow_text, allow_file) = match &config.allowlist {
+        Some(path) => {
+            let path = config.resolve(path);
+            let text = std::fs::read_to_string(&path).map_err(|reason| ConfigError::Read {
+                file: path.display().to_string(),
+                reason,
+            })?;
+            (text, path.display().to_string())
+        }
+        None => (
+            allowlist::BUILTIN_ALLOWLIST.to_owned(),
+            "<built-in allowlist.toml>".to_owned(),
+        ),
+    };
+    allowlist::parse(&allow_text, &allow_file, groups)
+}
+
+/// One configured list as this build serves it: its compiled rules and its status. A list
+/// with nothing to read yet (no download, an optional file that is missing, a cached copy
+/// that cannot be read) or whose reading panicked serves only the config's own rules of it.
+fn load_list(
+    config: &Config,
+    store: &Store,
+    list: &ListConfig,
+    groups: &Groups,
+) -> Result<(CompiledList, ListStatus), ConfigError> {
+    let mut status = ListStatus::new(config, list);
+    let info = list_info_with(config, list, groups);
+    let Some((text, lines)) = read_list_text(config, store, list, &mut status)? else {
+        return Ok((keywords_only(config, list, info)?, status));
+    };
+    // A bug a list's text runs into fails that list only: the others load and serve.
+    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parse_into_list_mapped(info.clone(), &text, list.format, &lines, &list.keywords).finish()
+    }));
+    drop(text);
+    match compiled {
+        Ok(compiled) => {
+            let compiled =
+                compiled.map_err(|e| config.origin.invalid(0, "lists", e.to_string()))?;
+            status.apply_report(&compiled.report);
+            status.ready = true;
+            Ok((compiled.list, status))
+        }
+        Err(panic) => {
+            let message = super::background::panic_message(panic.as_ref());
+            tracing::error!(list = %list.name.get_ref(), %message, "reading the list panicked; it is not served, the others are");
+            status.error = Some(format!(
+                "internal error while reading it ({message}); not served"
+            ));
+            Ok((keywords_only(config, list, info)?, status))
+        }
+    }
+}
+
+/// The text of `list` to compile and where its lines are in the file they were written in,
+/// or `None` when there is nothing to read now (`status` says why).
+fn read_list_text(
+    config: &Config,
+    store: &Store,
+    list: &ListConfig,
+    status: &mut ListStatus,
+) -> Result<Option<(String, LineMap)>, ConfigError> {
+    let text = match (&list.path, &list.url, &list.inline) {
+        (Some(path), _, _) => read_list_file(config, list, path, status)?,
+        (None, Some(url), _) => read_cached_copy(store, list, url.get_ref(), status),
+        (None, None, Some(inline)) => {
+            // Inline rules report lines of the config file itself.
+            let lines = LineMap::Table(inline_lines(&config.origin.source, inline.span().start));
+            return Ok(Some((inline.get_ref().clone(), lines)));
+        }
+        (None, None, None) => unreachable!("validated: a list has a path, url or inline rules"),
+    };
+    Ok(text.map(|text| (text, LineMap::Offset(0))))
+}
+
+/// A `path` list's file as it is now; `None` when it is optional and absent.
+fn read_list_file(
+    config: &Config,
+    list: &ListConfig,
+    path: &std::path::Path,
+    status: &mut ListStatus,
+) -> Result<Option<String>, ConfigError> {
+    let path = config.resolve(path);
+    match super::background::read(&path) {
+        Ok(bytes) => Ok(Some(into_text(bytes))),
+        Err(e) if list.optional && e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(list = %list.name.get_ref(), path = %path.display(), "optional list file not found; skipped");
+            status.error = Some("file not found (optional)".into());
+            // Nothing is missing that the operator asked for.
+            status.ready = true;
+            Ok(None)
+        }
+        Err(reason) => Err(ConfigError::Read {
+            file: path.display().to_string(),
+            reason,
+        }),
+    }
+}
+
+/// A `url` list's cached copy, and what the cache metadata says of its downloads; `None`
+/// before the first download, or when the copy cannot be read.
+fn read_cached_copy(
+    store: &Store,
+    list: &ListConfig,
+    url: &str,
+    status: &mut ListStatus,
+) -> Option<String> {
+    let name = list.name.get_ref();
+    let meta = store.read_meta(name, url);
+    status.apply_meta(meta.as_ref());
+    let cached = meta
+        .as_ref()
+        .filter(|m| m.has_body())
+        .map(|_| store.read_list(name));
+    match cached {
+        Some(Ok(bytes)) => Some(into_text(bytes)),
+        Some(Err(e)) => {
+            tracing::warn!(list = %name, error = %e, "cached copy unreadable; the list waits for a download");
+            status.error = Some(format!(
+                "cached copy unreadable ({e}); not served until downloaded"
+            ));
+            None
+        }
+        None => {
+            status.error = Some("no cached copy yet; not served until downloaded".into());
+            None
+        }
+    }
+}
+
+/// A list with nothing of it to read still has the config's own rules of it: its keywords.
+fn keywords_only(
+    config: &Config,
+    list: &ListConfig,
+    info: ListInfo,
+) -> Result<CompiledList, ConfigError> {
+    compile_list(info, "", Format::Domains, 0, &list.keywords)
+        .map(|c| c.list)
+        .map_err(|e| {
+            config
+                .origin
+                .invalid(list.name.span().start, "lists", e.to_string())
+        })
 }
 
 /// The client groups a configuration defines.
