@@ -2,6 +2,7 @@
 
 mod background;
 pub mod fetch;
+pub mod guard;
 pub mod load;
 pub mod parse;
 pub mod refresh;
