@@ -6,5 +6,6 @@ pub mod guard;
 pub mod load;
 pub mod parse;
 pub mod refresh;
+mod schedule;
 pub mod status;
 pub mod store;

@@ -14,7 +14,6 @@
 //! interval. When the configuration was reloaded while a round ran, the new copy is served by
 //! rebuilding the whole policy from the cache instead.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,13 +27,14 @@ use crate::config::{Config, ConfigError, ListConfig};
 use crate::dns::upstream::UpstreamPool;
 use crate::error::{Fault, HasFault};
 use crate::policy::Policy;
-use crate::sys::{jittered, lock};
+use crate::sys::lock;
 
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
 use super::guard::check_and_parse;
 // What RefreshError::Rejected carries.
 pub use super::guard::Rejection;
 use super::load::{CompiledSource, Loaded, build_policy, list_info, store_for};
+use super::schedule::{Schedule, url_lists};
 use super::status::{ListStatus, all_ready};
 use super::store::{Meta, Store, StoreError, digest, now_unix};
 
@@ -559,43 +559,19 @@ impl Lists {
     }
 
     async fn run(self) {
-        let mut schedule: HashMap<String, Slot> = HashMap::new();
+        let mut schedule = Schedule::default();
         loop {
             let config = self.config();
             let now = Instant::now();
-            reconcile(&mut schedule, &config, now);
-            let due: Vec<String> = schedule
-                .iter()
-                .filter(|(_, s)| s.due <= now)
-                .map(|(name, _)| name.clone())
-                .collect();
+            schedule.reconcile(&config, now);
+            let due = schedule.due(now);
             if !due.is_empty() {
                 let report = self.refresh(&config, &due).await;
-                let now = Instant::now();
-                for source in &report.sources {
-                    let Some(slot) = schedule.get_mut(&source.name) else {
-                        continue;
-                    };
-                    let wait = if source.result.is_ok() {
-                        slot.failures = 0;
-                        slot.interval
-                    } else {
-                        slot.failures = slot.failures.saturating_add(1);
-                        let base = Duration::from_secs(config.sources.retry_secs);
-                        base.saturating_mul(1u32 << (slot.failures - 1).min(16))
-                            .min(slot.interval)
-                    };
-                    slot.due = now + jittered(wait, config.sources.jitter);
-                }
+                schedule.record(&report, &config, Instant::now());
                 continue;
             }
-            let next = schedule
-                .values()
-                .map(|s| s.due)
-                .min()
-                .unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep_until(schedule.next_due(now)) => {}
                 _ = self.inner.wake.notified() => {}
             }
         }
@@ -639,57 +615,6 @@ fn retire(old: Arc<Policy>) {
     }
     drop(old);
     crate::sys::trim_allocator();
-}
-
-/// When a source is next downloaded.
-struct Slot {
-    url: String,
-    interval: Duration,
-    due: Instant,
-    failures: u32,
-}
-
-/// Adds new sources (due when their cached copy is older than their interval; at once with
-/// none) and forgets removed ones. A changed URL is a new source.
-fn reconcile(schedule: &mut HashMap<String, Slot>, config: &Config, now: Instant) {
-    let store = store_for(config);
-    schedule.retain(|name, slot| {
-        url_lists(config)
-            .any(|l| l.name.get_ref() == name && l.url.as_ref().unwrap().get_ref() == &slot.url)
-    });
-    for list in url_lists(config) {
-        let name = list.name.get_ref();
-        let interval = list.refresh_interval(&config.sources);
-        if let Some(slot) = schedule.get_mut(name) {
-            slot.interval = interval;
-            continue;
-        }
-        let url = list.url.as_ref().expect("url list").get_ref().clone();
-        let due = match store.read_meta(name, &url) {
-            Some(Meta {
-                fetched_at: Some(_),
-                last_success: Some(checked),
-                ..
-            }) => {
-                let age = Duration::from_secs(now_unix().saturating_sub(checked));
-                now + jittered(interval.saturating_sub(age), config.sources.jitter)
-            }
-            _ => now,
-        };
-        schedule.insert(
-            name.clone(),
-            Slot {
-                url,
-                interval,
-                due,
-                failures: 0,
-            },
-        );
-    }
-}
-
-fn url_lists(config: &Config) -> impl Iterator<Item = &ListConfig> {
-    config.lists.iter().filter(|l| l.url.is_some())
 }
 
 /// `portcullis lists fetch`: downloads every `url` list of `config` into its cache (no
