@@ -7,5 +7,6 @@ pub mod load;
 pub mod parse;
 pub mod refresh;
 mod schedule;
+mod source;
 pub mod status;
 pub mod store;

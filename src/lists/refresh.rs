@@ -13,6 +13,9 @@
 //! the log say why. A failed source is retried after `retry_secs`, doubling up to its refresh
 //! interval. When the configuration was reloaded while a round ran, the new copy is served by
 //! rebuilding the whole policy from the cache instead.
+//!
+//! The steps of one source are in `source.rs`, the guard in `guard.rs`, when each source is
+//! due in `schedule.rs`; this module runs the rounds and publishes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,12 +32,12 @@ use crate::error::{Fault, HasFault};
 use crate::policy::Policy;
 use crate::sys::lock;
 
-use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators};
-use super::guard::check_and_parse;
+use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher};
 // What RefreshError::Rejected carries.
 pub use super::guard::Rejection;
-use super::load::{CompiledSource, Loaded, build_policy, list_info, store_for};
+use super::load::{CompiledSource, Loaded, build_policy, store_for};
 use super::schedule::{Schedule, url_lists};
+use super::source::{Attempt, NewBody, SourceDone, check_cache_compile, checking_turn};
 use super::status::{ListStatus, all_ready};
 use super::store::{Meta, Store, StoreError, digest, now_unix};
 
@@ -390,29 +393,11 @@ impl Lists {
         store: &Store,
         config: &Arc<Config>,
         list: &ListConfig,
-    ) -> (SourceRefresh, Option<Result<(), RefreshError>>) {
-        let name = list.name.get_ref().clone();
-        let url = list.url.as_ref().expect("url list").get_ref().clone();
-        let mut meta = store.read_meta(&name, &url).unwrap_or_else(|| Meta {
-            url: url.clone(),
-            ..Meta::default()
-        });
-        let have_body = meta.has_body() && store.list_path(&name).is_file();
-        let validators = if have_body {
-            Validators {
-                etag: meta.etag.clone(),
-                last_modified: meta.last_modified.clone(),
-            }
-        } else {
-            Validators::default()
-        };
-        let now = now_unix();
-        meta.last_attempt = Some(now);
-        let min_ratio = list.min_ratio.unwrap_or(config.sources.min_ratio);
-        let previous = have_body.then_some(meta.entries);
-        let result = match fetcher.fetch(&url, &validators).await {
+    ) -> SourceDone {
+        let mut attempt = Attempt::begin(store, list);
+        let result = match fetcher.fetch(attempt.url(), &attempt.validators()).await {
             Err(source) => Err(RefreshError::Fetch {
-                name: name.clone(),
+                name: attempt.name().to_owned(),
                 source,
             }),
             Ok(Fetched::NotModified) => Ok(Outcome::Unchanged),
@@ -425,137 +410,41 @@ impl Lists {
                 // Off the async workers, which also answer queries: hashing a body of a few MB
                 // takes milliseconds.
                 let (sum, bytes) = in_background(move || (digest(&bytes), bytes)).await;
-                if have_body && meta.digest.as_deref() == Some(sum.as_str()) {
-                    meta.etag = etag;
-                    meta.last_modified = last_modified;
+                if attempt.is_cached(&sum) {
+                    attempt.keep_validators(etag, last_modified);
                     Ok(Outcome::Unchanged)
                 } else {
-                    let accepted = Meta {
-                        url: url.clone(),
-                        etag,
-                        last_modified,
-                        fetched_at: Some(now),
-                        last_success: Some(now),
-                        last_attempt: Some(now),
-                        last_error: None,
-                        entries: 0,
-                        bytes: bytes.len() as u64,
-                        digest: Some(sum),
-                    };
-                    // One source at a time from here to its publication. A body that has
-                    // to wait for its turn waits on disk, not in memory.
-                    let (_one, bytes) = match self.inner.checking.try_lock() {
-                        Ok(turn) => (turn, Ok(bytes)),
-                        Err(_) => {
-                            let (store2, name2) = (store.clone(), name.clone());
-                            let parked = in_background(move || {
-                                store2.park(&name2, &bytes).map_err(|_| bytes)
-                            })
-                            .await;
-                            let turn = self.inner.checking.lock().await;
-                            let bytes = match parked {
-                                // Could not park it (disk full?): it waited in memory.
-                                Err(bytes) => Ok(bytes),
-                                Ok(()) => {
-                                    let (store2, name2) = (store.clone(), name.clone());
-                                    in_background(move || store2.unpark(&name2)).await.map_err(
-                                        |source| RefreshError::Store {
-                                            name: name.clone(),
-                                            source,
-                                        },
-                                    )
-                                }
-                            };
-                            (turn, bytes)
-                        }
-                    };
-                    let staged = match bytes.and_then(|bytes| {
-                        Ok((bytes, list_info(config, list).map_err(RefreshError::Build)?))
-                    }) {
+                    let body = attempt.new_body(bytes, sum, etag, last_modified, content_type);
+                    let previous = attempt.previous();
+                    match self
+                        .take_new_copy(store, config, list, body, previous)
+                        .await
+                    {
+                        Ok((entries, published)) => return attempt.updated(entries, published),
                         Err(e) => Err(e),
-                        Ok((bytes, info)) => {
-                            let (store2, name2, config2) =
-                                (store.clone(), name.clone(), config.clone());
-                            let (format, keywords) = (list.format, list.keywords.clone());
-                            let at = list.name.span().start;
-                            // Parse, compile and write on a thread of its own; the body is
-                            // dropped there.
-                            let invalid = move |e: crate::policy::rules::RuleError| {
-                                RefreshError::Build(config2.origin.invalid(
-                                    at,
-                                    "lists",
-                                    e.to_string(),
-                                ))
-                            };
-                            in_background(move || {
-                                let parsed = check_and_parse(
-                                    &bytes,
-                                    content_type.as_deref(),
-                                    format,
-                                    previous,
-                                    min_ratio,
-                                    info,
-                                    &keywords,
-                                )
-                                .map_err(|reason| RefreshError::Rejected {
-                                    name: name2.clone(),
-                                    reason,
-                                })?
-                                .map_err(&invalid)?;
-                                let accepted = Meta {
-                                    entries: parsed.parsed_entries,
-                                    ..accepted
-                                };
-                                store2
-                                    .write_list(&name2, &bytes, &accepted)
-                                    .map_err(|source| RefreshError::Store {
-                                        name: name2,
-                                        source,
-                                    })?;
-                                // The body is cached: drop it before the tables are built.
-                                drop(bytes);
-                                parsed.finish().map_err(invalid)
-                            })
-                            .await
-                        }
-                    };
-                    match staged {
-                        Err(e) => Err(e),
-                        Ok(compiled) => {
-                            let entries = compiled.parsed_entries;
-                            let published = self.install(config, &name, compiled).await;
-                            return (
-                                SourceRefresh {
-                                    name,
-                                    result: Ok(Outcome::Updated {
-                                        entries,
-                                        previous: previous.unwrap_or(0),
-                                    }),
-                                },
-                                Some(published),
-                            );
-                        }
                     }
                 }
             }
         };
-        match &result {
-            Ok(_) => {
-                meta.last_success = Some(now);
-                meta.last_error = None;
-            }
-            Err(e) => meta.last_error = Some(e.detail()),
-        }
-        let (store2, name2) = (store.clone(), name.clone());
-        // A few hundred bytes and two fsyncs: waiting on the disk, not the CPU, and not
-        // worth a place in the list thread's queue.
-        let written = tokio::task::spawn_blocking(move || store2.write_meta(&name2, &meta))
-            .await
-            .expect("metadata write panicked");
-        if let Err(error) = written {
-            tracing::warn!(list = %name, %error, "cannot record the list download in the cache");
-        }
-        (SourceRefresh { name, result }, None)
+        attempt.record(store, result).await
+    }
+
+    /// Checks, caches, compiles and publishes a new body of `list`, one source at a time from
+    /// the check to the publication. Returns the entries it parsed to and how its publication
+    /// went, or why it was not taken (the older copy keeps serving).
+    async fn take_new_copy(
+        &self,
+        store: &Store,
+        config: &Arc<Config>,
+        list: &ListConfig,
+        body: NewBody,
+        previous: Option<u32>,
+    ) -> Result<(u32, Result<(), RefreshError>), RefreshError> {
+        let name = list.name.get_ref();
+        let (_one, body) = checking_turn(&self.inner.checking, store, name, body).await;
+        let compiled = check_cache_compile(store, config, list, body?, previous).await?;
+        let entries = compiled.parsed_entries;
+        Ok((entries, self.install(config, name, compiled).await))
     }
 
     async fn run(self) {
@@ -581,10 +470,7 @@ impl Lists {
 /// Runs one source's refresh so that a panic in it (a bug, say in a parser, met by some
 /// input) fails that source only: it is logged and shown in its status and in
 /// `portcullis_list_failing`, and the refresher goes on with every other list.
-async fn guarded(
-    name: &str,
-    work: impl std::future::Future<Output = (SourceRefresh, Option<Result<(), RefreshError>>)>,
-) -> (SourceRefresh, Option<Result<(), RefreshError>>) {
+async fn guarded(name: &str, work: impl std::future::Future<Output = SourceDone>) -> SourceDone {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(done) => done,
