@@ -44,7 +44,7 @@ fn mib(bytes: u64) -> f64 {
 
 fn main() {
     if std::env::var_os("NO_TUNE").is_none() {
-        portcullis::lists::refresh::tune_allocator();
+        portcullis::sys::tune_allocator();
     }
     // Criterion passes flags like --bench; ignore them.
     let before = rss_bytes();

@@ -21,7 +21,7 @@
 # does not compete with the gate and dnsperf (HARNESS_IDLE=0: normal priority, as before).
 # Knobs: DURATION (20), RATE (20000), CLIENTS (10), LISTS_DIR, BIN (skip the build),
 # MALLOC (extra environment for the gate; MALLOC=NO_TUNE=1 skips
-# portcullis::lists::refresh::tune_allocator(), glibc's defaults then apply),
+# portcullis::sys::tune_allocator(), glibc's defaults then apply),
 # KEEP_WORK=1.
 set -euo pipefail
 

@@ -9,7 +9,7 @@ use portcullis::config::Config;
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os("NO_TUNE").is_none() {
-        portcullis::lists::refresh::tune_allocator();
+        portcullis::sys::tune_allocator();
     }
     let path = std::env::args()
         .skip(1)

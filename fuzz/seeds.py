@@ -107,11 +107,12 @@ def list_seeds() -> None:
                 add(f"list_{fmt}", sample(path), path.stem)
                 add("list_detect", sample(path), path.stem)
     # Multi-line list texts from the parser's unit tests.
-    for text in literals(REPO / "src/lists/parse.rs"):
-        if "\n" in text.strip():
-            for fmt in FORMATS:
-                add(f"list_{fmt}", text.encode())
-            add("list_detect", text.encode())
+    for path in sorted((REPO / "src/lists/parse").glob("*.rs")):
+        for text in literals(path):
+            if "\n" in text.strip():
+                for fmt in FORMATS:
+                    add(f"list_{fmt}", text.encode())
+                add("list_detect", text.encode())
 
 
 # --- DNS -----------------------------------------------------------------------------

@@ -27,3 +27,20 @@ impl Fault {
 pub trait HasFault {
     fn fault(&self) -> Fault;
 }
+
+// The policy core sits below every other module and imports none of them: its errors get
+// their fault here.
+
+impl HasFault for crate::policy::name::NameError {
+    fn fault(&self) -> Fault {
+        Fault::Client
+    }
+}
+
+impl HasFault for crate::policy::rules::RuleError {
+    fn fault(&self) -> Fault {
+        // Rules come from the operator's config or from list publishers; neither is
+        // the querying client. Treated as configuration/upstream input.
+        Fault::Upstream
+    }
+}

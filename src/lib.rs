@@ -15,4 +15,5 @@ pub mod lists;
 pub mod live;
 pub mod policy;
 pub mod proxy;
+pub mod sys;
 pub mod telemetry;

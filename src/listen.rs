@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 
+use crate::sys::lock;
+
 /// Binds a TCP listener on every address (port 0 picks a free port; the servers
 /// log what they got).
 pub async fn bind_tcp(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
@@ -88,10 +90,6 @@ impl Drop for Slot {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use portcullis::app::{Gate, Listeners, load_all, load_config, upstream_pool};
-use portcullis::lists::refresh::{fetch_into_cache, tune_allocator};
+use portcullis::lists::refresh::fetch_into_cache;
+use portcullis::sys::tune_allocator;
 
 /// `print!` and `println!` that return a write error to the caller instead of panicking:
 /// output into a closed pipe (`portcullis lists | head -1`) then ends quietly in `main`.

@@ -1,10 +1,11 @@
 //! One list parse with every invariant of [`ParseReport`] checked.
 
 use portcullis::lists::parse::{
-    Entry, Format, MAX_EXAMPLE_CHARS, MAX_EXAMPLES, MAX_REGEX_LEN, MIN_PREFIX_V4, MIN_PREFIX_V6,
-    SkipReason, parse_list_with_skips,
+    Entry, Format, MAX_EXAMPLE_CHARS, MAX_EXAMPLES, MIN_PREFIX_V4, MIN_PREFIX_V6, SkipReason,
+    parse_list_with_skips,
 };
 use portcullis::policy::name::Name;
+use portcullis::policy::rules::MAX_REGEX_LEN;
 
 /// Parses `data` as `format` (decoded as the loader does) and checks the report.
 pub fn parse_and_check(data: &[u8], format: Format) {

@@ -53,9 +53,9 @@ fn pool() -> &'static std::sync::mpsc::Sender<Job> {
             std::thread::Builder::new()
                 .name("portcullis-lists".into())
                 .spawn(move || {
-                    lower_priority();
+                    crate::sys::lower_thread_priority();
                     loop {
-                        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        let job = match crate::sys::lock(&rx).recv() {
                             Ok(job) => job,
                             Err(_) => return,
                         };
@@ -68,27 +68,6 @@ fn pool() -> &'static std::sync::mpsc::Sender<Job> {
         tx
     })
 }
-
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    // SAFETY: neither call has memory-safety preconditions beyond a valid `sched_param`; on
-    // Linux `pid = 0` / `who = 0` name the calling thread only.
-    unsafe {
-        // SCHED_IDLE: a normal thread that wakes up always preempts this one (with nice 19
-        // alone, the scheduler may let it run out its slice first: milliseconds of latency).
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            tracing::debug!("could not move the list thread to SCHED_IDLE");
-        }
-        // Nice 19 too, should the policy above be refused.
-        if libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0 {
-            tracing::debug!("could not lower the list thread's priority");
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
 
 /// The most one read or write system call moves. On a kernel built without preemption
 /// (`PREEMPT_NONE`, common on cloud and VM kernels) a thread inside a system call keeps its

@@ -16,65 +16,15 @@ use std::time::Instant;
 use crate::config::{BareNames, Config, ConfigError, ListConfig, allowlist};
 use crate::policy::Policy;
 use crate::policy::groups::{ALL_GROUPS, GroupMask, Groups};
-use crate::policy::rules::{CompiledList, ListBuilder, ListInfo, RuleError, RuleSetBuilder};
+use crate::policy::rules::{
+    AllowRule, CompiledList, ListBuilder, ListInfo, RuleError, RuleSetBuilder,
+};
 
 use super::parse::{Format, ParseReport, SkipReason, Skipped, parse_list};
-use super::store::{Meta, Store};
-
-/// Where a list comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    /// `path`: a local file, read as it is at every build.
-    File,
-    /// `inline`: rules in the config.
-    Inline,
-    /// `url`: downloaded, checked and cached.
-    Url,
-}
-
-/// The status of one list source: what is served from it, and how its downloads went.
-/// `portcullis lists` prints it; `/api/lists` will serve it as JSON.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ListStatus {
-    pub name: String,
-    pub kind: SourceKind,
-    /// Path, URL, or the config file for inline rules.
-    pub source: String,
-    /// The format used (the detected one for `auto`).
-    pub format: String,
-    /// Client groups the list applies to; empty = all.
-    pub groups: Vec<String>,
-    /// Something of this list is served (a local list was read, or a `url` list has a copy).
-    pub ready: bool,
-    pub lines: u32,
-    pub entries: u32,
-    pub skipped: u32,
-    pub skipped_by_reason: Vec<(String, u32)>,
-    /// The first few skipped lines of each reason.
-    pub examples: Vec<SkipExample>,
-    /// Why nothing of this list is served (missing file, no cached copy yet).
-    pub error: Option<String>,
-    /// `url` lists: Unix seconds of the last successful check (200 accepted, 304, unchanged).
-    pub last_success: Option<u64>,
-    /// `url` lists: Unix seconds of the last download attempt.
-    pub last_attempt: Option<u64>,
-    /// `url` lists: why the last attempt failed or was rejected (the older copy keeps serving).
-    pub last_error: Option<String>,
-    /// `url` lists: Unix seconds when the served copy was downloaded.
-    pub fetched_at: Option<u64>,
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-    /// `url` lists: seconds between refreshes.
-    pub refresh_secs: Option<u64>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SkipExample {
-    pub line: u32,
-    pub text: String,
-    pub reason: String,
-}
+// What a build reports of each list ([`Loaded::lists`]); the refresher keeps it current.
+use super::status::all_ready;
+pub use super::status::{ListStatus, SkipExample, SourceKind};
+use super::store::Store;
 
 /// The compiled policy and a report of how it was built.
 pub struct Loaded {
@@ -89,11 +39,6 @@ impl Loaded {
     pub fn ready(&self) -> bool {
         all_ready(&self.lists)
     }
-}
-
-/// True when every source is ready (an optional local file that is absent counts as ready).
-pub fn all_ready(lists: &[ListStatus]) -> bool {
-    lists.iter().all(|l| l.ready)
 }
 
 /// The cache directory a configuration names.
@@ -112,21 +57,7 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
     let groups = groups_of(config)?;
 
     let mut builder = RuleSetBuilder::new();
-    let (allow_text, allow_file) = match &config.allowlist {
-        Some(path) => {
-            let path = config.resolve(path);
-            let text = std::fs::read_to_string(&path).map_err(|reason| ConfigError::Read {
-                file: path.display().to_string(),
-                reason,
-            })?;
-            (text, path.display().to_string())
-        }
-        None => (
-            allowlist::BUILTIN_ALLOWLIST.to_owned(),
-            "<built-in allowlist.toml>".to_owned(),
-        ),
-    };
-    let allow_rules = allowlist::parse(&allow_text, &allow_file, &groups)?;
+    let allow_rules = allow_rules_of(config, &groups)?;
     let allow_count = allow_rules.len();
     for rule in allow_rules {
         builder.add_allow(rule);
@@ -135,108 +66,12 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
     let store = store_for(config);
     let mut statuses = Vec::with_capacity(config.lists.len());
     for list in &config.lists {
-        let name = list.name.get_ref().clone();
-        let mut status = ListStatus::new(config, list);
-        let info = list_info_with(config, list, &groups);
-        let mut add = |compiled: CompiledList| {
-            builder.add_compiled(Arc::new(compiled)).map_err(|e| {
-                config
-                    .origin
-                    .invalid(list.name.span().start, "lists", e.to_string())
-            })
-        };
-        // A list with nothing to read yet (no download, an optional file that is missing)
-        // still has the config's own rules of it: its keywords.
-        let no_copy = |info: ListInfo| {
-            compile_list(info, "", Format::Domains, 0, &list.keywords)
-                .map(|c| c.list)
-                .map_err(|e| {
-                    config
-                        .origin
-                        .invalid(list.name.span().start, "lists", e.to_string())
-                })
-        };
-        // Inline rules report lines of the config file itself.
-        let mut lines = LineMap::Offset(0);
-        let text = match (&list.path, &list.url, &list.inline) {
-            (Some(path), _, _) => {
-                let path = config.resolve(path);
-                match super::background::read(&path) {
-                    Ok(bytes) => into_text(bytes),
-                    Err(e) if list.optional && e.kind() == std::io::ErrorKind::NotFound => {
-                        tracing::warn!(list = %name, path = %path.display(), "optional list file not found; skipped");
-                        status.error = Some("file not found (optional)".into());
-                        // Nothing is missing that the operator asked for.
-                        status.ready = true;
-                        add(no_copy(info)?)?;
-                        statuses.push(status);
-                        continue;
-                    }
-                    Err(reason) => {
-                        return Err(ConfigError::Read {
-                            file: path.display().to_string(),
-                            reason,
-                        });
-                    }
-                }
-            }
-            (None, Some(url), _) => {
-                let meta = store.read_meta(&name, url.get_ref());
-                status.apply_meta(meta.as_ref());
-                let cached = meta
-                    .as_ref()
-                    .filter(|m| m.has_body())
-                    .map(|_| store.read_list(&name));
-                match cached {
-                    Some(Ok(bytes)) => into_text(bytes),
-                    Some(Err(e)) => {
-                        tracing::warn!(list = %name, error = %e, "cached copy unreadable; the list waits for a download");
-                        status.error = Some(format!(
-                            "cached copy unreadable ({e}); not served until downloaded"
-                        ));
-                        add(no_copy(info)?)?;
-                        statuses.push(status);
-                        continue;
-                    }
-                    None => {
-                        status.error =
-                            Some("no cached copy yet; not served until downloaded".into());
-                        add(no_copy(info)?)?;
-                        statuses.push(status);
-                        continue;
-                    }
-                }
-            }
-            (None, None, Some(inline)) => {
-                lines = LineMap::Table(inline_lines(&config.origin.source, inline.span().start));
-                inline.get_ref().clone()
-            }
-            (None, None, None) => unreachable!("validated: a list has a path, url or inline rules"),
-        };
-        // A bug a list's text runs into fails that list only: the others load and serve.
-        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            parse_into_list_mapped(info.clone(), &text, list.format, &lines, &list.keywords)
-                .finish()
-        }));
-        drop(text);
-        let compiled = match compiled {
-            Ok(compiled) => {
-                compiled.map_err(|e| config.origin.invalid(0, "lists", e.to_string()))?
-            }
-            Err(panic) => {
-                let message = super::background::panic_message(panic.as_ref());
-                tracing::error!(list = %name, %message, "reading the list panicked; it is not served, the others are");
-                status.error = Some(format!(
-                    "internal error while reading it ({message}); not served"
-                ));
-                add(no_copy(info)?)?;
-                statuses.push(status);
-                continue;
-            }
-        };
-        add(compiled.list)?;
-        status.apply_report(&compiled.report);
-        status.ready = true;
+        let (compiled, status) = load_list(config, &store, list, &groups)?;
+        builder.add_compiled(Arc::new(compiled)).map_err(|e| {
+            config
+                .origin
+                .invalid(list.name.span().start, "lists", e.to_string())
+        })?;
         statuses.push(status);
     }
 
@@ -253,6 +88,154 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
         allow_rules: allow_count,
         build_time: started.elapsed(),
     })
+}
+
+/// The operator's allow rules: the `allowlist` file, or the built-in one when none is named.
+fn allow_rules_of(config: &Config, groups: &Groups) -> Result<Vec<AllowRule>, ConfigError> {
+    let (allow_text, allow_file) = match &config.allowlist {
+        Some(path) => {
+            let path = config.resolve(path);
+            let text = std::fs::read_to_string(&path).map_err(|reason| ConfigError::Read {
+                file: path.display().to_string(),
+                reason,
+            })?;
+            (text, path.display().to_string())
+        }
+        None => (
+            allowlist::BUILTIN_ALLOWLIST.to_owned(),
+            "<built-in allowlist.toml>".to_owned(),
+        ),
+    };
+    allowlist::parse(&allow_text, &allow_file, groups)
+}
+
+/// One configured list as this build serves it: its compiled rules and its status. A list
+/// with nothing to read yet (no download, an optional file that is missing, a cached copy
+/// that cannot be read) or whose reading panicked serves only the config's own rules of it.
+fn load_list(
+    config: &Config,
+    store: &Store,
+    list: &ListConfig,
+    groups: &Groups,
+) -> Result<(CompiledList, ListStatus), ConfigError> {
+    let mut status = ListStatus::new(config, list);
+    let info = list_info_with(config, list, groups);
+    let Some((text, lines)) = read_list_text(config, store, list, &mut status)? else {
+        return Ok((keywords_only(config, list, info)?, status));
+    };
+    // A bug a list's text runs into fails that list only: the others load and serve.
+    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parse_into_list_mapped(info.clone(), &text, list.format, &lines, &list.keywords).finish()
+    }));
+    drop(text);
+    match compiled {
+        Ok(compiled) => {
+            let compiled =
+                compiled.map_err(|e| config.origin.invalid(0, "lists", e.to_string()))?;
+            status.apply_report(&compiled.report);
+            status.ready = true;
+            Ok((compiled.list, status))
+        }
+        Err(panic) => {
+            let message = super::background::panic_message(panic.as_ref());
+            tracing::error!(list = %list.name.get_ref(), %message, "reading the list panicked; it is not served, the others are");
+            status.error = Some(format!(
+                "internal error while reading it ({message}); not served"
+            ));
+            Ok((keywords_only(config, list, info)?, status))
+        }
+    }
+}
+
+/// The text of `list` to compile and where its lines are in the file they were written in,
+/// or `None` when there is nothing to read now (`status` says why).
+fn read_list_text(
+    config: &Config,
+    store: &Store,
+    list: &ListConfig,
+    status: &mut ListStatus,
+) -> Result<Option<(String, LineMap)>, ConfigError> {
+    let text = match (&list.path, &list.url, &list.inline) {
+        (Some(path), _, _) => read_list_file(config, list, path, status)?,
+        (None, Some(url), _) => read_cached_copy(store, list, url.get_ref(), status),
+        (None, None, Some(inline)) => {
+            // Inline rules report lines of the config file itself.
+            let lines = LineMap::Table(inline_lines(&config.origin.source, inline.span().start));
+            return Ok(Some((inline.get_ref().clone(), lines)));
+        }
+        (None, None, None) => unreachable!("validated: a list has a path, url or inline rules"),
+    };
+    Ok(text.map(|text| (text, LineMap::Offset(0))))
+}
+
+/// A `path` list's file as it is now; `None` when it is optional and absent.
+fn read_list_file(
+    config: &Config,
+    list: &ListConfig,
+    path: &std::path::Path,
+    status: &mut ListStatus,
+) -> Result<Option<String>, ConfigError> {
+    let path = config.resolve(path);
+    match super::background::read(&path) {
+        Ok(bytes) => Ok(Some(into_text(bytes))),
+        Err(e) if list.optional && e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(list = %list.name.get_ref(), path = %path.display(), "optional list file not found; skipped");
+            status.error = Some("file not found (optional)".into());
+            // Nothing is missing that the operator asked for.
+            status.ready = true;
+            Ok(None)
+        }
+        Err(reason) => Err(ConfigError::Read {
+            file: path.display().to_string(),
+            reason,
+        }),
+    }
+}
+
+/// A `url` list's cached copy, and what the cache metadata says of its downloads; `None`
+/// before the first download, or when the copy cannot be read.
+fn read_cached_copy(
+    store: &Store,
+    list: &ListConfig,
+    url: &str,
+    status: &mut ListStatus,
+) -> Option<String> {
+    let name = list.name.get_ref();
+    let meta = store.read_meta(name, url);
+    status.apply_meta(meta.as_ref());
+    let cached = meta
+        .as_ref()
+        .filter(|m| m.has_body())
+        .map(|_| store.read_list(name));
+    match cached {
+        Some(Ok(bytes)) => Some(into_text(bytes)),
+        Some(Err(e)) => {
+            tracing::warn!(list = %name, error = %e, "cached copy unreadable; the list waits for a download");
+            status.error = Some(format!(
+                "cached copy unreadable ({e}); not served until downloaded"
+            ));
+            None
+        }
+        None => {
+            status.error = Some("no cached copy yet; not served until downloaded".into());
+            None
+        }
+    }
+}
+
+/// A list with nothing of it to read still has the config's own rules of it: its keywords.
+fn keywords_only(
+    config: &Config,
+    list: &ListConfig,
+    info: ListInfo,
+) -> Result<CompiledList, ConfigError> {
+    compile_list(info, "", Format::Domains, 0, &list.keywords)
+        .map(|c| c.list)
+        .map_err(|e| {
+            config
+                .origin
+                .invalid(list.name.span().start, "lists", e.to_string())
+        })
 }
 
 /// The client groups a configuration defines.
@@ -480,160 +463,6 @@ fn into_text(bytes: Vec<u8>) -> String {
     match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    }
-}
-
-impl ListStatus {
-    /// The status of a source before anything is known about its contents.
-    pub fn new(config: &Config, list: &ListConfig) -> ListStatus {
-        let (kind, source) = match (&list.path, &list.url) {
-            (Some(path), _) => (SourceKind::File, config.resolve(path).display().to_string()),
-            (None, Some(url)) => (SourceKind::Url, url.get_ref().clone()),
-            (None, None) => (SourceKind::Inline, config.origin.file.clone()),
-        };
-        ListStatus {
-            name: list.name.get_ref().clone(),
-            kind,
-            source,
-            format: list.format.as_str().to_owned(),
-            groups: list
-                .groups
-                .iter()
-                .flatten()
-                .map(|g| g.get_ref().clone())
-                .collect(),
-            ready: false,
-            lines: 0,
-            entries: 0,
-            skipped: 0,
-            skipped_by_reason: Vec::new(),
-            examples: Vec::new(),
-            error: None,
-            last_success: None,
-            last_attempt: None,
-            last_error: None,
-            fetched_at: None,
-            etag: None,
-            last_modified: None,
-            refresh_secs: list
-                .url
-                .is_some()
-                .then(|| list.refresh_interval(&config.sources).as_secs()),
-        }
-    }
-
-    /// Copies what the cache metadata knows (validators, attempts, last error).
-    pub fn apply_meta(&mut self, meta: Option<&Meta>) {
-        let Some(meta) = meta else {
-            return;
-        };
-        self.last_success = meta.last_success;
-        self.last_attempt = meta.last_attempt;
-        self.last_error = meta.last_error.clone();
-        self.fetched_at = meta.fetched_at;
-        self.etag = meta.etag.clone();
-        self.last_modified = meta.last_modified.clone();
-    }
-
-    /// Copies what a parse of the served copy found.
-    pub fn apply_report(&mut self, report: &ParseReport) {
-        self.format = report.format.as_str().to_owned();
-        self.lines = report.lines;
-        self.entries = report.entries;
-        self.skipped = report.skipped;
-        self.skipped_by_reason = report
-            .skipped_by_reason
-            .iter()
-            .map(|(r, n)| (r.as_str().to_owned(), *n))
-            .collect();
-        self.examples = report
-            .examples
-            .iter()
-            .map(|s| SkipExample {
-                line: s.line,
-                text: s.text.clone(),
-                reason: s.reason.as_str().to_owned(),
-            })
-            .collect();
-    }
-}
-
-impl std::fmt::Display for ListStatus {
-    /// The `portcullis lists` text block of one source.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use super::store::format_unix;
-        let state = if !self.ready {
-            "NOT READY"
-        } else if self.error.is_some() {
-            "absent"
-        } else {
-            "ready"
-        };
-        writeln!(
-            f,
-            "{} [{}] {}",
-            self.name,
-            state,
-            match self.kind {
-                SourceKind::File => "file",
-                SourceKind::Inline => "inline",
-                SourceKind::Url => "url",
-            }
-        )?;
-        writeln!(f, "  source:   {}", self.source)?;
-        let groups = if self.groups.is_empty() {
-            "all".to_owned()
-        } else {
-            self.groups.join(", ")
-        };
-        writeln!(f, "  format:   {}    groups: {groups}", self.format)?;
-        writeln!(
-            f,
-            "  entries:  {}    skipped: {}    lines: {}",
-            self.entries, self.skipped, self.lines
-        )?;
-        for (reason, n) in &self.skipped_by_reason {
-            write!(f, "    {n} {reason}")?;
-            let examples: Vec<String> = self
-                .examples
-                .iter()
-                .filter(|e| &e.reason == reason)
-                .take(2)
-                .map(|e| format!("line {}: {:?}", e.line, e.text))
-                .collect();
-            if !examples.is_empty() {
-                write!(f, " (e.g. {})", examples.join(", "))?;
-            }
-            writeln!(f)?;
-        }
-        if let Some(error) = &self.error {
-            writeln!(f, "  error:    {error}")?;
-        }
-        if self.kind == SourceKind::Url {
-            let when = |t: Option<u64>| t.map_or_else(|| "never".to_owned(), format_unix);
-            writeln!(
-                f,
-                "  fetched:  {}    last success: {}    last attempt: {}",
-                when(self.fetched_at),
-                when(self.last_success),
-                when(self.last_attempt)
-            )?;
-            if let Some(e) = &self.last_error {
-                writeln!(f, "  last error: {e}")?;
-            }
-            if self.etag.is_some() || self.last_modified.is_some() {
-                writeln!(
-                    f,
-                    "  etag:     {}    last-modified: {}",
-                    self.etag.as_deref().unwrap_or("-"),
-                    self.last_modified.as_deref().unwrap_or("-")
-                )?;
-            }
-            if let Some(secs) = self.refresh_secs {
-                writeln!(f, "  refresh:  every {secs} s (jittered)")?;
-            }
-        }
-        Ok(())
     }
 }
 

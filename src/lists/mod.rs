@@ -2,7 +2,11 @@
 
 mod background;
 pub mod fetch;
+pub mod guard;
 pub mod load;
 pub mod parse;
 pub mod refresh;
+mod schedule;
+mod source;
+pub mod status;
 pub mod store;

@@ -13,9 +13,11 @@
 //! the log say why. A failed source is retried after `retry_secs`, doubling up to its refresh
 //! interval. When the configuration was reloaded while a round ran, the new copy is served by
 //! rebuilding the whole policy from the cache instead.
+//!
+//! The steps of one source are in `source.rs`, the guard in `guard.rs`, when each source is
+//! due in `schedule.rs`; this module runs the rounds and publishes.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -28,15 +30,16 @@ use crate::dns::upstream::UpstreamPool;
 use crate::error::{Fault, HasFault};
 use crate::live::Shared;
 use crate::policy::Policy;
+use crate::sys::lock;
 
-use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher, Validators, looks_like_html};
-use super::load::{
-    CompiledSource, ListStatus, Loaded, ParsedList, all_ready, build_policy, list_info,
-    parse_into_list, store_for,
-};
-use super::parse::{Format, parse_list};
+use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher};
+// What RefreshError::Rejected carries.
+pub use super::guard::Rejection;
+use super::load::{CompiledSource, Loaded, build_policy, store_for};
+use super::schedule::{Schedule, url_lists};
+use super::source::{Attempt, NewBody, SourceDone, check_cache_compile, checking_turn};
+use super::status::{ListStatus, all_ready};
 use super::store::{Meta, Store, StoreError, digest, now_unix};
-use crate::policy::rules::ListInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -77,97 +80,6 @@ impl HasFault for RefreshError {
             RefreshError::Panicked { .. } => Fault::Internal,
         }
     }
-}
-
-/// Why the sanity guard refused a download.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Rejection {
-    #[error("the body is empty")]
-    Empty,
-    #[error("the body is an HTML page, not a list")]
-    Html,
-    #[error("no entries in {lines} lines")]
-    NoEntries { lines: u32 },
-    #[error(
-        "{entries} entries is less than {min_ratio} of the {previous} entries of the copy it replaces (min_ratio)"
-    )]
-    Shrunk {
-        entries: u32,
-        previous: u32,
-        min_ratio: f64,
-    },
-}
-
-/// The sanity guard: the entries `bytes` parses to, or why it must not replace a list of
-/// `previous` entries.
-pub fn check_body(
-    bytes: &[u8],
-    content_type: Option<&str>,
-    format: Format,
-    previous: Option<u32>,
-    min_ratio: f64,
-) -> Result<u32, Rejection> {
-    let text = looks_like_a_list(bytes, content_type)?;
-    let report = parse_list(&text, format, |_, _| {});
-    guard(report.entries, report.lines, previous, min_ratio)?;
-    Ok(report.entries)
-}
-
-/// The sanity guard and the parser in one pass: `bytes` parsed as the list `info` with its
-/// regex and keyword rules compiled, or why it must not replace a list of `previous` entries
-/// (the guard counts what the parser produced, as [`check_body`] does). The inner error is a
-/// rule set that does not compile. The caller may drop `bytes` before building the tables
-/// ([`ParsedList::finish`]).
-pub fn check_and_parse(
-    bytes: &[u8],
-    content_type: Option<&str>,
-    format: Format,
-    previous: Option<u32>,
-    min_ratio: f64,
-    info: ListInfo,
-    keywords: &[String],
-) -> Result<Result<ParsedList, crate::policy::rules::RuleError>, Rejection> {
-    let text = looks_like_a_list(bytes, content_type)?;
-    let mut parsed = parse_into_list(info, &text, format, 0, keywords);
-    guard(
-        parsed.parsed_entries,
-        parsed.report.lines,
-        previous,
-        min_ratio,
-    )?;
-    Ok(parsed.compile_patterns().map(|()| parsed))
-}
-
-/// Not empty, not HTML: the body as text.
-fn looks_like_a_list<'b>(
-    bytes: &'b [u8],
-    content_type: Option<&str>,
-) -> Result<std::borrow::Cow<'b, str>, Rejection> {
-    let content = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    if content.iter().all(u8::is_ascii_whitespace) {
-        return Err(Rejection::Empty);
-    }
-    if looks_like_html(bytes, content_type) {
-        return Err(Rejection::Html);
-    }
-    Ok(String::from_utf8_lossy(bytes))
-}
-
-fn guard(entries: u32, lines: u32, previous: Option<u32>, min_ratio: f64) -> Result<(), Rejection> {
-    if entries == 0 {
-        return Err(Rejection::NoEntries { lines });
-    }
-    if let Some(previous) = previous
-        && previous > 0
-        && f64::from(entries) < min_ratio * f64::from(previous)
-    {
-        return Err(Rejection::Shrunk {
-            entries,
-            previous,
-            min_ratio,
-        });
-    }
-    Ok(())
 }
 
 /// What one source's refresh did.
@@ -225,10 +137,6 @@ struct Inner {
     /// One source at a time is parsed (guard and compile), cached and published: bounds
     /// what a refresh holds beside the running policy to one list's body and tables.
     checking: tokio::sync::Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn fetcher_for(config: &Config, pool: &Arc<UpstreamPool>) -> Result<Fetcher, FetchError> {
@@ -485,29 +393,11 @@ impl Lists {
         store: &Store,
         config: &Arc<Config>,
         list: &ListConfig,
-    ) -> (SourceRefresh, Option<Result<(), RefreshError>>) {
-        let name = list.name.get_ref().clone();
-        let url = list.url.as_ref().expect("url list").get_ref().clone();
-        let mut meta = store.read_meta(&name, &url).unwrap_or_else(|| Meta {
-            url: url.clone(),
-            ..Meta::default()
-        });
-        let have_body = meta.has_body() && store.list_path(&name).is_file();
-        let validators = if have_body {
-            Validators {
-                etag: meta.etag.clone(),
-                last_modified: meta.last_modified.clone(),
-            }
-        } else {
-            Validators::default()
-        };
-        let now = now_unix();
-        meta.last_attempt = Some(now);
-        let min_ratio = list.min_ratio.unwrap_or(config.sources.min_ratio);
-        let previous = have_body.then_some(meta.entries);
-        let result = match fetcher.fetch(&url, &validators).await {
+    ) -> SourceDone {
+        let mut attempt = Attempt::begin(store, list);
+        let result = match fetcher.fetch(attempt.url(), &attempt.validators()).await {
             Err(source) => Err(RefreshError::Fetch {
-                name: name.clone(),
+                name: attempt.name().to_owned(),
                 source,
             }),
             Ok(Fetched::NotModified) => Ok(Outcome::Unchanged),
@@ -520,177 +410,57 @@ impl Lists {
                 // Off the async workers, which also answer queries: hashing a body of a few MB
                 // takes milliseconds.
                 let (sum, bytes) = in_background(move || (digest(&bytes), bytes)).await;
-                if have_body && meta.digest.as_deref() == Some(sum.as_str()) {
-                    meta.etag = etag;
-                    meta.last_modified = last_modified;
+                if attempt.is_cached(&sum) {
+                    attempt.keep_validators(etag, last_modified);
                     Ok(Outcome::Unchanged)
                 } else {
-                    let accepted = Meta {
-                        url: url.clone(),
-                        etag,
-                        last_modified,
-                        fetched_at: Some(now),
-                        last_success: Some(now),
-                        last_attempt: Some(now),
-                        last_error: None,
-                        entries: 0,
-                        bytes: bytes.len() as u64,
-                        digest: Some(sum),
-                    };
-                    // One source at a time from here to its publication. A body that has
-                    // to wait for its turn waits on disk, not in memory.
-                    let (_one, bytes) = match self.inner.checking.try_lock() {
-                        Ok(turn) => (turn, Ok(bytes)),
-                        Err(_) => {
-                            let (store2, name2) = (store.clone(), name.clone());
-                            let parked = in_background(move || {
-                                store2.park(&name2, &bytes).map_err(|_| bytes)
-                            })
-                            .await;
-                            let turn = self.inner.checking.lock().await;
-                            let bytes = match parked {
-                                // Could not park it (disk full?): it waited in memory.
-                                Err(bytes) => Ok(bytes),
-                                Ok(()) => {
-                                    let (store2, name2) = (store.clone(), name.clone());
-                                    in_background(move || store2.unpark(&name2)).await.map_err(
-                                        |source| RefreshError::Store {
-                                            name: name.clone(),
-                                            source,
-                                        },
-                                    )
-                                }
-                            };
-                            (turn, bytes)
-                        }
-                    };
-                    let staged = match bytes.and_then(|bytes| {
-                        Ok((bytes, list_info(config, list).map_err(RefreshError::Build)?))
-                    }) {
+                    let body = attempt.new_body(bytes, sum, etag, last_modified, content_type);
+                    let previous = attempt.previous();
+                    match self
+                        .take_new_copy(store, config, list, body, previous)
+                        .await
+                    {
+                        Ok((entries, published)) => return attempt.updated(entries, published),
                         Err(e) => Err(e),
-                        Ok((bytes, info)) => {
-                            let (store2, name2, config2) =
-                                (store.clone(), name.clone(), config.clone());
-                            let (format, keywords) = (list.format, list.keywords.clone());
-                            let at = list.name.span().start;
-                            // Parse, compile and write on a thread of its own; the body is
-                            // dropped there.
-                            let invalid = move |e: crate::policy::rules::RuleError| {
-                                RefreshError::Build(config2.origin.invalid(
-                                    at,
-                                    "lists",
-                                    e.to_string(),
-                                ))
-                            };
-                            in_background(move || {
-                                let parsed = check_and_parse(
-                                    &bytes,
-                                    content_type.as_deref(),
-                                    format,
-                                    previous,
-                                    min_ratio,
-                                    info,
-                                    &keywords,
-                                )
-                                .map_err(|reason| RefreshError::Rejected {
-                                    name: name2.clone(),
-                                    reason,
-                                })?
-                                .map_err(&invalid)?;
-                                let accepted = Meta {
-                                    entries: parsed.parsed_entries,
-                                    ..accepted
-                                };
-                                store2
-                                    .write_list(&name2, &bytes, &accepted)
-                                    .map_err(|source| RefreshError::Store {
-                                        name: name2,
-                                        source,
-                                    })?;
-                                // The body is cached: drop it before the tables are built.
-                                drop(bytes);
-                                parsed.finish().map_err(invalid)
-                            })
-                            .await
-                        }
-                    };
-                    match staged {
-                        Err(e) => Err(e),
-                        Ok(compiled) => {
-                            let entries = compiled.parsed_entries;
-                            let published = self.install(config, &name, compiled).await;
-                            return (
-                                SourceRefresh {
-                                    name,
-                                    result: Ok(Outcome::Updated {
-                                        entries,
-                                        previous: previous.unwrap_or(0),
-                                    }),
-                                },
-                                Some(published),
-                            );
-                        }
                     }
                 }
             }
         };
-        match &result {
-            Ok(_) => {
-                meta.last_success = Some(now);
-                meta.last_error = None;
-            }
-            Err(e) => meta.last_error = Some(e.detail()),
-        }
-        let (store2, name2) = (store.clone(), name.clone());
-        // A few hundred bytes and two fsyncs: waiting on the disk, not the CPU, and not
-        // worth a place in the list thread's queue.
-        let written = tokio::task::spawn_blocking(move || store2.write_meta(&name2, &meta))
-            .await
-            .expect("metadata write panicked");
-        if let Err(error) = written {
-            tracing::warn!(list = %name, %error, "cannot record the list download in the cache");
-        }
-        (SourceRefresh { name, result }, None)
+        attempt.record(store, result).await
+    }
+
+    /// Checks, caches, compiles and publishes a new body of `list`, one source at a time from
+    /// the check to the publication. Returns the entries it parsed to and how its publication
+    /// went, or why it was not taken (the older copy keeps serving).
+    async fn take_new_copy(
+        &self,
+        store: &Store,
+        config: &Arc<Config>,
+        list: &ListConfig,
+        body: NewBody,
+        previous: Option<u32>,
+    ) -> Result<(u32, Result<(), RefreshError>), RefreshError> {
+        let name = list.name.get_ref();
+        let (_one, body) = checking_turn(&self.inner.checking, store, name, body).await;
+        let compiled = check_cache_compile(store, config, list, body?, previous).await?;
+        let entries = compiled.parsed_entries;
+        Ok((entries, self.install(config, name, compiled).await))
     }
 
     async fn run(self) {
-        let mut schedule: HashMap<String, Slot> = HashMap::new();
+        let mut schedule = Schedule::default();
         loop {
             let config = self.config();
             let now = Instant::now();
-            reconcile(&mut schedule, &config, now);
-            let due: Vec<String> = schedule
-                .iter()
-                .filter(|(_, s)| s.due <= now)
-                .map(|(name, _)| name.clone())
-                .collect();
+            schedule.reconcile(&config, now);
+            let due = schedule.due(now);
             if !due.is_empty() {
                 let report = self.refresh(&config, &due).await;
-                let now = Instant::now();
-                for source in &report.sources {
-                    let Some(slot) = schedule.get_mut(&source.name) else {
-                        continue;
-                    };
-                    let wait = if source.result.is_ok() {
-                        slot.failures = 0;
-                        slot.interval
-                    } else {
-                        slot.failures = slot.failures.saturating_add(1);
-                        let base = Duration::from_secs(config.sources.retry_secs);
-                        base.saturating_mul(1u32 << (slot.failures - 1).min(16))
-                            .min(slot.interval)
-                    };
-                    slot.due = now + jittered(wait, config.sources.jitter);
-                }
+                schedule.record(&report, &config, Instant::now());
                 continue;
             }
-            let next = schedule
-                .values()
-                .map(|s| s.due)
-                .min()
-                .unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep_until(schedule.next_due(now)) => {}
                 _ = self.inner.wake.notified() => {}
             }
         }
@@ -700,10 +470,7 @@ impl Lists {
 /// Runs one source's refresh so that a panic in it (a bug, say in a parser, met by some
 /// input) fails that source only: it is logged and shown in its status and in
 /// `portcullis_list_failing`, and the refresher goes on with every other list.
-async fn guarded(
-    name: &str,
-    work: impl std::future::Future<Output = (SourceRefresh, Option<Result<(), RefreshError>>)>,
-) -> (SourceRefresh, Option<Result<(), RefreshError>>) {
+async fn guarded(name: &str, work: impl std::future::Future<Output = SourceDone>) -> SourceDone {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(done) => done,
@@ -733,96 +500,7 @@ fn retire(old: Arc<Policy>) {
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(old);
-    trim_allocator();
-}
-
-/// Hands the free memory inside glibc's arenas back to the system (`malloc_trim`): the tables
-/// of small lists and the growth steps of a list being parsed live there (below the 1 MiB
-/// mmap threshold), and without a trim the holes they leave keep RSS up after a refresh.
-fn trim_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Makes glibc's allocator give rebuilt rule sets back to the system: allocations of 1 MiB and
-/// more always get their own mapping (returned on free; by default the threshold creeps up to
-/// 32 MiB after the first free, so later rule tables land in arenas that never shrink), and at
-/// most two arenas (each thread would otherwise keep one, grown to a rule set's size).
-/// Call once at process start, before other threads exist. Without it, peak RSS during a
-/// refresh of the full shared set was ~4.5x steady instead of ~1.8x (`benches/refresh.sh`, when
-/// a refresh still rebuilt every list at once).
-/// Same effect as `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=1048576`. A no-op elsewhere.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before other threads run.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// When a source is next downloaded.
-struct Slot {
-    url: String,
-    interval: Duration,
-    due: Instant,
-    failures: u32,
-}
-
-/// Adds new sources (due when their cached copy is older than their interval; at once with
-/// none) and forgets removed ones. A changed URL is a new source.
-fn reconcile(schedule: &mut HashMap<String, Slot>, config: &Config, now: Instant) {
-    let store = store_for(config);
-    schedule.retain(|name, slot| {
-        url_lists(config)
-            .any(|l| l.name.get_ref() == name && l.url.as_ref().unwrap().get_ref() == &slot.url)
-    });
-    for list in url_lists(config) {
-        let name = list.name.get_ref();
-        let interval = list.refresh_interval(&config.sources);
-        if let Some(slot) = schedule.get_mut(name) {
-            slot.interval = interval;
-            continue;
-        }
-        let url = list.url.as_ref().expect("url list").get_ref().clone();
-        let due = match store.read_meta(name, &url) {
-            Some(Meta {
-                fetched_at: Some(_),
-                last_success: Some(checked),
-                ..
-            }) => {
-                let age = Duration::from_secs(now_unix().saturating_sub(checked));
-                now + jittered(interval.saturating_sub(age), config.sources.jitter)
-            }
-            _ => now,
-        };
-        schedule.insert(
-            name.clone(),
-            Slot {
-                url,
-                interval,
-                due,
-                failures: 0,
-            },
-        );
-    }
-}
-
-fn url_lists(config: &Config) -> impl Iterator<Item = &ListConfig> {
-    config.lists.iter().filter(|l| l.url.is_some())
-}
-
-/// `wait` spread by up to `jitter` (a share) either way.
-fn jittered(wait: Duration, jitter: f64) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let unit = (random >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-    wait.mul_f64((1.0 + jitter * (2.0 * unit - 1.0)).max(0.0))
+    crate::sys::trim_allocator();
 }
 
 /// `portcullis lists fetch`: downloads every `url` list of `config` into its cache (no
@@ -850,48 +528,6 @@ pub async fn fetch_into_cache(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_guard_refuses_empty_html_and_shrunk_bodies() {
-        let f = Format::Auto;
-        assert_eq!(check_body(b"", None, f, None, 0.5), Err(Rejection::Empty));
-        assert_eq!(
-            check_body(b"\xef\xbb\xbf\r\n \n", None, f, Some(3), 0.5),
-            Err(Rejection::Empty)
-        );
-        assert_eq!(
-            check_body(b"<!DOCTYPE html><p>503</p>", None, f, None, 0.5),
-            Err(Rejection::Html)
-        );
-        assert_eq!(
-            check_body(b"# only comments\n", None, f, None, 0.5),
-            Err(Rejection::NoEntries { lines: 1 })
-        );
-        let body = b"a.example\nb.example\n";
-        assert_eq!(check_body(body, None, f, Some(4), 0.5), Ok(2));
-        assert_eq!(
-            check_body(body, None, f, Some(5), 0.5),
-            Err(Rejection::Shrunk {
-                entries: 2,
-                previous: 5,
-                min_ratio: 0.5
-            })
-        );
-        // Growth is always fine; min_ratio 0 turns the ratio check off.
-        assert_eq!(check_body(body, None, f, Some(1), 0.5), Ok(2));
-        assert_eq!(check_body(body, None, f, Some(1000), 0.0), Ok(2));
-    }
-
-    #[test]
-    fn jitter_stays_in_bounds() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_secs(100), 0.1);
-            assert!(
-                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
-                "{d:?}"
-            );
-        }
-    }
 
     use crate::policy::groups::GroupId;
     use crate::policy::name::Name;

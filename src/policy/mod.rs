@@ -282,9 +282,8 @@ impl std::fmt::Display for Explanation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lists::parse::Entry;
     use groups::ALL_GROUPS;
-    use rules::{ListInfo, RuleSetBuilder};
+    use rules::{Entry, ListInfo, RuleSetBuilder};
 
     fn n(s: &str) -> Name {
         Name::parse(s).unwrap()

@@ -8,8 +8,6 @@
 
 use std::fmt;
 
-use crate::error::{Fault, HasFault};
-
 /// Longest name in presentation form without the trailing dot (RFC 1035: 255 octets on the wire).
 pub const MAX_NAME_LEN: usize = 253;
 /// Longest label (RFC 1035).
@@ -30,12 +28,6 @@ pub enum NameError {
     BadChar(char),
     #[error("international name does not map to punycode (UTS-46)")]
     Idna,
-}
-
-impl HasFault for NameError {
-    fn fault(&self) -> Fault {
-        Fault::Client
-    }
 }
 
 /// A normalised host name: ASCII `[a-z0-9_-]` labels separated by dots.

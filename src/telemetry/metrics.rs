@@ -19,6 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::sys;
+
 /// What happened to a query: the `outcome` label of `portcullis_dns_queries_total` and
 /// of the decision log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,7 +433,7 @@ impl Metrics {
 
     /// Refreshes the scrape-time gauges from `snapshot` and renders the text format.
     pub fn render(&self, snapshot: &Snapshot) -> String {
-        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = sys::lock(&self.scrape);
         self.cache_entries.set(snapshot.cache_entries as i64);
         self.list_rules.clear();
         self.list_ready.clear();
@@ -573,13 +575,8 @@ impl ProcessMetrics {
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             self.open_fds.set(dir.count() as i64);
         }
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-            self.max_fds.set(limit.rlim_cur.min(i64::MAX as u64) as i64);
+        if let Some(limit) = sys::open_file_limit() {
+            self.max_fds.set(limit.min(i64::MAX as u64) as i64);
         }
     }
 }
