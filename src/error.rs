@@ -1,5 +1,9 @@
-//! Whose fault an error is. Every module's error type maps onto this, and the
-//! answer decides the log level, the metric label and the status code.
+//! Whose fault an error is. Every module's error type maps onto this ([`HasFault`]), and
+//! the answer decides, here and only here, the log level ([`Fault::level`],
+//! [`fault_event!`](crate::fault_event)) and the `fault` label of logs and of
+//! `portcullis_errors_total`. The status a client sees (HTTP code, DNS rcode) is each
+//! error's own and finer than its fault: `proxy::ProxyError::status` gives it, and the
+//! proxy's fault follows from it (4xx client, 502/504 upstream, 500/503 internal).
 
 /// The side responsible for a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -13,7 +17,17 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The metric label for this fault.
+    /// A client's mistake is routine (info), an upstream's worth a look (warn), ours a
+    /// bug or exhaustion (error).
+    pub fn level(self) -> tracing::Level {
+        match self {
+            Fault::Client => tracing::Level::INFO,
+            Fault::Upstream => tracing::Level::WARN,
+            Fault::Internal => tracing::Level::ERROR,
+        }
+    }
+
+    /// The metric and log label for this fault.
     pub fn as_str(self) -> &'static str {
         match self {
             Fault::Client => "client",
@@ -28,19 +42,31 @@ pub trait HasFault {
     fn fault(&self) -> Fault;
 }
 
-// The policy core sits below every other module and imports none of them: its errors get
-// their fault here.
-
-impl HasFault for crate::policy::name::NameError {
-    fn fault(&self) -> Fault {
-        Fault::Client
-    }
+/// A tracing event at the level of `fault` (tracing's macros need their level fixed where
+/// they are written, so this matches over the three).
+#[macro_export]
+macro_rules! fault_event {
+    ($fault:expr, $($arg:tt)+) => {
+        match $crate::error::Fault::level($fault) {
+            tracing::Level::ERROR => tracing::error!($($arg)+),
+            tracing::Level::WARN => tracing::warn!($($arg)+),
+            _ => tracing::info!($($arg)+),
+        }
+    };
 }
 
-impl HasFault for crate::policy::rules::RuleError {
-    fn fault(&self) -> Fault {
-        // Rules come from the operator's config or from list publishers; neither is
-        // the querying client. Treated as configuration/upstream input.
-        Fault::Upstream
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fault_decides_the_level_and_the_label() {
+        assert_eq!(Fault::Client.level(), tracing::Level::INFO);
+        assert_eq!(Fault::Upstream.level(), tracing::Level::WARN);
+        assert_eq!(Fault::Internal.level(), tracing::Level::ERROR);
+        let labels: Vec<_> = [Fault::Client, Fault::Upstream, Fault::Internal]
+            .map(Fault::as_str)
+            .into();
+        assert_eq!(labels, ["client", "upstream", "internal"]);
     }
 }

@@ -271,7 +271,9 @@ impl Lists {
                 tracing::warn!(list = %source.name, error = %e.detail(), "list download rejected; the older copy keeps serving")
             }
             Err(e) => {
-                tracing::warn!(list = %source.name, error = %e.detail(), fault = e.fault().as_str(), "list download failed; the older copy keeps serving")
+                let fault = e.fault();
+                crate::telemetry::metrics::error("lists", fault);
+                crate::fault_event!(fault, list = %source.name, error = %e.detail(), fault = fault.as_str(), "list download failed; the older copy keeps serving")
             }
         }
         let Some(list) = config

@@ -6,6 +6,7 @@
 //! characters only, label and name length limits enforced. The result lives on
 //! the stack so the per-query path allocates nothing for ASCII names.
 
+use crate::error::{Fault, HasFault};
 use std::fmt;
 
 /// Longest name in presentation form without the trailing dot (RFC 1035: 255 octets on the wire).
@@ -28,6 +29,12 @@ pub enum NameError {
     BadChar(char),
     #[error("international name does not map to punycode (UTS-46)")]
     Idna,
+}
+
+impl HasFault for NameError {
+    fn fault(&self) -> Fault {
+        Fault::Client
+    }
 }
 
 /// A normalised host name: ASCII `[a-z0-9_-]` labels separated by dots.

@@ -121,6 +121,12 @@ struct VersionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    source: &'static str,
+    fault: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -170,6 +176,7 @@ pub struct Metrics {
     proxy_buffered: Gauge,
     proxy_max_buffered: Gauge,
     proxy_buffer_refusals: Family<ReasonLabel, Counter>,
+    errors: Family<FaultLabels, Counter>,
     process: ProcessMetrics,
     /// One scrape at a time (scrape-time gauges are cleared and refilled).
     scrape: Mutex<()>,
@@ -387,6 +394,12 @@ impl Metrics {
             "Proxy connections refused for memory: gate = the budget over all connections was spent, connection = one connection's cap",
             proxy_buffer_refusals.clone(),
         );
+        let errors = Family::<FaultLabels, Counter>::default();
+        r.register(
+            "errors",
+            "Failures by where they happened (dns, proxy, upstream, lists) and whose fault they were (client, upstream, internal)",
+            errors.clone(),
+        );
         let process = ProcessMetrics::register(&mut root);
         let r = root.sub_registry_with_prefix("portcullis");
         // A gauge fixed at 1 rather than an OpenMetrics `info`, which the Prometheus text
@@ -426,6 +439,7 @@ impl Metrics {
             proxy_buffered,
             proxy_max_buffered,
             proxy_buffer_refusals,
+            errors,
             process,
             scrape: Mutex::new(()),
         }
@@ -776,6 +790,18 @@ pub fn proxy_buffer_refusal(reason: &'static str) {
     if let Some(m) = get() {
         m.proxy_buffer_refusals
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// A failure at `source` (`dns`, `proxy`, `upstream`, `lists`), counted by its fault.
+pub fn error(source: &'static str, fault: crate::error::Fault) {
+    if let Some(m) = get() {
+        m.errors
+            .get_or_create(&FaultLabels {
+                source,
+                fault: fault.as_str(),
+            })
             .inc();
     }
 }

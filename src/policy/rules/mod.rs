@@ -30,6 +30,7 @@ mod names;
 #[cfg(test)]
 mod tests;
 
+use crate::error::{Fault, HasFault};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -60,6 +61,14 @@ pub enum RuleError {
     TooManyLists,
     #[error("list {0} was added compiled and takes no more entries")]
     Sealed(ListId),
+}
+
+impl HasFault for RuleError {
+    fn fault(&self) -> Fault {
+        // Rules come from the operator's config or from list publishers; neither is
+        // the querying client. Treated as configuration/upstream input.
+        Fault::Upstream
+    }
 }
 
 /// A name-rule hit: which list, where in the queried name, and the packed metadata.
