@@ -30,9 +30,11 @@ mod names;
 #[cfg(test)]
 mod tests;
 
-use crate::error::{Fault, HasFault};
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use crate::error::{Fault, HasFault};
 
 use super::groups::{GroupId, GroupMask};
 use super::name::Name;
@@ -119,6 +121,34 @@ pub struct ListMatch {
     /// The rule as it matched: the listed name, `/pattern/` or the keyword.
     pub rule: String,
     pub important: bool,
+}
+
+impl ListMatch {
+    /// How a decision names this rule, in logs, refusals and EDE texts alike:
+    /// `exact rule ads.example of list urlhaus`; `{:#}` adds the rule's line in the list.
+    pub fn described<'a>(&'a self, rules: &'a RuleSet) -> DescribedMatch<'a> {
+        DescribedMatch {
+            matched: self,
+            list: rules.list(self.origin.list).map_or("?", |l| l.name.as_str()),
+        }
+    }
+}
+
+/// [`ListMatch::described`].
+pub struct DescribedMatch<'a> {
+    matched: &'a ListMatch,
+    list: &'a str,
+}
+
+impl fmt::Display for DescribedMatch<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.matched;
+        write!(f, "{} rule {} of list {}", m.kind.as_str(), m.rule, self.list)?;
+        if f.alternate() {
+            write!(f, " (line {})", m.origin.line)?;
+        }
+        Ok(())
+    }
 }
 
 /// Metadata about a list kept beside its rules.

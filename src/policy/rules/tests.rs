@@ -75,6 +75,21 @@ fn name_rules_cover_subdomains_and_report_origin() {
     assert!(set.denied_by(&name("sub.exact.net"), G, false).is_none());
 }
 
+/// One text for a matched rule wherever a decision names it (DNS reason, EDE, proxy 403).
+#[test]
+fn a_match_is_described_the_same_everywhere() {
+    let set = set_with(&[("evil.com", 7)]);
+    let m = set.denied_by(&name("a.evil.com"), G, false).unwrap();
+    assert_eq!(
+        m.described(&set).to_string(),
+        "name_and_subdomains rule evil.com of list threats"
+    );
+    assert_eq!(
+        format!("{:#}", m.described(&set)),
+        "name_and_subdomains rule evil.com of list threats (line 7)"
+    );
+}
+
 #[test]
 fn a_top_level_rule_is_looked_up_only_when_one_exists() {
     let without = set_with(&[("evil.com", 1)]);
