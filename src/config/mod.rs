@@ -6,11 +6,15 @@
 
 pub mod admin;
 pub mod allowlist;
+pub mod lists;
 pub mod proxy;
+pub mod upstream;
 pub mod watch;
 
 pub use admin::{AdminConfig, AdminToken};
+pub use lists::Format;
 pub use proxy::{ProxyConfig, ProxyMode};
+pub use upstream::{Strategy, UpstreamConfig, UpstreamSpec};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,9 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::dns::upstream::{Strategy, UpstreamSpec};
 use crate::error::{Fault, HasFault};
-use crate::lists::parse::Format;
 
 /// The configuration shipped inside the binary; `portcullis` with no arguments runs on it.
 pub const BUILTIN_CONFIG: &str = include_str!("../../portcullis.toml");
@@ -107,25 +109,6 @@ impl Default for DnsConfig {
             block_ttl: 3600,
             bare_names: BareNames::Nxdomain,
             rebinding_protection: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamConfig {
-    pub strategy: Strategy,
-    /// Default per-upstream timeout, milliseconds.
-    pub timeout_ms: u64,
-    pub servers: Vec<UpstreamSpec>,
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        UpstreamConfig {
-            strategy: Strategy::Parallel,
-            timeout_ms: 2000,
-            servers: crate::dns::upstream::UpstreamPool::default_specs(),
         }
     }
 }
