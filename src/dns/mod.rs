@@ -1,6 +1,8 @@
 //! DNS front door: listeners, the filtering handler, upstreams and the cache.
 pub mod cache;
+mod decision;
 pub mod filter;
+mod request;
 pub mod server;
 pub mod udp;
 pub mod upstream;
