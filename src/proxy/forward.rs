@@ -30,11 +30,11 @@ use tokio_util::sync::CancellationToken;
 use super::ProxyState;
 use super::budget::{ConnBudget, Held};
 use super::check::{Approval, Asker, Kind};
+use super::conn::{Received, dial_checked, linger, log_allowed, log_close, log_refusal, refuse};
 use super::error::ProxyError;
 use super::http::{
     BodyFraming, ChunkedDecoder, connection_tokens, is_hop_by_hop, parse_response_head,
 };
-use super::server::{Received, dial_checked, linger, log_allowed, log_close, log_refusal, refuse};
 use super::splice::{CloseReason, Relayed};
 use super::target::{Target, parse_http_url};
 

@@ -17,6 +17,7 @@ pub use crate::config::proxy as config;
 
 pub mod budget;
 pub mod check;
+mod conn;
 pub mod connect;
 pub mod dial;
 pub mod error;
