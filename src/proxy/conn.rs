@@ -13,7 +13,7 @@ use super::budget::{ConnBudget, Held};
 use super::check::{Approval, Asker};
 use super::error::{ProxyError, redact_target, refusal_response};
 use super::http::RequestHead;
-use super::splice::Relayed;
+use super::relay::Relayed;
 use super::target::Target;
 use crate::error::HasFault;
 

@@ -19,8 +19,8 @@ use super::check::{Approval, Asker, Kind};
 use super::conn::{Received, dial_checked, log_allowed, log_close, log_refusal, refuse};
 use super::error::ProxyError;
 use super::http::BodyFraming;
+use super::relay::relay;
 use super::sni::{self, ClientHello, alerts};
-use super::splice::relay;
 use super::target::{Host, Target, parse_authority};
 use crate::policy::name::Name;
 

@@ -35,7 +35,7 @@ use super::error::ProxyError;
 use super::http::{
     BodyFraming, ChunkedDecoder, connection_tokens, is_hop_by_hop, parse_response_head,
 };
-use super::splice::{CloseReason, Relayed};
+use super::relay::{CloseReason, Relayed};
 use super::target::{Target, parse_http_url};
 
 pub(crate) async fn handle(
