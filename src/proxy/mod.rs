@@ -19,6 +19,7 @@ pub mod budget;
 pub mod check;
 mod conn;
 pub mod connect;
+mod decide;
 pub mod dial;
 pub mod error;
 pub mod forward;
