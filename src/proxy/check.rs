@@ -5,6 +5,10 @@
 //! special-use names, threat lists) and the client group's mode, one resolution
 //! through the gate's own DNS pipeline (A and AAAA, never the OS resolver), and the
 //! classification of every answer address. Nothing here dials.
+//!
+//! The decision itself is a pure function (`decide`); here its inputs are looked up and it
+//! is applied twice: to the name before the lookup, so a refused name is never resolved,
+//! and to every answer address after it.
 
 use std::net::{IpAddr, SocketAddr};
 
