@@ -782,7 +782,7 @@ mod tests {
             "{err}"
         );
         let ok = parse("[proxy]\nrelay = \"splice\"\n").unwrap();
-        assert_eq!(ok.proxy.relay, crate::proxy::RelayMode::Splice);
+        assert_eq!(ok.proxy.relay, proxy::RelayMode::Splice);
     }
 
     #[test]
