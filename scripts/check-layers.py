@@ -27,7 +27,7 @@ LAYERS = {
     "lists": 4, "dns": 4, "proxy": 4, "admin": 4,
     "app": 5,
 }
-PATH = re.compile(r"\bcrate::([a-z_]+)")
+PATH = re.compile(r"\bcrate::([a-z_]+)\b(?!!)")
 # `use crate::{a, b::c}` groups name several modules at once.
 GROUP = re.compile(r"\bcrate::\{([^}]*)\}")
 

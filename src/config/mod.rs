@@ -6,12 +6,16 @@
 
 pub mod admin;
 pub mod allowlist;
+pub mod lists;
 pub mod locate;
 pub mod proxy;
+pub mod upstream;
 pub mod watch;
 
 pub use admin::{AdminConfig, AdminToken};
+pub use lists::Format;
 pub use proxy::{ProxyConfig, ProxyMode};
+pub use upstream::{Strategy, UpstreamConfig, UpstreamSpec};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,9 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::dns::upstream::{Strategy, UpstreamSpec};
 use crate::error::{Fault, HasFault};
-use crate::lists::parse::Format;
 
 /// The configuration shipped inside the binary; `portcullis` with no arguments runs on it.
 pub const BUILTIN_CONFIG: &str = include_str!("../../portcullis.toml");
@@ -108,25 +110,6 @@ impl Default for DnsConfig {
             block_ttl: 3600,
             bare_names: BareNames::Nxdomain,
             rebinding_protection: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamConfig {
-    pub strategy: Strategy,
-    /// Default per-upstream timeout, milliseconds.
-    pub timeout_ms: u64,
-    pub servers: Vec<UpstreamSpec>,
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        UpstreamConfig {
-            strategy: Strategy::Parallel,
-            timeout_ms: 2000,
-            servers: crate::dns::upstream::UpstreamPool::default_specs(),
         }
     }
 }
@@ -851,7 +834,7 @@ mod tests {
             "{err}"
         );
         let ok = parse("[proxy]\nrelay = \"splice\"\n").unwrap();
-        assert_eq!(ok.proxy.relay, crate::proxy::RelayMode::Splice);
+        assert_eq!(ok.proxy.relay, proxy::RelayMode::Splice);
     }
 
     #[test]

@@ -15,6 +15,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+/// Largest ClientHello the proxy accepts (records plus headers), read before a tunnel's
+/// SNI check. Real ones, post-quantum key shares included, are under 2 KiB; browsers pad
+/// to 512 bytes.
+pub const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
 /// How the proxy treats a client group's requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -190,7 +195,7 @@ impl ProxyConfig {
             .saturating_add(1024)
             .saturating_add(self.body_buffer_bytes.saturating_mul(2))
             .saturating_add(self.max_response_header_bytes);
-        let connect = head.saturating_add(crate::proxy::sni::MAX_CLIENT_HELLO + 4096);
+        let connect = head.saturating_add(MAX_CLIENT_HELLO + 4096);
         forward.max(connect)
     }
 

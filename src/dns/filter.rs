@@ -2,27 +2,27 @@
 //!
 //! Transport-independent: [`Filter::resolve`] turns one question from one client
 //! into a [`Reply`]; the hickory-server glue in [`super::server`] encodes it.
+//! The answers the gate writes itself are built in `answer`; what comes back
+//! from upstream is checked in `inspect`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::svcb::{IpHint, SvcParamValue};
-use hickory_proto::rr::rdata::{A, AAAA, HTTPS, SOA};
-use hickory_proto::rr::{DNSClass, Name as DnsName, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
-use super::cache::{Cache, CachedResponse};
+use super::answer::{block_reply, from_cache, special_reply};
+use super::cache::{Cache, CachedResponse, Hit};
+use super::inspect::inspect;
 use super::upstream::UpstreamPool;
 use super::wire::{FastQuery, WireAnswer};
 use crate::config::{BlockAnswer, Config, DnsConfig};
-use crate::policy::addr::{AddrClass, classify};
+use crate::policy::addr::AddrClass;
 use crate::policy::groups::GroupId;
 use crate::policy::name::Name;
-use crate::policy::rules::{ListMatch, RuleKind};
-use crate::policy::special::SpecialUse;
 use crate::policy::{Policy, Verdict};
 
 /// Extended DNS Error info codes (RFC 8914) we send.
@@ -86,11 +86,13 @@ pub enum Step {
 /// A question that needs the upstreams, with what the policy said about it.
 pub struct Pending {
     name: Name,
-    query: Query,
-    group: GroupId,
-    allow_private: bool,
-    allow_host: Option<String>,
-    stale: Option<super::cache::Hit>,
+    pub(super) query: Query,
+    pub(super) group: GroupId,
+    /// A `private = true` allow rule names it: the fixed ranges are open to its answer.
+    pub(super) allow_private: bool,
+    /// The allow rule naming it, if one does.
+    pub(super) allow_host: Option<String>,
+    stale: Option<Hit>,
 }
 
 /// Settings of the filter that come from `[dns]`.
@@ -195,36 +197,12 @@ impl Filter {
         let policy = self.policy.load();
         let settings = self.settings.load();
         let group = policy.groups.of(client);
-        let verdict = policy.decide(&name, group);
-        let (allow_private, allow_host) = match &verdict {
-            Verdict::Blocked(m) => {
-                let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
-                let reason = format!(
-                    "{} rule {} of list {}",
-                    m.kind.as_str(),
-                    m.rule,
-                    list.as_deref().unwrap_or("?")
-                );
-                let mut reply = block_reply(&settings, qname, query.query_type(), Some(m), &reason);
-                reply.list = list;
-                reply.rule = Some(m.rule.clone());
-                return Step::Done(reply);
-            }
-            Verdict::Special(kind) => {
-                return Step::Done(special_reply(*kind, qname, query.query_type(), &settings));
-            }
-            Verdict::Malformed(e) => {
-                return Step::Done(Reply::new(
-                    ResponseCode::Refused,
-                    Outcome::Refused,
-                    format!("malformed name: {e}"),
-                ));
-            }
-            Verdict::Allowed(_) => match policy.allow_for(&name, group, None) {
-                Some(allow) => (allow.private, Some(allow.rule.host.clone())),
-                None => (false, None),
-            },
-            Verdict::Excepted(_) | Verdict::Pass => (false, None),
+        let (allow_private, allow_host) = match decided(&policy, &settings, &name, query, group) {
+            Decided::Upstream {
+                allow_private,
+                allow_host,
+            } => (allow_private, allow_host),
+            Decided::Local(reply) => return Step::Done(reply),
         };
         let pending = Pending {
             name,
@@ -237,35 +215,44 @@ impl Filter {
         let cached = self.cache.get(pending.name.as_str(), query.query_type());
         crate::telemetry::metrics::cache_lookup(cached.as_ref().is_some_and(|hit| !hit.stale));
         match cached {
-            Some(hit) if !hit.stale => {
-                let reply = from_cache(&hit, Outcome::Cached);
-                let reply = self.checked(&policy, &settings, &pending, reply);
-                // Inspection left the answer as cached: encode it once for the fast path.
-                let unchanged = reply.outcome == Outcome::Cached
-                    && reply.answers.len() == hit.response.answers.len()
-                    && reply.authorities.len() == hit.response.authorities.len();
-                let current = hit
-                    .response
-                    .wire
-                    .load()
-                    .as_ref()
-                    .is_some_and(|w| w.valid_for(&policy, &settings, group));
-                if unchanged && !current {
-                    let wire = WireAnswer::build(
-                        &policy,
-                        &settings,
-                        group,
-                        pending.name.as_str(),
-                        query.query_type(),
-                        &hit.response,
-                        reply.rule.clone(),
-                    );
-                    hit.response.wire.store(wire.map(Arc::new));
-                }
-                Step::Done(reply)
-            }
+            Some(hit) if !hit.stale => Step::Done(self.fresh(&policy, &settings, &pending, &hit)),
             stale => Step::Forward(Box::new(Pending { stale, ..pending })),
         }
+    }
+
+    /// A fresh cache hit, inspected; encoded for the fast path when inspection left it
+    /// as cached and no encoding for this policy, settings and group exists yet.
+    fn fresh(
+        &self,
+        policy: &Arc<Policy>,
+        settings: &Arc<FilterSettings>,
+        pending: &Pending,
+        hit: &Hit,
+    ) -> Reply {
+        let reply = from_cache(hit, Outcome::Cached);
+        let reply = self.checked(policy, settings, pending, reply);
+        let unchanged = reply.outcome == Outcome::Cached
+            && reply.answers.len() == hit.response.answers.len()
+            && reply.authorities.len() == hit.response.authorities.len();
+        let current = hit
+            .response
+            .wire
+            .load()
+            .as_ref()
+            .is_some_and(|w| w.valid_for(policy, settings, pending.group));
+        if unchanged && !current {
+            let wire = WireAnswer::build(
+                policy,
+                settings,
+                pending.group,
+                pending.name.as_str(),
+                pending.query.query_type(),
+                &hit.response,
+                reply.rule.clone(),
+            );
+            hit.response.wire.store(wire.map(Arc::new));
+        }
+        reply
     }
 
     /// The fast path (see [`super::wire`]): writes to `out` a fresh cached answer that is
@@ -310,16 +297,7 @@ impl Filter {
             reply.outcome,
             Outcome::Forwarded | Outcome::Cached | Outcome::Stale
         ) {
-            self.inspect(
-                policy,
-                settings,
-                pending.group,
-                pending.allow_host.is_some(),
-                pending.allow_private,
-                pending.query.name(),
-                pending.query.query_type(),
-                &mut reply,
-            );
+            inspect(policy, settings, pending, &mut reply);
         }
         if reply.outcome != Outcome::Blocked && pending.allow_host.is_some() {
             reply.rule.clone_from(&pending.allow_host);
@@ -386,193 +364,6 @@ impl Filter {
             }
         }
     }
-
-    /// Checks an answer on its way back: CNAME targets against deny rules, and every
-    /// address it hands out (A, AAAA, and the `ipv4hint`/`ipv6hint` of SVCB and HTTPS
-    /// records) against IP lists, the operator's `deny_ranges` and (rebinding protection)
-    /// the special-purpose ranges.
-    ///
-    /// For a name an operator allow rule names (`allowed`), no threat list blocks the
-    /// answer: its CNAME targets and addresses are the operator's to trust (CDN names of
-    /// allowed APIs do turn up on lists). `deny_ranges` and rebinding protection still apply.
-    #[allow(clippy::too_many_arguments)]
-    fn inspect(
-        &self,
-        policy: &Policy,
-        settings: &FilterSettings,
-        group: GroupId,
-        allowed: bool,
-        allow_private: bool,
-        qname: &DnsName,
-        qtype: RecordType,
-        reply: &mut Reply,
-    ) {
-        let threat_lists = if allowed { &[][..] } else { &reply.answers[..] };
-        for record in threat_lists {
-            match &record.data {
-                RData::CNAME(target) => {
-                    let Ok(target) = Name::from_labels(target.0.iter()) else {
-                        continue;
-                    };
-                    if let Verdict::Blocked(m) = policy.decide(&target, group) {
-                        let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
-                        let reason = format!(
-                            "CNAME target {target} blocked by {} rule {} of list {}",
-                            m.kind.as_str(),
-                            m.rule,
-                            list.as_deref().unwrap_or("?")
-                        );
-                        *reply = block_reply(settings, qname, qtype, None, &reason);
-                        reply.list = list;
-                        reply.rule = Some(m.rule.clone());
-                        return;
-                    }
-                }
-                data => {
-                    let listed =
-                        answer_addresses(data).find_map(|ip| ip_list_hit(policy, group, ip));
-                    if let Some((reason, list)) = listed {
-                        *reply = block_reply(settings, qname, qtype, None, &reason);
-                        reply.list = Some(list);
-                        return;
-                    }
-                }
-            }
-        }
-        // `deny_ranges` hold whatever the allow rules and `rebinding_protection` say;
-        // the fixed ranges only while rebinding protection is on and no `private = true`
-        // rule opened them (as the proxy does: `Configured` is never opened).
-        let fixed = settings.rebinding_protection && !allow_private;
-        if !fixed && settings.deny_ranges.is_empty() {
-            return;
-        }
-        let denied = |ip: IpAddr| -> Option<(IpAddr, Denied)> {
-            if let Some(net) = settings
-                .deny_ranges
-                .iter()
-                .find(|net| crate::policy::addr::range_holds(net, ip))
-            {
-                return Some((ip, Denied::Configured(*net)));
-            }
-            if !fixed {
-                return None;
-            }
-            let class = classify(ip);
-            class.is_denied().then_some((ip, Denied::Class(class)))
-        };
-        let mut removed: Option<(IpAddr, Denied)> = None;
-        // A record that hands out a denied address goes whole: an HTTPS record is not
-        // rewritten to drop one hint, like an A record it is either served or not.
-        reply.answers.retain(
-            |record| match answer_addresses(&record.data).find_map(denied) {
-                Some(hit) => {
-                    removed.get_or_insert(hit);
-                    false
-                }
-                None => true,
-            },
-        );
-        if let Some((ip, why)) = removed {
-            let has_address = reply.answers.iter().any(|r| {
-                matches!(
-                    r.data,
-                    RData::A(_) | RData::AAAA(_) | RData::SVCB(_) | RData::HTTPS(_)
-                )
-            });
-            if !has_address {
-                let denied = (ip, why.class());
-                let why = format!(
-                    "answer pointed at {ip} ({}): {}",
-                    why.as_str(),
-                    why.describe()
-                );
-                let mut refused = Reply::new(ResponseCode::Refused, Outcome::Refused, why.clone());
-                refused.ede = Some((ede::BLOCKED, why));
-                refused.upstream = reply.upstream.take();
-                refused.answer_id = reply.answer_id;
-                refused.denied_address = Some(denied);
-                *reply = refused;
-            } else {
-                reply.reason = format!("removed {} from the answer ({})", ip, why.as_str());
-            }
-        }
-    }
-}
-
-/// Why an answer address was refused.
-#[derive(Clone, Copy)]
-enum Denied {
-    /// A fixed special-purpose range (rebinding protection).
-    Class(AddrClass),
-    /// One of the operator's `deny_ranges`.
-    Configured(IpNet),
-}
-
-impl Denied {
-    fn class(self) -> AddrClass {
-        match self {
-            Denied::Class(class) => class,
-            Denied::Configured(_) => AddrClass::Configured,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Denied::Class(class) => class.as_str(),
-            Denied::Configured(_) => AddrClass::Configured.as_str(),
-        }
-    }
-
-    fn describe(self) -> String {
-        match self {
-            Denied::Class(class) => class.describe().to_owned(),
-            Denied::Configured(net) => format!(
-                "{} (proxy.deny_ranges {net})",
-                AddrClass::Configured.describe()
-            ),
-        }
-    }
-}
-
-/// The addresses a record hands out: an A or AAAA record's, or an SVCB or HTTPS
-/// record's `ipv4hint` and `ipv6hint` (RFC 9460 §7.3: clients may connect to them
-/// before, or instead of, an A/AAAA lookup).
-fn answer_addresses(data: &RData) -> impl Iterator<Item = IpAddr> + '_ {
-    let (single, svcb) = match data {
-        RData::A(A(ip)) => (Some(IpAddr::V4(*ip)), None),
-        RData::AAAA(AAAA(ip)) => (Some(IpAddr::V6(*ip)), None),
-        RData::SVCB(svcb) | RData::HTTPS(HTTPS(svcb)) => (None, Some(svcb)),
-        _ => (None, None),
-    };
-    let hints = svcb
-        .into_iter()
-        .flat_map(|svcb| svcb.svc_params.iter())
-        .flat_map(|(_, value)| {
-            let (v4, v6): (&[A], &[AAAA]) = match value {
-                SvcParamValue::Ipv4Hint(IpHint(hints)) => (hints, &[]),
-                SvcParamValue::Ipv6Hint(IpHint(hints)) => (&[], hints),
-                _ => (&[], &[]),
-            };
-            v4.iter()
-                .map(|a| IpAddr::V4(a.0))
-                .chain(v6.iter().map(|aaaa| IpAddr::V6(aaaa.0)))
-        });
-    single.into_iter().chain(hints)
-}
-
-fn ip_list_hit(policy: &Policy, group: GroupId, ip: IpAddr) -> Option<(String, String)> {
-    let origin = policy.rules.denied_ip(ip, group)?;
-    let list = policy
-        .rules
-        .list(origin.list)
-        .map_or_else(|| "?".to_owned(), |l| l.name.clone());
-    Some((
-        format!(
-            "answer address {ip} is on list {list} (line {})",
-            origin.line
-        ),
-        list,
-    ))
 }
 
 /// A response worth passing on: anything but SERVFAIL/REFUSED/NOTIMP.
@@ -583,236 +374,60 @@ fn is_usable(response: &Message) -> bool {
     )
 }
 
-fn from_cache(hit: &super::cache::Hit, outcome: Outcome) -> Reply {
-    let ttl = |record: &Record| {
-        if hit.stale {
-            hit.stale_ttl
-        } else {
-            record.ttl.saturating_sub(hit.age)
-        }
-    };
-    let adjust = |records: &[Record]| {
-        records
-            .iter()
-            .map(|r| {
-                let mut r = r.clone();
-                r.ttl = ttl(&r);
-                r
-            })
-            .collect()
-    };
-    let mut reply = Reply::new(hit.response.rcode, outcome, outcome.as_str());
-    reply.answers = adjust(&hit.response.answers);
-    reply.authorities = adjust(&hit.response.authorities);
-    reply.upstream = Some(hit.response.upstream.clone());
-    reply.answer_id = Some(hit.response.answer_id);
-    if hit.stale {
-        reply.ede = Some((
-            ede::STALE_ANSWER,
-            "no upstream answered; serving a stale answer".into(),
-        ));
-    }
-    reply
+/// What the policy says about a name, before any upstream.
+enum Decided {
+    /// Answered here: a block, a special-use name, a malformed name.
+    Local(Reply),
+    /// Ask the upstreams, with what an allow rule naming it says (see [`Pending`]).
+    Upstream {
+        allow_private: bool,
+        allow_host: Option<String>,
+    },
 }
 
-/// The SOA that makes clients cache a block (RFC 2308).
-fn block_soa(owner: &DnsName, ttl: u32) -> Record {
-    static NAMES: std::sync::LazyLock<(DnsName, DnsName)> = std::sync::LazyLock::new(|| {
-        (
-            DnsName::from_ascii("portcullis.").expect("valid literal"),
-            DnsName::from_ascii("blocked.portcullis.").expect("valid literal"),
-        )
-    });
-    let (mname, rname) = NAMES.clone();
-    Record::from_rdata(
-        owner.clone(),
-        ttl,
-        RData::SOA(SOA::new(mname, rname, 1, 3600, 600, 86400, ttl)),
-    )
-}
-
-/// A block answer for `qname`. `rule` is the list rule that matched the name itself;
-/// `None` for blocks found in the answer (a CNAME target, an `ips` list address).
-fn block_reply(
+fn decided(
+    policy: &Policy,
     settings: &FilterSettings,
-    qname: &DnsName,
-    qtype: RecordType,
-    rule: Option<&ListMatch>,
-    reason: &str,
-) -> Reply {
-    let ttl = settings.block_ttl;
-    let owner = soa_owner(qname, rule);
-    let mut reply = match settings.block_answer {
-        BlockAnswer::Nxdomain => {
-            let mut r = Reply::new(ResponseCode::NXDomain, Outcome::Blocked, reason);
-            r.authorities.push(block_soa(&owner, ttl));
-            r
-        }
-        BlockAnswer::Refused => Reply::new(ResponseCode::Refused, Outcome::Blocked, reason),
-        BlockAnswer::ZeroIp => {
-            let mut r = Reply::new(ResponseCode::NoError, Outcome::Blocked, reason);
-            let zero = [
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            ];
-            push_addresses(&mut r, qname, qtype, &zero, &owner, ttl);
-            r
-        }
-        BlockAnswer::Addresses => {
-            let mut r = Reply::new(ResponseCode::NoError, Outcome::Blocked, reason);
-            push_addresses(&mut r, qname, qtype, &settings.block_addresses, &owner, ttl);
-            r
-        }
-    };
-    reply.ede = Some((ede::BLOCKED, reason.to_owned()));
-    reply
-}
-
-/// The owner of a block answer's SOA. A name rule (`evil.example`, name and
-/// subdomains) blocks a whole zone: the owner is that zone, so a client caching the
-/// NXDOMAIN learns the rule (RFC 8020). Every other rule (exact, keyword, regex) and a
-/// block found in the answer says nothing about any other name: the owner is the query
-/// name. (A keyword's text is no zone: trimming the query to its label count gave the
-/// top-level domain.)
-fn soa_owner(qname: &DnsName, rule: Option<&ListMatch>) -> DnsName {
-    match rule {
-        Some(m) if m.kind == RuleKind::NameAndSubdomains => {
-            let labels = m.rule.bytes().filter(|&b| b == b'.').count() + 1;
-            qname.trim_to(labels)
-        }
-        _ => qname.clone(),
-    }
-}
-
-/// Answers an A or AAAA question with the matching addresses of `ips`; any other
-/// question (or no matching address) gets no data, with an SOA for negative caching.
-fn push_addresses(
-    r: &mut Reply,
-    qname: &DnsName,
-    qtype: RecordType,
-    ips: &[IpAddr],
-    soa_owner: &DnsName,
-    ttl: u32,
-) {
-    for ip in ips {
-        let data = match (qtype, ip) {
-            (RecordType::A, IpAddr::V4(v4)) => RData::A(A(*v4)),
-            (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(*v6)),
-            _ => continue,
-        };
-        r.answers.push(Record::from_rdata(qname.clone(), ttl, data));
-    }
-    if r.answers.is_empty() {
-        r.authorities.push(block_soa(soa_owner, ttl));
-    }
-}
-
-fn special_reply(
-    kind: SpecialUse,
-    qname: &DnsName,
-    qtype: RecordType,
-    settings: &FilterSettings,
-) -> Reply {
-    let ttl = settings.block_ttl;
-    match kind {
-        SpecialUse::Localhost => {
-            let mut r = Reply::new(
-                ResponseCode::NoError,
-                Outcome::Local,
-                "localhost is loopback (RFC 6761)",
+    name: &Name,
+    query: &Query,
+    group: GroupId,
+) -> Decided {
+    let qname = query.name();
+    match policy.decide(name, group) {
+        Verdict::Blocked(m) => {
+            let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
+            let reason = format!(
+                "{} rule {} of list {}",
+                m.kind.as_str(),
+                m.rule,
+                list.as_deref().unwrap_or("?")
             );
-            let loopback = [
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ];
-            push_addresses(&mut r, qname, qtype, &loopback, qname, ttl);
-            r
+            let mut reply = block_reply(settings, qname, query.query_type(), Some(&m), &reason);
+            reply.list = list;
+            reply.rule = Some(m.rule.clone());
+            Decided::Local(reply)
         }
-        SpecialUse::LocalOnly | SpecialUse::BareName => {
-            let mut r = Reply::new(
-                ResponseCode::NXDomain,
-                Outcome::Local,
-                format!("special-use name ({}): never forwarded", kind.as_str()),
-            );
-            r.authorities.push(block_soa(qname, ttl));
-            r
+        Verdict::Special(kind) => {
+            Decided::Local(special_reply(kind, qname, query.query_type(), settings))
         }
-        SpecialUse::ResolverDiscovery => {
-            let mut r = Reply::new(
-                ResponseCode::NoError,
-                Outcome::Local,
-                "resolver discovery is not offered (RFC 9462)",
-            );
-            r.authorities.push(block_soa(qname, ttl));
-            r
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::rules::Origin;
-    use hickory_proto::rr::rdata::svcb::{SVCB, SvcParamKey};
-
-    fn svcb(v4: &[[u8; 4]], v6: &[Ipv6Addr]) -> SVCB {
-        let mut params = vec![(SvcParamKey::Port, SvcParamValue::Port(8443))];
-        params.push((
-            SvcParamKey::Ipv4Hint,
-            SvcParamValue::Ipv4Hint(IpHint(v4.iter().map(|o| A(Ipv4Addr::from(*o))).collect())),
-        ));
-        params.push((
-            SvcParamKey::Ipv6Hint,
-            SvcParamValue::Ipv6Hint(IpHint(v6.iter().map(|ip| AAAA(*ip)).collect())),
-        ));
-        SVCB::new(1, DnsName::root(), params)
-    }
-
-    #[test]
-    fn answer_addresses_include_svcb_and_https_hints() {
-        let v6 = "2001:db8::5".parse::<Ipv6Addr>().unwrap();
-        let want: Vec<IpAddr> = vec![
-            Ipv4Addr::new(10, 0, 0, 1).into(),
-            Ipv4Addr::new(93, 184, 215, 14).into(),
-            v6.into(),
-        ];
-        let hints = svcb(&[[10, 0, 0, 1], [93, 184, 215, 14]], &[v6]);
-        for data in [RData::SVCB(hints.clone()), RData::HTTPS(HTTPS(hints))] {
-            assert_eq!(answer_addresses(&data).collect::<Vec<_>>(), want);
-        }
-        let a = RData::A(A::new(192, 0, 2, 1));
-        assert_eq!(
-            answer_addresses(&a).collect::<Vec<_>>(),
-            [IpAddr::from([192, 0, 2, 1])]
-        );
-        let alias = RData::HTTPS(HTTPS(SVCB::new(0, DnsName::root(), vec![])));
-        assert_eq!(answer_addresses(&alias).count(), 0);
-    }
-
-    #[test]
-    fn the_soa_owner_is_the_listed_zone_only_for_name_rules() {
-        let qname = DnsName::from_ascii("px.tracking-cdn.example.").unwrap();
-        let rule = |kind, rule: &str| ListMatch {
-            kind,
-            origin: Origin { list: 0, line: 1 },
-            rule: rule.to_owned(),
-            important: false,
-        };
-        let owner = |m: Option<&ListMatch>| soa_owner(&qname, m).to_ascii();
-        assert_eq!(
-            owner(Some(&rule(
-                RuleKind::NameAndSubdomains,
-                "tracking-cdn.example"
-            ))),
-            "tracking-cdn.example."
-        );
-        for m in [
-            rule(RuleKind::Keyword, "tracking"),
-            rule(RuleKind::Regex, "/^px\\./"),
-            rule(RuleKind::Exact, "=px.tracking-cdn.example"),
-        ] {
-            assert_eq!(owner(Some(&m)), "px.tracking-cdn.example.", "{m:?}");
-        }
-        assert_eq!(owner(None), "px.tracking-cdn.example.");
+        Verdict::Malformed(e) => Decided::Local(Reply::new(
+            ResponseCode::Refused,
+            Outcome::Refused,
+            format!("malformed name: {e}"),
+        )),
+        Verdict::Allowed(_) => match policy.allow_for(name, group, None) {
+            Some(allow) => Decided::Upstream {
+                allow_private: allow.private,
+                allow_host: Some(allow.rule.host.clone()),
+            },
+            None => Decided::Upstream {
+                allow_private: false,
+                allow_host: None,
+            },
+        },
+        Verdict::Excepted(_) | Verdict::Pass => Decided::Upstream {
+            allow_private: false,
+            allow_host: None,
+        },
     }
 }

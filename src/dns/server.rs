@@ -9,17 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_net::runtime::Time;
-use hickory_proto::op::{Edns, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::op::{Edns, MessageType, ResponseCode};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::filter::{Filter, Outcome, Reply};
-
-/// No single-question query is longer: 12 header + 255 name + 4 + OPT with options
-/// (cookies, padding). Anything longer is malformed (FORMERR).
-pub(crate) const MAX_QUERY_LEN: usize = 1232;
+use super::decision::log_decision;
+use super::filter::Filter;
+use super::request::{body_refusal, ede_option, header_refusal};
 
 /// Bound DNS sockets: one UDP socket and one TCP listener per configured address.
 pub struct DnsSockets {
@@ -122,23 +119,9 @@ impl RequestHandler for Handler {
         let mut metadata = hickory_proto::op::Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;
 
-        let early_error = if request.metadata.message_type != MessageType::Query
-            || request.as_slice().len() > MAX_QUERY_LEN
-            || !request.answers.is_empty()
-            || !request.authorities.is_empty()
-        {
-            Some(ResponseCode::FormErr)
-        } else if request.metadata.op_code != OpCode::Query {
-            Some(ResponseCode::NotImp)
-        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            Some(ResponseCode::BADVERS)
-        } else {
-            None
-        };
-        let query = match (early_error, request.queries.queries()) {
+        let query = match (refusal(request), request.queries.queries()) {
             (None, [one]) => one.original().clone(),
             (code, _) => {
-                // Exactly one question is what every resolver sends (RFC 9619).
                 let code = code.unwrap_or(ResponseCode::FormErr);
                 metadata.response_code = code;
                 if code == ResponseCode::BADVERS
@@ -168,11 +151,7 @@ impl RequestHandler for Handler {
 
         metadata.response_code = reply.rcode;
         if let (Some(edns), Some((code, text))) = (response_edns.as_mut(), &reply.ede) {
-            let mut data = code.to_be_bytes().to_vec();
-            // Keep the text short enough for a 512-byte answer.
-            data.extend(text.bytes().take(200));
-            edns.options_mut()
-                .insert(EdnsOption::Unknown(u16::from(EdnsCode::Unknown(15)), data));
+            edns.options_mut().insert(ede_option(*code, text));
         }
         log_decision(&reply, client, &query, started, self.log_allowed);
         let mut builder = builder;
@@ -188,6 +167,22 @@ impl RequestHandler for Handler {
         );
         send(&mut response_handle, response, request).await
     }
+}
+
+/// Why a request hickory-server decoded is not answered, if it is not: the rules the UDP
+/// loop applies too. A response sent to the gate gets FORMERR here (the UDP loop drops it
+/// so as not to reflect it, a risk a TCP handshake rules out).
+fn refusal(request: &Request) -> Option<ResponseCode> {
+    if request.metadata.message_type != MessageType::Query {
+        return Some(ResponseCode::FormErr);
+    }
+    header_refusal(request.metadata.op_code, request.as_slice().len()).or_else(|| {
+        body_refusal(
+            request.queries.queries().len(),
+            !request.answers.is_empty() || !request.authorities.is_empty(),
+            request.edns.as_ref().map(Edns::version),
+        )
+    })
 }
 
 async fn send<'a, R: ResponseHandler>(
@@ -216,79 +211,4 @@ async fn send<'a, R: ResponseHandler>(
             .into()
         }
     }
-}
-
-/// One decision line's fields.
-pub(crate) struct Decision<'a> {
-    pub client: SocketAddr,
-    /// Lower case, no trailing dot.
-    pub name: &'a str,
-    pub qtype: hickory_proto::rr::RecordType,
-    pub outcome: Outcome,
-    pub rcode: hickory_proto::op::ResponseCode,
-    pub reason: &'a str,
-    pub list: Option<&'a str>,
-    pub rule: Option<&'a str>,
-    pub upstream: Option<&'a str>,
-    pub answer_id: Option<u64>,
-    pub answers: usize,
-    pub started: Instant,
-}
-
-/// Counts a query in the metrics and writes its decision line (allowed queries only
-/// when `log_allowed`).
-pub(crate) fn log_decision(
-    reply: &Reply,
-    client: SocketAddr,
-    query: &hickory_proto::op::Query,
-    started: Instant,
-    log_allowed: bool,
-) {
-    let mut name = query.name().to_ascii();
-    name.make_ascii_lowercase();
-    let name = name.strip_suffix('.').unwrap_or(&name);
-    log(
-        &Decision {
-            client,
-            name,
-            qtype: query.query_type(),
-            outcome: reply.outcome,
-            rcode: reply.rcode,
-            reason: &reply.reason,
-            list: reply.list.as_deref(),
-            rule: reply.rule.as_deref(),
-            upstream: reply.upstream.as_deref(),
-            answer_id: reply.answer_id,
-            answers: reply.answers.len(),
-            started,
-        },
-        log_allowed,
-    );
-}
-
-pub(crate) fn log(d: &Decision, log_allowed: bool) {
-    crate::telemetry::metrics::dns_query(d.qtype, d.outcome, d.list);
-    let quiet = matches!(d.outcome, Outcome::Forwarded | Outcome::Cached);
-    if (quiet && !log_allowed)
-        || !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO)
-    {
-        return;
-    }
-    tracing::info!(
-        target: "portcullis::decision",
-        door = "dns",
-        client = %d.client.ip(),
-        name = d.name,
-        qtype = %d.qtype,
-        outcome = d.outcome.as_str(),
-        rcode = %d.rcode,
-        reason = d.reason,
-        list = d.list,
-        rule = d.rule,
-        upstream = d.upstream,
-        answer_id = d.answer_id,
-        answers = d.answers,
-        duration_us = d.started.elapsed().as_micros() as u64,
-        "dns decision"
-    );
 }

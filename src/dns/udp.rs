@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::decision::{Decision, log, log_decision};
 use super::filter::{Filter, Outcome, Reply, Step};
-use super::server::{Decision, MAX_QUERY_LEN, log, log_decision};
+use super::request::{MAX_QUERY_LEN, body_refusal, ede_option, header_refusal};
 use super::wire;
 
 /// What a parsed request needs for its response. (Public, like [`parse`], [`encode`]
@@ -60,23 +60,19 @@ pub fn parse(bytes: &[u8]) -> Parsed {
         rcode,
         edns,
     };
-    if header.metadata.op_code != OpCode::Query {
-        return error(ResponseCode::NotImp, false);
-    }
-    if bytes.len() > MAX_QUERY_LEN {
-        return error(ResponseCode::FormErr, false);
+    if let Some(rcode) = header_refusal(header.metadata.op_code, bytes.len()) {
+        return error(rcode, false);
     }
     let Ok(message) = Message::from_vec(bytes) else {
         return error(ResponseCode::FormErr, false);
     };
-    let edns = message.edns.is_some();
-    // Exactly one question and nothing else is what every resolver sends (RFC 9619).
-    if message.queries.len() != 1 || !message.answers.is_empty() || !message.authorities.is_empty()
-    {
-        return error(ResponseCode::FormErr, edns);
-    }
-    if message.edns.as_ref().is_some_and(|e| e.version() > 0) {
-        return error(ResponseCode::BADVERS, true);
+    if let Some(rcode) = body_refusal(
+        message.queries.len(),
+        !message.answers.is_empty() || !message.authorities.is_empty(),
+        message.edns.as_ref().map(Edns::version),
+    ) {
+        // BADVERS implies EDNS; a FORMERR carries it when the query did.
+        return error(rcode, message.edns.is_some());
     }
     let mut message = message;
     Parsed::Query(Request {
@@ -93,11 +89,7 @@ fn response_edns(rcode: ResponseCode, ede: Option<&(u16, String)>) -> Edns {
     edns.set_max_payload(1232);
     edns.set_rcode_high(rcode.high());
     if let Some((code, text)) = ede {
-        let mut data = code.to_be_bytes().to_vec();
-        // Keep the text short enough for a 512-byte answer.
-        data.extend(text.bytes().take(200));
-        edns.options_mut()
-            .insert(EdnsOption::Unknown(u16::from(EdnsCode::Unknown(15)), data));
+        edns.options_mut().insert(ede_option(*code, text));
     }
     edns
 }
@@ -150,8 +142,12 @@ pub async fn serve_udp(
     log_allowed: bool,
     shutdown: CancellationToken,
 ) {
-    let socket = Arc::new(socket);
-    let tasks = TaskTracker::new();
+    let listener = Listener {
+        socket: Arc::new(socket),
+        filter,
+        log_allowed,
+        tasks: TaskTracker::new(),
+    };
     // Larger datagrams arrive cut to this size, which is past MAX_QUERY_LEN: FORMERR.
     let mut buf = vec![0u8; MAX_QUERY_LEN + 1];
     // The fast path's name and answer, reused.
@@ -159,7 +155,7 @@ pub async fn serve_udp(
     let mut out = Vec::with_capacity(1232);
     loop {
         let (len, client) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
+            received = listener.socket.recv_from(&mut buf) => match received {
                 Ok(received) => received,
                 // ICMP errors from earlier sends surface here on Linux: not fatal.
                 Err(error) => {
@@ -170,32 +166,71 @@ pub async fn serve_udp(
             _ = shutdown.cancelled() => break,
         };
         let started = Instant::now();
-        if let Some(fast) = wire::parse(&buf[..len], &mut name)
-            && let Some((cached, encoded)) =
-                filter.answer_cached(client.ip(), &fast, &name, &mut out)
+        let datagram = &buf[..len];
+        if !listener
+            .answer_cached(datagram, client, started, &mut name, &mut out)
+            .await
         {
-            send(&socket, &out, client).await;
-            log(
-                &Decision {
-                    client,
-                    name: &name,
-                    qtype: fast.qtype,
-                    outcome: Outcome::Cached,
-                    rcode: cached.rcode,
-                    reason: Outcome::Cached.as_str(),
-                    list: None,
-                    rule: encoded.rule.as_deref(),
-                    upstream: Some(&cached.upstream),
-                    answer_id: Some(cached.answer_id),
-                    answers: encoded.answers,
-                    started,
-                },
-                log_allowed,
-            );
-            continue;
+            listener.answer_full(datagram, client, started).await;
         }
-        let request = match parse(&buf[..len]) {
-            Parsed::Drop => continue,
+    }
+    listener.tasks.close();
+    listener.tasks.wait().await;
+}
+
+/// One UDP socket's loop state: what every datagram is answered with.
+struct Listener {
+    socket: Arc<UdpSocket>,
+    filter: Arc<Filter>,
+    log_allowed: bool,
+    /// Questions sent upstream, awaited at shutdown.
+    tasks: TaskTracker,
+}
+
+impl Listener {
+    /// The fast path: a fresh cached answer already encoded for the client's group.
+    /// `false`: nothing was sent; take the full path.
+    async fn answer_cached(
+        &self,
+        datagram: &[u8],
+        client: SocketAddr,
+        started: Instant,
+        name: &mut String,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Some(fast) = wire::parse(datagram, name) else {
+            return false;
+        };
+        let Some((cached, encoded)) = self.filter.answer_cached(client.ip(), &fast, name, out)
+        else {
+            return false;
+        };
+        send(&self.socket, out, client).await;
+        log(
+            &Decision {
+                client,
+                name,
+                qtype: fast.qtype,
+                outcome: Outcome::Cached,
+                rcode: cached.rcode,
+                reason: Outcome::Cached.as_str(),
+                list: None,
+                rule: encoded.rule.as_deref(),
+                upstream: Some(&cached.upstream),
+                answer_id: Some(cached.answer_id),
+                answers: encoded.answers,
+                started,
+            },
+            self.log_allowed,
+        );
+        true
+    }
+
+    /// The full path: decode, refuse the malformed, answer inline what needs no
+    /// upstream, and spawn a task for the rest.
+    async fn answer_full(&self, datagram: &[u8], client: SocketAddr, started: Instant) {
+        let request = match parse(datagram) {
+            Parsed::Drop => return,
             Parsed::Error {
                 header,
                 rcode,
@@ -203,22 +238,23 @@ pub async fn serve_udp(
             } => {
                 tracing::debug!(%client, %rcode, "refused a malformed request");
                 if let Some(bytes) = encode_error(&header, rcode, edns) {
-                    send(&socket, &bytes, client).await;
+                    send(&self.socket, &bytes, client).await;
                 }
-                continue;
+                return;
             }
             Parsed::Query(request) => request,
         };
-        match filter.begin(client.ip(), &request.query) {
+        let log_allowed = self.log_allowed;
+        match self.filter.begin(client.ip(), &request.query) {
             Step::Done(reply) => {
                 log_decision(&reply, client, &request.query, started, log_allowed);
                 if let Some(bytes) = encode(&request, reply) {
-                    send(&socket, &bytes, client).await;
+                    send(&self.socket, &bytes, client).await;
                 }
             }
             Step::Forward(pending) => {
-                let (filter, socket) = (filter.clone(), socket.clone());
-                tasks.spawn(async move {
+                let (filter, socket) = (self.filter.clone(), self.socket.clone());
+                self.tasks.spawn(async move {
                     let reply = filter.finish(pending).await;
                     log_decision(&reply, client, &request.query, started, log_allowed);
                     if let Some(bytes) = encode(&request, reply) {
@@ -228,8 +264,6 @@ pub async fn serve_udp(
             }
         }
     }
-    tasks.close();
-    tasks.wait().await;
 }
 
 async fn send(socket: &UdpSocket, bytes: &[u8], client: SocketAddr) {

@@ -5,6 +5,10 @@
 //! special-use names, threat lists) and the client group's mode, one resolution
 //! through the gate's own DNS pipeline (A and AAAA, never the OS resolver), and the
 //! classification of every answer address. Nothing here dials.
+//!
+//! The decision itself is a pure function (`decide`); here its inputs are looked up and it
+//! is applied twice: to the name before the lookup, so a refused name is never resolved,
+//! and to every answer address after it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,6 +16,7 @@ use hickory_proto::op::{Query, ResponseCode};
 use hickory_proto::rr::{Name as DnsName, RData, RecordType};
 
 use super::config::ProxyMode;
+use super::decide::{Ask, Decision, decide, port_ok, rule_ref};
 use super::error::ProxyError;
 use super::target::{Host, Target};
 use super::{ProxyState, Resolve};
@@ -20,7 +25,6 @@ use crate::host::HostAddrs;
 use crate::policy::addr::{AddrClass, AddrClassifier};
 use crate::policy::groups::GroupId;
 use crate::policy::name::Name;
-use crate::policy::rules::AllowRule;
 use crate::policy::{Policy, Verdict};
 
 /// CONNECT tunnel or plain-HTTP forwarding: they allow different ports.
@@ -56,31 +60,6 @@ pub struct Approval {
     pub ech_ok: bool,
     /// Correlation ids of the DNS answers the addresses came from (see `Reply::answer_id`).
     pub answer_ids: Vec<u64>,
-}
-
-/// Classes an allow rule with `private = true` lets through. Metadata endpoints,
-/// the gate itself, its default gateway, configured ranges and the odd special forms
-/// never pass.
-fn private_ok(class: AddrClass) -> bool {
-    matches!(
-        class,
-        AddrClass::Loopback
-            | AddrClass::Private
-            | AddrClass::LinkLocal
-            | AddrClass::Cgnat
-            | AddrClass::Ula
-            | AddrClass::SiteLocal
-    )
-}
-
-fn rule_ref(rule: &AllowRule) -> String {
-    format!("{} ({}:{})", rule.host, rule.file, rule.line)
-}
-
-/// CONNECT to port 80 is refused whatever the rules say: plain HTTP goes through the
-/// proxy as HTTP, where the request line and Host are checked.
-fn port_ok(port: u16, kind: Kind) -> bool {
-    !(kind == Kind::Connect && port == 80)
 }
 
 /// The class of a destination: the operator's `deny_ranges` first, then the host's own
@@ -152,88 +131,32 @@ impl ProxyState {
         kind: Kind,
     ) -> Result<Approval, ProxyError> {
         let port = target.port;
-        let (name, rule_private, mut approval) = {
-            let policy = self.policy.load();
-            match &target.host {
-                Host::Ip(ip) => {
-                    let (rule, private) = self.ip_literal_rule(&policy, asker, *ip, port, kind)?;
-                    let approval = Approval {
-                        addrs: Vec::new(),
-                        rule: Some(rule),
-                        would_refuse: None,
-                        skipped: Vec::new(),
-                        ech_ok: false,
-                        answer_ids: Vec::new(),
-                    };
-                    let addr = SocketAddr::new(*ip, port);
-                    return self.check_addrs(&[addr], private, approval, &target.host);
-                }
-                Host::Name(name) => {
-                    let (private, approval) = self.decide_name(&policy, asker, name, port, kind)?;
-                    (name.clone(), private, approval)
-                }
+        let name = match &target.host {
+            Host::Ip(ip) => {
+                let decision = {
+                    let policy = self.policy.load();
+                    self.ip_literal_rule(&policy, asker, *ip, port, kind)?
+                };
+                let addr = SocketAddr::new(*ip, port);
+                let approval = Approval::from(&decision);
+                return self.check_addrs(&[addr], &decision, approval, &target.host);
             }
+            Host::Name(name) => name,
         };
-        approval.ech_ok = self.ech_allowed(&name);
+        let decision = match self.decide_name(asker, name, port, kind) {
+            Decision::Refused(err) => return Err(err),
+            allowed => allowed,
+        };
+        let mut approval = Approval::from(&decision);
+        approval.ech_ok = self.ech_allowed(name);
         let client = asker.client.ip();
         let (a, aaaa) = tokio::join!(
-            self.resolver.lookup(client, &name, RecordType::A),
-            self.resolver.lookup(client, &name, RecordType::AAAA)
+            self.resolver.lookup(client, name, RecordType::A),
+            self.resolver.lookup(client, name, RecordType::AAAA)
         );
         approval.answer_ids = [&a, &aaaa].iter().filter_map(|r| r.answer_id).collect();
-        let mut addrs = Vec::new();
-        let mut unresolved = Vec::new();
-        for reply in [&a, &aaaa] {
-            match reply.outcome {
-                Outcome::Blocked => {
-                    return Err(ProxyError::forbidden(
-                        "blocked_answer",
-                        format!("{}: {}", name.as_str(), reply.reason),
-                    ));
-                }
-                Outcome::Refused if reply.denied_address.is_some() => {
-                    return Err(ProxyError::forbidden(
-                        "denied_address",
-                        format!("{}: {}", name.as_str(), reply.reason),
-                    ));
-                }
-                Outcome::Local => {
-                    return Err(ProxyError::forbidden(
-                        "special_use",
-                        format!("{}: {}", name.as_str(), reply.reason),
-                    ));
-                }
-                Outcome::Forwarded | Outcome::Cached | Outcome::Stale => {
-                    if reply.rcode != ResponseCode::NoError {
-                        unresolved.push(reply.rcode.to_string());
-                    }
-                    for record in &reply.answers {
-                        let ip = match &record.data {
-                            RData::A(a) => IpAddr::V4(a.0),
-                            RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
-                            _ => continue,
-                        };
-                        let addr = SocketAddr::new(ip, port);
-                        if !addrs.contains(&addr) {
-                            addrs.push(addr);
-                        }
-                    }
-                }
-                Outcome::Refused | Outcome::Error => unresolved.push(reply.reason.clone()),
-            }
-        }
-        if addrs.is_empty() {
-            let why = if unresolved.is_empty() {
-                "no A or AAAA records".to_owned()
-            } else {
-                unresolved.join("; ")
-            };
-            return Err(ProxyError::Unresolved {
-                host: name.as_str().to_owned(),
-                why,
-            });
-        }
-        self.check_addrs(&addrs, rule_private, approval, &target.host)
+        let addrs = answer_addrs(name, port, [&a, &aaaa])?;
+        self.check_addrs(&addrs, &decision, approval, &target.host)
     }
 
     /// The allow rule naming an IP literal (rule host equal to the canonical address).
@@ -244,7 +167,7 @@ impl ProxyState {
         ip: IpAddr,
         port: u16,
         kind: Kind,
-    ) -> Result<(String, bool), ProxyError> {
+    ) -> Result<Decision, ProxyError> {
         let text = ip.to_string();
         let mut named = false;
         for rule in policy.rules.allow_rules() {
@@ -253,7 +176,10 @@ impl ProxyState {
             }
             named = true;
             if rule.ports.contains(&port) && port_ok(port, kind) {
-                return Ok((rule_ref(rule), rule.private));
+                return Ok(Decision::Rule {
+                    rule: rule_ref(rule),
+                    private: rule.private,
+                });
             }
         }
         if named {
@@ -270,138 +196,45 @@ impl ProxyState {
         ))
     }
 
-    /// The policy and mode for a name: `(private allowed, approval skeleton)`.
-    fn decide_name(
-        &self,
-        policy: &Policy,
-        asker: &Asker,
-        name: &Name,
-        port: u16,
-        kind: Kind,
-    ) -> Result<(bool, Approval), ProxyError> {
-        let approval = |rule: Option<String>, would_refuse: Option<String>| Approval {
-            addrs: Vec::new(),
-            rule,
-            would_refuse,
-            skipped: Vec::new(),
-            ech_ok: false,
-            answer_ids: Vec::new(),
-        };
+    /// Looks up what [`decide`] needs for a name, and decides on the name alone.
+    fn decide_name(&self, asker: &Asker, name: &Name, port: u16, kind: Kind) -> Decision {
+        let policy = self.policy.load();
         let verdict = policy.decide(name, asker.group);
-        // What the allowlist mode says; public and report modes go on from there.
-        let allowlist_refusal = match &verdict {
-            Verdict::Malformed(e) => {
-                return Err(ProxyError::BadTarget {
-                    target: name.as_str().to_owned(),
-                    error: super::target::TargetError::BadName(e.to_string()),
-                });
-            }
+        let (list, allow, rules) = match &verdict {
             Verdict::Blocked(m) => {
-                let list = policy
-                    .rules
-                    .list(m.origin.list)
-                    .map_or("?", |l| l.name.as_str());
-                return Err(ProxyError::forbidden(
-                    "blocked",
-                    format!(
-                        "{} is blocked by {} rule {} of list {list} (line {})",
-                        name.as_str(),
-                        m.kind.as_str(),
-                        m.rule,
-                        m.origin.line
-                    ),
-                ));
+                let list = policy.rules.list(m.origin.list);
+                (list.map_or("?", |l| l.name.as_str()), None, Vec::new())
             }
-            Verdict::Special(kind) => {
-                return Err(ProxyError::forbidden(
-                    "special_use",
-                    format!(
-                        "{} is a special-use name ({}); it is never dialled",
-                        name.as_str(),
-                        kind.as_str()
-                    ),
-                ));
-            }
-            Verdict::Allowed(_) => {
-                let rules: Vec<&AllowRule> =
-                    policy.rules.allow_rules_for(name, asker.group).collect();
-                let allow = policy
-                    .allow_for(name, asker.group, Some(port))
-                    .filter(|_| port_ok(port, kind));
-                match allow {
-                    Some(allow) => {
-                        return Ok((allow.private, approval(Some(rule_ref(allow.rule)), None)));
-                    }
-                    None => {
-                        let what = if kind == Kind::Connect && port == 80 {
-                            "port 80 is plain HTTP: send http:// requests through the proxy instead of CONNECT".to_owned()
-                        } else {
-                            let ports: Vec<String> = rules
-                                .iter()
-                                .flat_map(|r| r.ports.iter().map(u16::to_string))
-                                .collect();
-                            format!(
-                                "rule {} allows ports [{}], not {port}",
-                                rule_ref(rules[0]),
-                                ports.join(", ")
-                            )
-                        };
-                        (
-                            ProxyError::forbidden(
-                                "port_not_allowed",
-                                format!("{}:{port}: {what}", name.as_str()),
-                            ),
-                            Some(rules[0].host.clone()),
-                        )
-                    }
-                }
-            }
-            Verdict::Excepted(_) | Verdict::Pass => (
-                ProxyError::forbidden(
-                    "not_allowlisted",
-                    format!(
-                        "no allow rule names {}:{port} for group {} (add it to allowlist.toml)",
-                        name.as_str(),
-                        asker.group_name
-                    ),
-                ),
-                None,
+            Verdict::Allowed(_) => (
+                "",
+                policy.allow_for(name, asker.group, Some(port)),
+                policy.rules.allow_rules_for(name, asker.group).collect(),
             ),
+            _ => ("", None, Vec::new()),
         };
-        let (refusal, _) = allowlist_refusal;
-        match asker.mode {
-            ProxyMode::Allowlist => Err(refusal),
-            ProxyMode::Public | ProxyMode::Report => {
-                let ports = match kind {
-                    Kind::Connect => &self.config.public_connect_ports,
-                    Kind::Http => &self.config.public_http_ports,
-                };
-                if !ports.contains(&port) {
-                    return Err(ProxyError::forbidden(
-                        "port_not_allowed",
-                        format!(
-                            "port {port} is not a public {} port ({:?}) and no allow rule names {}:{port}",
-                            if kind == Kind::Connect {
-                                "CONNECT"
-                            } else {
-                                "HTTP"
-                            },
-                            ports,
-                            name.as_str()
-                        ),
-                    ));
-                }
-                let would = (asker.mode == ProxyMode::Report).then(|| refusal.to_string());
-                Ok((false, approval(None, would)))
-            }
-        }
+        decide(&Ask {
+            name,
+            verdict: &verdict,
+            list,
+            allow,
+            rules: &rules,
+            port,
+            group: &asker.group_name,
+            mode: asker.mode,
+            kind,
+            public_ports: match kind {
+                Kind::Connect => &self.config.public_connect_ports,
+                Kind::Http => &self.config.public_http_ports,
+            },
+            class: None,
+        })
     }
 
     /// Classifies every address; keeps the allowed ones, in order.
     fn check_addrs(
         &self,
         addrs: &[SocketAddr],
-        private: bool,
+        decision: &Decision,
         mut approval: Approval,
         host: &Host,
     ) -> Result<Approval, ProxyError> {
@@ -409,7 +242,7 @@ impl ProxyState {
         for &addr in addrs {
             let (class, label) = classify(&self.classifier, &me, addr.ip());
             let own = is_own_listener(&self.own_listeners, &me, addr);
-            if own || (class.is_denied() && !(private && private_ok(class))) {
+            if own || !decision.admits(class) {
                 let why = if own {
                     format!("{addr} is one of the gate's own listeners")
                 } else {
@@ -424,6 +257,7 @@ impl ProxyState {
             }
         }
         if approval.addrs.is_empty() {
+            let private = matches!(decision, Decision::Rule { private: true, .. });
             let hint = if private {
                 ""
             } else {
@@ -451,9 +285,91 @@ impl ProxyState {
     }
 }
 
+impl From<&Decision> for Approval {
+    /// The skeleton of an approval: the rule or the report-mode refusal, no addresses yet.
+    fn from(decision: &Decision) -> Approval {
+        let (rule, would_refuse) = match decision {
+            Decision::Rule { rule, .. } => (Some(rule.clone()), None),
+            Decision::Public { would_refuse } => (None, would_refuse.clone()),
+            Decision::Refused(_) => (None, None),
+        };
+        Approval {
+            addrs: Vec::new(),
+            rule,
+            would_refuse,
+            skipped: Vec::new(),
+            ech_ok: false,
+            answer_ids: Vec::new(),
+        }
+    }
+}
+
+/// The addresses the A and AAAA answers give for `name`, in order, without repeats; a
+/// blocked, denied or local answer refuses the name, and no address at all is `Unresolved`.
+fn answer_addrs(
+    name: &Name,
+    port: u16,
+    replies: [&Reply; 2],
+) -> Result<Vec<SocketAddr>, ProxyError> {
+    let mut addrs = Vec::new();
+    let mut unresolved = Vec::new();
+    for reply in replies {
+        match reply.outcome {
+            Outcome::Blocked => {
+                return Err(ProxyError::forbidden(
+                    "blocked_answer",
+                    format!("{}: {}", name.as_str(), reply.reason),
+                ));
+            }
+            Outcome::Refused if reply.denied_address.is_some() => {
+                return Err(ProxyError::forbidden(
+                    "denied_address",
+                    format!("{}: {}", name.as_str(), reply.reason),
+                ));
+            }
+            Outcome::Local => {
+                return Err(ProxyError::forbidden(
+                    "special_use",
+                    format!("{}: {}", name.as_str(), reply.reason),
+                ));
+            }
+            Outcome::Forwarded | Outcome::Cached | Outcome::Stale => {
+                if reply.rcode != ResponseCode::NoError {
+                    unresolved.push(reply.rcode.to_string());
+                }
+                for record in &reply.answers {
+                    let ip = match &record.data {
+                        RData::A(a) => IpAddr::V4(a.0),
+                        RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+                        _ => continue,
+                    };
+                    let addr = SocketAddr::new(ip, port);
+                    if !addrs.contains(&addr) {
+                        addrs.push(addr);
+                    }
+                }
+            }
+            Outcome::Refused | Outcome::Error => unresolved.push(reply.reason.clone()),
+        }
+    }
+    if addrs.is_empty() {
+        let why = if unresolved.is_empty() {
+            "no A or AAAA records".to_owned()
+        } else {
+            unresolved.join("; ")
+        };
+        return Err(ProxyError::Unresolved {
+            host: name.as_str().to_owned(),
+            why,
+        });
+    }
+    Ok(addrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::decide::private_ok;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -7,6 +7,7 @@
 //! TLS alert (logged as 502/504). Ports in `opaque_ports` carry no TLS check: they are
 //! dialled before the `200`, so their failures are proper 502/504 answers.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use super::ProxyState;
 use super::budget::Held;
 use super::check::{Approval, Asker, Kind};
+use super::conn::{Received, dial_checked, log_allowed, log_close, log_refusal, refuse};
 use super::error::ProxyError;
-use super::http::BodyFraming;
-use super::server::{Received, dial_checked, log_allowed, log_close, log_refusal, refuse};
+use super::http::{BodyFraming, RequestHead};
+use super::relay::relay;
 use super::sni::{self, ClientHello, alerts};
-use super::splice::relay;
 use super::target::{Host, Target, parse_authority};
 use crate::policy::name::Name;
 
@@ -36,20 +37,12 @@ pub(crate) async fn handle(
     let Received {
         head,
         head_len,
-        rest: mut early,
-        mut held,
+        rest: early,
+        held,
         ..
     } = received;
     let raw = head.target.clone();
-    let target = match head.framing() {
-        Ok(BodyFraming::None) => parse_authority(&raw).map_err(|error| ProxyError::BadTarget {
-            target: raw.clone(),
-            error,
-        }),
-        Ok(_) => Err(ProxyError::BadRequest("CONNECT with a body".into())),
-        Err(e) => Err(e),
-    };
-    let target = match target {
+    let target = match target_of(&head) {
         Ok(t) => t,
         Err(err) => return refuse(&mut client, asker, "CONNECT", &raw, err).await,
     };
@@ -57,77 +50,162 @@ pub(crate) async fn handle(
         Ok(a) => a,
         Err(err) => return refuse(&mut client, asker, "CONNECT", &raw, err).await,
     };
+    let tunnel = Approved {
+        state,
+        asker,
+        raw,
+        target,
+        approval,
+        stop,
+    };
+    if state.config.opaque_ports.contains(&tunnel.target.port) {
+        tunnel.opaque(client, early, held).await;
+    } else {
+        tunnel.tls(client, early, held, head_len).await;
+    }
+}
 
-    if state.config.opaque_ports.contains(&target.port) {
-        let (origin, dialled) = match dial_checked(state, &approval.addrs).await {
+/// The `host:port` of a CONNECT, which carries no body.
+fn target_of(head: &RequestHead) -> Result<Target, ProxyError> {
+    match head.framing()? {
+        BodyFraming::None => parse_authority(&head.target).map_err(|error| ProxyError::BadTarget {
+            target: head.target.clone(),
+            error,
+        }),
+        _ => Err(ProxyError::BadRequest("CONNECT with a body".into())),
+    }
+}
+
+/// A CONNECT the policy approved: who asked, for what, and which addresses may be dialled.
+struct Approved<'a> {
+    state: &'a ProxyState,
+    asker: &'a Asker,
+    /// The request target as sent, for refusal lines.
+    raw: String,
+    target: Target,
+    approval: Approval,
+    /// The drain deadline passed: close the tunnel.
+    stop: &'a CancellationToken,
+}
+
+impl Approved<'_> {
+    /// A port in `opaque_ports`: dialled before the `200`, no TLS check.
+    async fn opaque(self, mut client: TcpStream, early: Vec<u8>, held: Held<'_>) {
+        let (mut origin, dialled) = match dial_checked(self.state, &self.approval.addrs).await {
             Ok(ok) => ok,
-            Err(err) => return refuse(&mut client, asker, "CONNECT", &raw, err).await,
+            Err(err) => return refuse(&mut client, self.asker, "CONNECT", &self.raw, err).await,
         };
         if client.write_all(ESTABLISHED).await.is_err() {
             return;
         }
-        log_allowed(asker, "CONNECT", &target, &approval, dialled, None);
+        log_allowed(
+            self.asker,
+            "CONNECT",
+            &self.target,
+            &self.approval,
+            dialled,
+            None,
+        );
         drop(held);
-        return tunnel(state, client, origin, dialled, asker, &target, early, stop).await;
+        if !early.is_empty() && origin.write_all(&early).await.is_err() {
+            return;
+        }
+        let sent = early.len() as u64;
+        drop(early);
+        self.relay(client, origin, dialled, sent).await;
     }
 
-    if client.write_all(ESTABLISHED).await.is_err() {
-        return;
-    }
-    let hello = tokio::select! {
-        _ = stop.cancelled() => return,
-        hello = tokio::time::timeout(
-            state.config.client_hello_timeout(),
-            read_client_hello(&mut client, &mut early, &mut held, head_len),
-        ) => hello,
-    };
-    let checked = match hello {
-        Err(_) => Err((
-            ProxyError::forbidden(
-                "client_hello_timeout",
-                "no complete TLS ClientHello in time",
-            ),
-            None,
-        )),
-        Ok(Err(err)) => Err((err, None)),
-        Ok(Ok(hello)) => check_hello(&target, &approval, &hello).map(|()| hello),
-    };
-    let hello = match checked {
-        Ok(hello) => hello,
-        Err((err, alert)) => {
-            log_refusal(asker, "CONNECT", &raw, &err);
-            if let Some(alert) = alert {
-                let _ = client.write_all(&sni::alert(alert)).await;
+    /// Answers `200`, checks the ClientHello against the approved host, then dials.
+    async fn tls(
+        self,
+        mut client: TcpStream,
+        mut early: Vec<u8>,
+        mut held: Held<'_>,
+        head_len: usize,
+    ) {
+        if client.write_all(ESTABLISHED).await.is_err() {
+            return;
+        }
+        let hello = tokio::select! {
+            _ = self.stop.cancelled() => return,
+            hello = tokio::time::timeout(
+                self.state.config.client_hello_timeout(),
+                read_client_hello(&mut client, &mut early, &mut held, head_len),
+            ) => hello,
+        };
+        let checked = match hello {
+            Err(_) => Err((
+                ProxyError::forbidden(
+                    "client_hello_timeout",
+                    "no complete TLS ClientHello in time",
+                ),
+                None,
+            )),
+            Ok(Err(err)) => Err((err, None)),
+            Ok(Ok(hello)) => check_hello(&self.target, &self.approval, &hello).map(|()| hello),
+        };
+        let hello = match checked {
+            Ok(hello) => hello,
+            Err((err, alert)) => return self.refuse_after_200(client, &err, alert).await,
+        };
+        let (mut origin, dialled) = match dial_checked(self.state, &self.approval.addrs).await {
+            Ok(ok) => ok,
+            Err(err) => {
+                let alert = Some(alerts::INTERNAL_ERROR);
+                return self.refuse_after_200(client, &err, alert).await;
             }
-            let _ = client.shutdown().await;
+        };
+        log_allowed(
+            self.asker,
+            "CONNECT",
+            &self.target,
+            &self.approval,
+            dialled,
+            hello.sni.as_deref(),
+        );
+        if origin.write_all(&early).await.is_err() {
             return;
         }
-    };
-    let (mut origin, dialled) = match dial_checked(state, &approval.addrs).await {
-        Ok(ok) => ok,
-        Err(err) => {
-            log_refusal(asker, "CONNECT", &raw, &err);
-            let _ = client.write_all(&sni::alert(alerts::INTERNAL_ERROR)).await;
-            let _ = client.shutdown().await;
-            return;
-        }
-    };
-    log_allowed(
-        asker,
-        "CONNECT",
-        &target,
-        &approval,
-        dialled,
-        hello.sni.as_deref(),
-    );
-    if origin.write_all(&early).await.is_err() {
-        return;
+        let sent = early.len() as u64;
+        drop(early);
+        // A relaying tunnel holds no reservation (the relay's buffers are per thread).
+        drop(held);
+        self.relay(client, origin, dialled, sent).await;
     }
-    let sent = early.len() as u64;
-    drop(early);
-    // A relaying tunnel holds no reservation (the relay's buffers are per thread).
-    drop(held);
-    tunnel_counted(state, client, origin, dialled, asker, &target, sent, stop).await;
+
+    /// After the `200` the refusal can only be a TLS alert (if any) and a close.
+    async fn refuse_after_200(&self, mut client: TcpStream, err: &ProxyError, alert: Option<u8>) {
+        log_refusal(self.asker, "CONNECT", &self.raw, err);
+        if let Some(alert) = alert {
+            let _ = client.write_all(&sni::alert(alert)).await;
+        }
+        let _ = client.shutdown().await;
+    }
+
+    /// Relays until the tunnel ends; `sent`: bytes already written to the origin.
+    async fn relay(self, client: TcpStream, origin: TcpStream, dialled: SocketAddr, sent: u64) {
+        let started = Instant::now();
+        let _tunnel = crate::telemetry::metrics::tunnel_open();
+        let config = &self.state.config;
+        let mut relayed = relay(
+            &client,
+            &origin,
+            config.relay,
+            config.idle_timeout(),
+            config.tunnel_max(),
+            self.stop.cancelled(),
+        )
+        .await;
+        relayed.up += sent;
+        log_close(
+            self.asker,
+            "CONNECT",
+            &self.target,
+            dialled,
+            &relayed,
+            started,
+        );
+    }
 }
 
 /// Reads until the buffer holds a complete ClientHello (bounded by [`sni::MAX_CLIENT_HELLO`]).
@@ -209,49 +287,4 @@ fn check_hello(
         (Host::Ip(_), None) => Ok(()),
         (Host::Ip(_), Some(sni)) => Err(mismatch(sni)),
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn tunnel(
-    state: &ProxyState,
-    client: TcpStream,
-    mut origin: TcpStream,
-    dialled: std::net::SocketAddr,
-    asker: &Asker,
-    target: &Target,
-    early: Vec<u8>,
-    stop: &CancellationToken,
-) {
-    if !early.is_empty() && origin.write_all(&early).await.is_err() {
-        return;
-    }
-    let sent = early.len() as u64;
-    drop(early);
-    tunnel_counted(state, client, origin, dialled, asker, target, sent, stop).await;
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn tunnel_counted(
-    state: &ProxyState,
-    client: TcpStream,
-    origin: TcpStream,
-    dialled: std::net::SocketAddr,
-    asker: &Asker,
-    target: &Target,
-    sent: u64,
-    stop: &CancellationToken,
-) {
-    let started = Instant::now();
-    let _tunnel = crate::telemetry::metrics::tunnel_open();
-    let mut relayed = relay(
-        &client,
-        &origin,
-        state.config.relay,
-        state.config.idle_timeout(),
-        state.config.tunnel_max(),
-        stop.cancelled(),
-    )
-    .await;
-    relayed.up += sent;
-    log_close(asker, "CONNECT", target, dialled, &relayed, started);
 }

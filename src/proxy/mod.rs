@@ -5,7 +5,7 @@
 //! with the policy and the client group's mode, resolve once through the gate's DNS
 //! pipeline and classify every address ([`check`]); for a tunnel, read the TLS
 //! ClientHello and compare its SNI with the approved host ([`sni`]); then dial exactly
-//! a checked address ([`dial`]) and relay ([`splice`], [`forward`]). Every buffer a
+//! a checked address ([`dial`]) and relay ([`relay`], [`forward`]). Every buffer a
 //! connection reads into is reserved first from its cap and from the gate's budget
 //! ([`budget`]). Every refusal is an HTTP answer with a one-line `X-Portcullis-Reason`
 //! ([`error`]); every decision and every closed tunnel is one JSON log line
@@ -17,14 +17,16 @@ pub use crate::config::proxy as config;
 
 pub mod budget;
 pub mod check;
+mod conn;
 pub mod connect;
+mod decide;
 pub mod dial;
 pub mod error;
 pub mod forward;
 pub mod http;
+pub mod relay;
 pub mod server;
 pub mod sni;
-pub mod splice;
 pub mod target;
 
 use std::net::{IpAddr, SocketAddr};

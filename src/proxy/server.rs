@@ -8,21 +8,18 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::budget::{ConnBudget, Held};
-use super::check::{Approval, Asker};
-use super::error::{ProxyError, redact_target, refusal_response};
-use super::http::{RequestHead, read_request_head};
-use super::splice::Relayed;
-use super::target::Target;
+use super::budget::ConnBudget;
+use super::conn::{Received, log_refusal, refuse};
+use super::error::{ProxyError, refusal_response};
+use super::http::read_request_head;
 use super::{ProxyState, connect, forward};
-use crate::error::HasFault;
 use crate::listen::LimitHit;
 
 pub use crate::listen::bind_tcp as bind;
@@ -107,18 +104,6 @@ async fn accept_loop(
     }
 }
 
-/// A request head read from a client, and what it holds of the connection's budget.
-pub(crate) struct Received<'c> {
-    pub head: RequestHead,
-    /// Length of the head as received (what `head` holds).
-    pub head_len: usize,
-    /// Bytes read after the head (body, or the start of the tunnel).
-    pub rest: Vec<u8>,
-    /// Reserves `head_len` plus the capacity of `rest`.
-    pub held: Held<'c>,
-    pub conn: &'c ConnBudget<'c>,
-}
-
 /// Counts an open client connection in `portcullis_proxy_connections` until dropped.
 struct OpenGauge;
 
@@ -190,159 +175,4 @@ async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: Socke
     } else {
         forward::handle(&state, stream, &asker, received, &stop.tunnels).await;
     }
-}
-
-/// Writes the refusal and logs it.
-pub(crate) async fn refuse(
-    stream: &mut TcpStream,
-    asker: &Asker,
-    method: &str,
-    target: &str,
-    err: ProxyError,
-) {
-    log_refusal(asker, method, target, &err);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        stream
-            .write_all(&refusal_response(&err, asker.conn_id))
-            .await?;
-        stream.shutdown().await
-    })
-    .await;
-    linger(stream).await;
-}
-
-/// After the answer and a FIN, reads and drops what the client still sends (a body
-/// it was uploading) for a moment: closing with unread bytes would reset the
-/// connection, and a reset can destroy the answer before the client reads it.
-pub(crate) async fn linger(stream: &mut TcpStream) {
-    let mut sink = [0u8; 4096];
-    let mut left = 4usize << 20;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
-}
-
-/// One decision line for a refusal.
-pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &ProxyError) {
-    crate::telemetry::metrics::proxy_decision("refused", err.code());
-    tracing::info!(
-        target: "portcullis::decision",
-        door = "proxy",
-        conn_id = asker.conn_id,
-        client = %asker.client.ip(),
-        group = %asker.group_name,
-        mode = asker.mode.as_str(),
-        method,
-        // Not `target`: the JSON formatter already uses that key for the log target.
-        request = %redact_target(target),
-        decision = "refused",
-        status = err.status(),
-        reason_code = err.code(),
-        reason = %err,
-        fault = err.fault().as_str(),
-    );
-}
-
-/// One decision line for an allowed request, once the origin is connected.
-pub(crate) fn log_allowed(
-    asker: &Asker,
-    method: &str,
-    target: &Target,
-    approval: &Approval,
-    dialled: SocketAddr,
-    sni: Option<&str>,
-) {
-    crate::telemetry::metrics::proxy_decision(
-        if approval.would_refuse.is_some() {
-            "allowed_report"
-        } else {
-            "allowed"
-        },
-        if approval.rule.is_some() {
-            "allow_rule"
-        } else {
-            "public_destination"
-        },
-    );
-    tracing::info!(
-        target: "portcullis::decision",
-        door = "proxy",
-        conn_id = asker.conn_id,
-        client = %asker.client.ip(),
-        group = %asker.group_name,
-        mode = asker.mode.as_str(),
-        method,
-        host = %target.host,
-        port = target.port,
-        addr = %dialled,
-        decision = if approval.would_refuse.is_some() { "allowed_report" } else { "allowed" },
-        reason = approval.rule.as_deref().map_or("public destination", |_| "allow rule"),
-        rule = approval.rule.as_deref(),
-        would_refuse = approval.would_refuse.as_deref(),
-        skipped = (!approval.skipped.is_empty()).then(|| approval.skipped.join(", ")),
-        answer_ids = (!approval.answer_ids.is_empty()).then(|| {
-            approval.answer_ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-        }),
-        sni,
-    );
-}
-
-/// One line when a tunnel or forwarded exchange closes.
-pub(crate) fn log_close(
-    asker: &Asker,
-    method: &str,
-    target: &Target,
-    dialled: SocketAddr,
-    relayed: &Relayed,
-    started: Instant,
-) {
-    crate::telemetry::metrics::proxy_closed(relayed.up, relayed.down, started.elapsed());
-    tracing::info!(
-        target: "portcullis::decision",
-        door = "proxy",
-        event = "close",
-        conn_id = asker.conn_id,
-        client = %asker.client.ip(),
-        group = %asker.group_name,
-        method,
-        host = %target.host,
-        port = target.port,
-        addr = %dialled,
-        decision = "closed",
-        reason = relayed.reason.as_str(),
-        bytes_up = relayed.up,
-        bytes_down = relayed.down,
-        duration_ms = started.elapsed().as_millis() as u64,
-    );
-}
-
-/// Dials the checked addresses in order (at most 4), each with the connect timeout.
-pub(crate) async fn dial_checked(
-    state: &ProxyState,
-    addrs: &[SocketAddr],
-) -> Result<(TcpStream, SocketAddr), ProxyError> {
-    let mut last = ProxyError::Internal("no address to dial".into());
-    for &addr in addrs.iter().take(4) {
-        match tokio::time::timeout(state.config.connect_timeout(), state.dialer.dial(addr)).await {
-            Ok(Ok(stream)) => return Ok((stream, addr)),
-            Ok(Err(e)) => {
-                last = ProxyError::ConnectFailed {
-                    addr: addr.to_string(),
-                    why: e.to_string(),
-                }
-            }
-            Err(_) => {
-                last = ProxyError::ConnectTimeout {
-                    addr: addr.to_string(),
-                }
-            }
-        }
-    }
-    Err(last)
 }

@@ -5,9 +5,8 @@
 //! not a well-formed ClientHello is an error: the tunnel is refused, never opened
 //! blind (no fail-open).
 
-/// Largest ClientHello accepted (records plus headers). Real ones, post-quantum key
-/// shares included, are under 2 KiB; browsers pad to 512 bytes.
-pub const MAX_CLIENT_HELLO: usize = 16 * 1024;
+// Config sizes the connection buffer cap from it, and config depends on no runtime module.
+pub use crate::config::proxy::MAX_CLIENT_HELLO;
 
 /// What the ClientHello says.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -122,33 +122,8 @@ pub const MIN_PREFIX_V4: u8 = 8;
 /// Broadest IPv6 network accepted from a list.
 pub const MIN_PREFIX_V6: u8 = 16;
 
-/// A list's syntax. `Domains` covers plain names mixed freely with `*.name`,
-/// `=name`, `/regex/` and bare addresses (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    #[default]
-    Auto,
-    Hosts,
-    Domains,
-    Adblock,
-    Dnsmasq,
-    Ips,
-}
-
-impl Format {
-    /// The configuration spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Auto => "auto",
-            Format::Hosts => "hosts",
-            Format::Domains => "domains",
-            Format::Adblock => "adblock",
-            Format::Dnsmasq => "dnsmasq",
-            Format::Ips => "ips",
-        }
-    }
-}
+// The format is configuration vocabulary; config owns it (config depends on no runtime module).
+pub use crate::config::lists::Format;
 
 /// Why a line (or one item of a line) did not become a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -129,7 +129,9 @@ impl ListMatch {
     pub fn described<'a>(&'a self, rules: &'a RuleSet) -> DescribedMatch<'a> {
         DescribedMatch {
             matched: self,
-            list: rules.list(self.origin.list).map_or("?", |l| l.name.as_str()),
+            list: rules
+                .list(self.origin.list)
+                .map_or("?", |l| l.name.as_str()),
         }
     }
 }
@@ -143,7 +145,13 @@ pub struct DescribedMatch<'a> {
 impl fmt::Display for DescribedMatch<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.matched;
-        write!(f, "{} rule {} of list {}", m.kind.as_str(), m.rule, self.list)?;
+        write!(
+            f,
+            "{} rule {} of list {}",
+            m.kind.as_str(),
+            m.rule,
+            self.list
+        )?;
         if f.alternate() {
             write!(f, " (line {})", m.origin.line)?;
         }
