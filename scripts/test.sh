@@ -39,6 +39,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# No module imports from a layer above its own (the layers: scripts/check-layers.py).
+python3 scripts/check-layers.py
 # The container image's static binary (tests/container.rs and tests/netns.rs run it),
 # then every test target, once; then run them (each binary runs its tests in parallel).
 PORTCULLIS_STATIC_BIN=$(./scripts/build-static.sh)

@@ -396,12 +396,7 @@ fn decided(
     match policy.decide(name, group) {
         Verdict::Blocked(m) => {
             let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
-            let reason = format!(
-                "{} rule {} of list {}",
-                m.kind.as_str(),
-                m.rule,
-                list.as_deref().unwrap_or("?")
-            );
+            let reason = m.described(&policy.rules).to_string();
             let mut reply = block_reply(settings, qname, query.query_type(), Some(&m), &reason);
             reply.list = list;
             reply.rule = Some(m.rule.clone());

@@ -57,10 +57,8 @@ fn listed(
                 if let Verdict::Blocked(m) = policy.decide(&target, group) {
                     let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
                     let reason = format!(
-                        "CNAME target {target} blocked by {} rule {} of list {}",
-                        m.kind.as_str(),
-                        m.rule,
-                        list.as_deref().unwrap_or("?")
+                        "CNAME target {target} blocked by {}",
+                        m.described(&policy.rules)
                     );
                     *reply = block_reply(settings, qname, qtype, None, &reason);
                     reply.list = list;

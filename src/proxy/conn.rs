@@ -68,7 +68,14 @@ pub(crate) async fn linger(stream: &mut TcpStream) {
 /// One decision line for a refusal.
 pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &ProxyError) {
     crate::telemetry::metrics::proxy_decision("refused", err.code());
-    tracing::info!(
+    let fault = err.fault();
+    if fault != crate::error::Fault::Client {
+        crate::telemetry::metrics::error("proxy", fault);
+    }
+    // A refusal of the client's request is routine; an upstream's or our own failure is
+    // logged at warn or error, by its fault.
+    crate::fault_event!(
+        fault,
         target: "portcullis::decision",
         door = "proxy",
         conn_id = asker.conn_id,
@@ -82,7 +89,7 @@ pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &Proxy
         status = err.status(),
         reason_code = err.code(),
         reason = %err,
-        fault = err.fault().as_str(),
+        fault = fault.as_str(),
     );
 }
 

@@ -98,13 +98,7 @@ fn decide_name(ask: &Ask) -> Decision {
         Verdict::Blocked(m) => {
             return Decision::Refused(ProxyError::forbidden(
                 "blocked",
-                format!(
-                    "{name} is blocked by {} rule {} of list {} (line {})",
-                    m.kind.as_str(),
-                    m.rule,
-                    ask.list,
-                    m.origin.line
-                ),
+                format!("{name} is blocked by {:#}", m.described_in(ask.list)),
             ));
         }
         Verdict::Special(special) => {

@@ -10,6 +10,10 @@ pub enum ProxyError {
     /// Malformed request: bad syntax, smuggling attempts, unsupported forms.
     #[error("malformed request: {0}")]
     BadRequest(String),
+    /// The connection closed before sending a byte (a port probe, a health check):
+    /// nothing to answer and nothing to log.
+    #[error("connection closed before a request")]
+    EmptyRequest,
     /// `target` is shown redacted ([`redact_target`]): it is logged.
     #[error("bad target `{}`: {error}", redact_target(.target))]
     BadTarget { target: String, error: TargetError },
@@ -59,7 +63,9 @@ impl ProxyError {
     /// The HTTP status of the refusal.
     pub fn status(&self) -> u16 {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::BadTarget { .. } => 400,
+            ProxyError::BadRequest(_) | ProxyError::EmptyRequest | ProxyError::BadTarget { .. } => {
+                400
+            }
             ProxyError::HeaderTimeout | ProxyError::BodyTimeout => 408,
             ProxyError::HeadTooLarge(_) | ProxyError::TrailersTooLarge(_) => 431,
             ProxyError::BodyTooLarge(_) => 413,
@@ -78,6 +84,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::EmptyRequest => "empty_request",
             ProxyError::BadTarget { .. } => "bad_target",
             ProxyError::HeaderTimeout => "header_timeout",
             ProxyError::HeadTooLarge(_) => "head_too_large",
@@ -133,6 +140,7 @@ impl ProxyError {
     fn fact(&self) -> String {
         match self {
             ProxyError::BadRequest(why) => why.clone(),
+            ProxyError::EmptyRequest => "no request".into(),
             // The target is the client's own; what was wrong with it is the fact.
             ProxyError::BadTarget { error, .. } => error.to_string(),
             ProxyError::Forbidden { detail, .. } => detail.clone(),

@@ -90,7 +90,7 @@ pub async fn read_request_head<S: AsyncRead + Unpin>(
             .map_err(|e| ProxyError::BadRequest(format!("reading the request: {e}")));
         buf.truncate(start + *n.as_ref().unwrap_or(&0));
         match n? {
-            0 if start == 0 => return Err(ProxyError::BadRequest("empty request".into())),
+            0 if start == 0 => return Err(ProxyError::EmptyRequest),
             0 => return Err(ProxyError::BadRequest("truncated request head".into())),
             _ => {}
         }

@@ -151,7 +151,7 @@ async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: Socke
     };
     let (head, len) = match read {
         Ok(Ok(head)) => head,
-        Ok(Err(ProxyError::BadRequest(why))) if why == "empty request" => return,
+        Ok(Err(ProxyError::EmptyRequest)) => return,
         Ok(Err(err)) => return refuse(&mut stream, &asker, "-", "-", err).await,
         Err(_) => {
             return refuse(&mut stream, &asker, "-", "-", ProxyError::HeaderTimeout).await;

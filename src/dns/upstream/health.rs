@@ -1,8 +1,6 @@
 //! Upstream health: when an upstream leaves rotation, and the background probe that
 //! brings it back.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -212,10 +210,7 @@ fn probe_query() -> Message {
 
 /// Spreads `d` over ±20% so upstreams taken out together are not probed in lockstep.
 fn jitter(d: Duration) -> Duration {
-    // Each RandomState is freshly keyed, so hashing nothing yields a new pseudo-random value.
-    let r = RandomState::new().build_hasher().finish();
-    let frac = (r % 10_000) as f64 / 10_000.0;
-    d.mul_f64(0.8 + 0.4 * frac)
+    crate::sys::jittered(d, 0.2)
 }
 
 #[cfg(test)]

@@ -23,14 +23,15 @@ mod transport;
 mod url;
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
 
 pub use crate::config::upstream::{Strategy, UpstreamSpec};
 use crate::error::{Fault, HasFault};
+use crate::sys::lock;
 pub use health::{HealthPolicy, UpstreamHealth};
 use resolver::Upstream;
 
@@ -293,11 +294,6 @@ async fn race(
         }
     }
     settle(poor, errors)
-}
-
-/// Locks, ignoring poison: the guarded state stays consistent across a panicking holder.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

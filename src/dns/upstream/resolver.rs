@@ -13,6 +13,7 @@ use super::tls::tls_config;
 use super::transport::{Failure, Slot, Transport, round_trip};
 use super::url::{Scheme, parse_url};
 use super::{UpstreamError, UpstreamSpec, is_poor};
+use crate::error::HasFault;
 
 /// Hard ceiling on a per-upstream timeout, so a typo cannot park queries for hours.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,7 +105,10 @@ impl Upstream {
         crate::telemetry::metrics::upstream_request(&self.name, started.elapsed(), result.is_ok());
         match &result {
             Ok(_) => self.record_success(started.elapsed()),
-            Err(err) => self.record_failure(err),
+            Err(err) => {
+                crate::telemetry::metrics::error("upstream", err.fault());
+                self.record_failure(err)
+            }
         }
         result
     }

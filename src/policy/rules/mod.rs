@@ -127,11 +127,18 @@ impl ListMatch {
     /// How a decision names this rule, in logs, refusals and EDE texts alike:
     /// `exact rule ads.example of list urlhaus`; `{:#}` adds the rule's line in the list.
     pub fn described<'a>(&'a self, rules: &'a RuleSet) -> DescribedMatch<'a> {
-        DescribedMatch {
-            matched: self,
-            list: rules
+        self.described_in(
+            rules
                 .list(self.origin.list)
                 .map_or("?", |l| l.name.as_str()),
+        )
+    }
+
+    /// [`ListMatch::described`] with the list's name already looked up.
+    pub fn described_in<'a>(&'a self, list: &'a str) -> DescribedMatch<'a> {
+        DescribedMatch {
+            matched: self,
+            list,
         }
     }
 }

@@ -38,13 +38,7 @@ thread_local! {
 fn cap() -> usize {
     static CAP: OnceLock<usize> = OnceLock::new();
     *CAP.get_or_init(|| {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes the local struct.
-        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-        let fds = if ok { lim.rlim_cur as usize } else { 1024 };
+        let fds = crate::sys::open_file_limit().map_or(1024, |n| n as usize);
         (fds / 32).clamp(4, 1024)
     })
 }
