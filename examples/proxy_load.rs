@@ -50,7 +50,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
-#[path = "../tests/support/certs.rs"]
+#[path = "../tests/it/support/certs.rs"]
 mod certs;
 
 const SNI: &str = "bench.test";

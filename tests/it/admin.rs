@@ -2,15 +2,14 @@
 //! (and passes `promtool check metrics`: promtool must be installed), /healthz,
 //! /readyz, /api/explain, /api/lists, 404/405, and `portcullis health` exit codes.
 
-#[path = "support/gate.rs"]
-mod gate;
+use crate::support::gate;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use gate::{Gate, admin_addr, dig};
+use crate::support::gate::{Gate, admin_addr, dig};
 
 const CONFIG: &str = r#"
 [dns]
@@ -47,7 +46,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Fails without promtool, as tests/monitoring.rs does: scripts/test.sh installs it.
+/// Fails without promtool, as the monitoring tests do: scripts/test.sh installs it.
 fn promtool_check(metrics: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])

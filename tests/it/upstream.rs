@@ -1,12 +1,9 @@
 //! The upstream pool against real local servers (DoH, DoT, UDP, TCP). Loopback only.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use doh_server::{DohServer, TestZone};
+use crate::support::doh_server::{DohServer, TestZone};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use portcullis::dns::upstream::{HealthPolicy, Strategy, UpstreamPool, UpstreamSpec};

@@ -3,8 +3,7 @@
 //! one is refused with the old rules intact, and SIGTERM lets an open tunnel run until
 //! the drain deadline.
 
-#[path = "support/gate.rs"]
-mod gate;
+use crate::support::gate;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gate::{Gate, dig};
+use crate::support::gate::{Gate, dig};
 
 const CONFIG: &str = r#"
 [dns]

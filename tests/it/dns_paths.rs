@@ -2,16 +2,13 @@
 //! because its address is on an `ips` list, `keywords` set in the configuration, and the
 //! IPv6 listener. A local DoH server is the only upstream; everything is on loopback.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/gate.rs"]
-mod gate;
+use crate::support::gate;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use doh_server::{DohServer, TestZone};
-use gate::{Gate, admin_addr, dig_async as dig, dns_decision, json_field};
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::gate::{Gate, admin_addr, dig_async as dig, dns_decision, json_field};
 
 /// Public addresses, only ever written into answers: nothing here dials them.
 const CLEAN: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 14);

@@ -3,20 +3,16 @@
 //! dialer that connects only to 127.0.0.0/8 (a "public" address is answered by a
 //! local stand-in) and proves that refused requests were never dialled.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/gate.rs"]
-mod gate;
-#[path = "support/origins.rs"]
-mod origins;
+use crate::support::gate;
+use crate::support::origins;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::doh_server::{DohServer, TestZone};
 use arc_swap::ArcSwap;
-use doh_server::{DohServer, TestZone};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};

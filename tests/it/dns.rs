@@ -2,17 +2,14 @@
 //! DoH upstream with a generated certificate, and real clients (dig, hickory).
 //! Loopback only.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/gate.rs"]
-mod gate;
+use crate::support::gate;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use doh_server::{DohServer, TestZone};
-use gate::{Dig, Gate, dig_async as dig, json_field};
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::gate::{Dig, Gate, dig_async as dig, json_field};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 

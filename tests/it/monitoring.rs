@@ -7,8 +7,7 @@
 //! Everything listens on 127.0.0.1: the gate's only upstream is a dead loopback port and
 //! its url list is a `file://` URL.
 
-#[path = "support/gate.rs"]
-mod gate;
+use crate::support::gate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -17,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gate::{Gate, admin_addr, dig};
+use crate::support::gate::{Gate, admin_addr, dig};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -18,12 +18,8 @@
 //! `cargo test`; scripts/test.sh runs them (always under CI=true), and when they do run, a
 //! missing precondition fails them.
 
-#[path = "support/container.rs"]
-mod container;
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/origins.rs"]
-mod origins;
+use crate::support::container;
+use crate::support::origins;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Output;
@@ -31,8 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use container::{Netns, RunningGate, link, readable_by_all};
-use doh_server::{DohServer, TestZone};
+use crate::support::container::{Netns, RunningGate, link, readable_by_all};
+use crate::support::doh_server::{DohServer, TestZone};
 
 const SERVERS: Ipv4Addr = Ipv4Addr::new(52, 20, 0, 2);
 const NAS: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);

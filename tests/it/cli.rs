@@ -1,13 +1,12 @@
 //! The binary's command line: `check`, `config check`, refusing bad configs,
 //! reloading on SIGHUP without losing the running config, stopping on SIGTERM.
 
-#[path = "support/gate.rs"]
-mod gate;
+use crate::support::gate;
 
 use std::process::Command;
 use std::time::Duration;
 
-use gate::{Gate, dig};
+use crate::support::gate::{Gate, dig};
 
 fn portcullis(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))

@@ -1,6 +1,5 @@
 //! Runs the real `portcullis` binary for integration tests and queries it with
 //! real clients (dig from Debian's dnsutils, and hickory-proto over a UDP socket).
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

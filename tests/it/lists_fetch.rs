@@ -3,19 +3,16 @@
 //! served afterwards (the compiled policy blocks a name or not) and what the status says.
 //! Everything listens on 127.0.0.1 and is stopped by the test that started it.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/list_server.rs"]
-mod list_server;
+use crate::support::list_server;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::list_server::{ListServer, Reply, gzip_bytes};
 use arc_swap::ArcSwap;
-use doh_server::{DohServer, TestZone};
-use list_server::{ListServer, Reply, gzip_bytes};
 use portcullis::config::Config;
 use portcullis::dns::upstream::UpstreamPool;
 use portcullis::lists::load::{ListStatus, SourceKind, build_policy};
@@ -553,7 +550,7 @@ async fn cold_start_without_network_or_cache_serves_the_allowlist_and_keeps_retr
 
 /// The real lists in `../shared/data/blocklists/`, subscribed as `file://` URLs: every one
 /// passes the guard, is cached, and its status accounts for every line. (The line-by-line
-/// check against an independent count is `tests/list_formats.rs`.)
+/// check against an independent count is `list_formats::real_shared_lists`.)
 #[tokio::test]
 #[ignore = "needs ../shared/data/blocklists (the real lists): scripts/test.sh runs it when present"]
 async fn real_shared_lists_through_the_cache() {
