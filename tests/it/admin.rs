@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::gate::{Gate, admin_addr, dig};
+use crate::support::gate::{Gate, dig};
 
 const CONFIG: &str = r#"
 [dns]
@@ -78,7 +78,7 @@ fn promtool_check(metrics: &str) {
 #[test]
 fn metrics_count_exactly_the_traffic_sent() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
 
     let (status, before) = http(&admin, "GET", "/metrics");
     assert_eq!(status, 200, "{before}");
@@ -208,7 +208,7 @@ fn metrics_count_exactly_the_traffic_sent() {
 #[test]
 fn health_readiness_explain_and_lists() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
 
     assert_eq!(http(&admin, "GET", "/healthz"), (200, "ok\n".to_owned()));
     let (status, body) = http(&admin, "GET", "/readyz");
@@ -253,7 +253,7 @@ fn health_readiness_explain_and_lists() {
 #[test]
 fn readyz_fails_when_no_upstream_is_healthy_and_upstream_errors_are_counted() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
     assert_eq!(http(&admin, "GET", "/readyz").0, 200);
 
     // Nothing listens on 127.0.0.1:9: three forwarded queries fail and take the only
@@ -340,11 +340,8 @@ fn health_exits_1_when_nothing_listens() {
 #[test]
 fn proxy_decisions_are_counted_by_reason_code() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
+    let admin = gate.admin_addr();
+    let proxy = gate.proxy_addr();
 
     // Two refused CONNECTs: a name no allow rule names, and a threat-listed one.
     let mut codes = Vec::new();
@@ -416,7 +413,7 @@ fn proxy_decisions_are_counted_by_reason_code() {
 #[test]
 fn post_endpoints_are_disabled_without_a_token_file() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
     for path in ["/api/lists/refresh", "/api/cache/flush"] {
         let (status, body) = http_with(&admin, "POST", path, "Authorization: Bearer x\r\n");
         assert_eq!(status, 403, "{path}: {body}");
@@ -443,7 +440,7 @@ fn post_endpoints_need_the_bearer_token_and_act() {
         &[("admin-token", &format!("{secret}\n"))],
         &[("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")],
     );
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
     gate.wait_for_log("\"list\":\"feed\"", Duration::from_secs(10));
 
     let refresh = "/api/lists/refresh";
@@ -499,11 +496,8 @@ fn the_proxy_never_dials_the_admin_listener_even_with_private_true() {
         &[("allow.toml", &allow)],
         &[("PORTCULLIS_ADMIN_LISTEN", &admin_listen)],
     );
-    assert_eq!(admin_addr(&gate), admin_listen);
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
+    assert_eq!(gate.admin_addr(), admin_listen);
+    let proxy = gate.proxy_addr();
     let mut stream = TcpStream::connect(&proxy).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -532,7 +526,7 @@ async fn the_admin_listener_caps_connections_and_times_out_heads() {
          max_connections_per_client = 2\nheader_timeout_ms = 3000\n"
     );
     let gate = Gate::start(&config);
-    let admin: std::net::SocketAddr = admin_addr(&gate).parse().unwrap();
+    let admin: std::net::SocketAddr = gate.admin_addr().parse().unwrap();
     let connect = |src: &'static str| async move {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(format!("{src}:0").parse().unwrap()).unwrap();

@@ -310,18 +310,10 @@ fn every_bound_address_is_logged() {
     );
 }
 
-/// The proxy address the gate logged.
-fn proxy_addr(gate: &Gate) -> String {
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    gate::json_field(&line, "addr").expect("addr")
-}
-
 #[test]
 fn the_binary_serves_the_proxy_with_the_same_policy() {
     let gate = Gate::start_full(CONFIG, &[("threats.txt", THREATS)], &[]);
-    let proxy = proxy_addr(&gate);
+    let proxy = gate.proxy_addr();
     // CONNECT to a name no allow rule names: refused with a readable reason, no tunnel.
     let out = Command::new("curl")
         .args([

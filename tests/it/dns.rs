@@ -579,13 +579,7 @@ async fn the_dns_answer_and_the_proxy_connection_that_used_it_share_an_id() {
         .expect("answer_id on a forwarded answer");
 
     // Then connects through the proxy: the proxy's lookup is the cached answer.
-    let proxy = json_field(
-        &gate
-            .wait_for_log("listening proxy", Duration::from_secs(5))
-            .unwrap(),
-        "addr",
-    )
-    .unwrap();
+    let proxy = gate.proxy_addr();
     tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(&proxy).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -5,10 +5,9 @@
 use crate::support::gate;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use crate::support::doh_server::{DohServer, TestZone};
-use crate::support::gate::{Gate, admin_addr, dig_async as dig, dns_decision, json_field};
+use crate::support::gate::{Gate, dig_async as dig, dns_decision, json_field};
 
 /// Public addresses, only ever written into answers: nothing here dials them.
 const CLEAN: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 14);
@@ -110,7 +109,7 @@ inline = """
             "{line}"
         );
     }
-    let (status, metrics) = gate::http(&admin_addr(&gate), "GET", "/metrics", "");
+    let (status, metrics) = gate::http(&gate.admin_addr(), "GET", "/metrics", "");
     assert_eq!(status, 200);
     assert_eq!(
         sample(&metrics, r#"portcullis_dns_blocked_total{list="bad-ips"}"#),
@@ -165,7 +164,7 @@ keywords = ["casino", "betting"]
     assert_eq!(casual.status, "NOERROR", "{}", casual.raw);
     assert_eq!(casual.addresses(), [CLEAN.to_string()]);
 
-    let proxy = gate::proxy_addr(&gate);
+    let proxy = gate.proxy_addr();
     let before = doh.queries();
     assert!(before > 0, "the DNS questions above went to the upstream");
     let head = gate::connect_head(&proxy, "bestcasino.example:443");
@@ -187,13 +186,7 @@ async fn the_ipv6_listener_answers_over_udp_and_tcp() {
     let gate = Gate::start(&config(&doh, "[::1]:0", ""));
     assert!(gate.dns.is_ipv6(), "bound {}", gate.dns);
     assert_eq!(gate.dns.ip(), Ipv6Addr::LOCALHOST);
-    let tcp_line = gate
-        .wait_for_log("listening dns/tcp", Duration::from_secs(5))
-        .expect("a TCP listener");
-    assert_eq!(
-        json_field(&tcp_line, "addr").as_deref(),
-        Some(gate.dns.to_string().as_str())
-    );
+    assert_eq!(gate.bound("dns/tcp"), gate.dns.to_string());
     for transport in ["+notcp", "+tcp"] {
         let clean = dig(gate.dns, "clean.example", "A", &[transport]).await;
         assert_eq!(clean.status, "NOERROR", "{transport}: {}", clean.raw);

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::gate::{Gate, admin_addr, dig};
+use crate::support::gate::{Gate, dig};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -799,7 +799,7 @@ fn scrape_a_busy_gate() -> String {
     std::fs::write(&feed, "tracker.example\n").unwrap();
     let config = CONFIG.replace("FEED_URL", &format!("file://{}", feed.display()));
     let gate = Gate::start(&config);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
 
     // The url list's first download check (a local file) fills its gauges.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -827,10 +827,7 @@ fn scrape_a_busy_gate() -> String {
     assert_eq!(dig(gate.dns, "n1.example", "A", &[]).status, "SERVFAIL");
 
     // Proxy: one refused CONNECT (a threat-listed name; nothing is dialled).
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
+    let proxy = gate.proxy_addr();
     let mut stream = TcpStream::connect(&proxy).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -938,7 +935,7 @@ fn a_real_prometheus_scrapes_the_gate_and_evaluates_the_rules() {
         );
     }
     let gate = Gate::start(&CONFIG.replace("FEED_URL", "file:///nonexistent/feed.txt"));
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         deploy("prometheus/alerts.yml"),

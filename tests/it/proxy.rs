@@ -1242,10 +1242,7 @@ inline = "evil.example\n"
 fn start_gate() -> (gate::Gate, String) {
     let allow = "[[allow]]\nhost = \"api.example.com\"\n[[allow]]\nhost = \"http.example.com\"\nports = [80]\n";
     let gate = gate::Gate::start_full(GATE, &[("allow.toml", allow)], &[]);
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
+    let proxy = gate.proxy_addr();
     (gate, proxy)
 }
 

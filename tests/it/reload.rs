@@ -210,10 +210,7 @@ fn sigterm_lets_an_open_tunnel_run_until_the_drain_deadline() {
     );
     let allow = format!("[[allow]]\nhost = \"127.0.0.2\"\nports = [{port}]\nprivate = true\n");
     let mut gate = Gate::start_full(&config, &[("allow.toml", &allow), ("threats.txt", "")], &[]);
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
+    let proxy = gate.proxy_addr();
 
     let mut tunnel = TcpStream::connect(&proxy).unwrap();
     tunnel

@@ -50,35 +50,71 @@ impl Gate {
             .expect("start portcullis");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening dns/udp")
-                    && let Some(addr) = json_field(&line, "addr")
-                {
-                    let _ = tx.send(addr);
-                }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "gate did not start; log:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Gate {
+        let mut gate = Gate {
             child,
-            dns: addr.parse().expect("bound address"),
+            dns: SocketAddr::from(([0, 0, 0, 0], 0)),
             logs,
             dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Some(addr) = gate.listening("dns/udp") {
+                break addr;
+            }
+            let exited = gate.child.try_wait().expect("try_wait").is_some();
+            if exited || Instant::now() >= deadline {
+                if exited {
+                    // Its last lines are what says why: let the reader finish them.
+                    let _ = reader.join();
+                }
+                panic!("gate did not start; log:\n{}", gate.logs().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        gate.dns = addr.parse().expect("bound address");
+        gate
+    }
+
+    /// The address the gate bound for `listener` (`dns/udp`, `dns/tcp`, `proxy`, `admin`).
+    /// The one place the tests learn a bound port, from the `listening` log line: a
+    /// gate run in process would say it here instead.
+    pub fn bound(&self, listener: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(addr) = self.listening(listener) {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `listening {listener}` line; log:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The proxy's bound address.
+    pub fn proxy_addr(&self) -> String {
+        self.bound("proxy")
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> String {
+        self.bound("admin")
+    }
+
+    /// The `addr` of the first `listening LISTENER` line logged so far.
+    fn listening(&self, listener: &str) -> Option<String> {
+        let needle = format!("listening {listener}");
+        let logs = self.logs.lock().unwrap();
+        let line = logs.iter().find(|l| l.contains(&needle))?;
+        json_field(line, "addr")
     }
 
     pub fn logs(&self) -> Vec<String> {
@@ -238,14 +274,6 @@ pub async fn dig_async(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]
     .unwrap()
 }
 
-/// The proxy address the gate logged.
-pub fn proxy_addr(gate: &Gate) -> String {
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    json_field(&line, "addr").expect("addr")
-}
-
 /// `CONNECT target` through the proxy at `proxy`; the response head, as text.
 pub fn connect_head(proxy: &str, target: &str) -> String {
     use std::io::{Read, Write};
@@ -269,14 +297,6 @@ pub fn dns_decision(gate: &Gate, name: &str) -> Option<String> {
         .into_iter()
         .rev()
         .find(|l| l.contains("dns decision") && json_field(l, "name").as_deref() == Some(name))
-}
-
-/// The admin address the gate logged.
-pub fn admin_addr(gate: &Gate) -> String {
-    let line = gate
-        .wait_for_log("listening admin", Duration::from_secs(5))
-        .expect("admin listener logged");
-    json_field(&line, "addr").expect("addr")
 }
 
 /// One plain HTTP/1.1 request (extra header lines each end in `\r\n`); (status, body).
