@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::gate::{Gate, dig};
+use crate::support::gate::{Gate, dig, portcullis};
 
 const CONFIG: &str = r#"
 [dns]
@@ -73,6 +73,15 @@ fn promtool_check(metrics: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `portcullis health --url URL`'s exit code.
+fn health(url: &str) -> Option<i32> {
+    portcullis()
+        .args(["health", "--url", url, "--timeout", "2"])
+        .status()
+        .expect("run portcullis health")
+        .code()
 }
 
 #[test]
@@ -302,14 +311,6 @@ fn readyz_fails_when_no_upstream_is_healthy_and_upstream_errors_are_counted() {
     promtool_check(&metrics);
 
     // `portcullis health` follows /readyz.
-    let health = |url: &str| {
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["health", "--url", url, "--timeout", "2"])
-            .env_remove("PORTCULLIS_CONFIG")
-            .status()
-            .expect("run portcullis health")
-            .code()
-    };
     assert_eq!(health(&format!("http://{admin}/readyz")), Some(1));
     assert_eq!(health(&format!("http://{admin}/healthz")), Some(0));
     assert_eq!(health(&format!("http://{admin}/nope")), Some(1));
@@ -323,18 +324,7 @@ fn health_exits_1_when_nothing_listens() {
         .local_addr()
         .unwrap()
         .port();
-    let status = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
-            "health",
-            "--url",
-            &format!("http://127.0.0.1:{port}/readyz"),
-            "--timeout",
-            "2",
-        ])
-        .env_remove("PORTCULLIS_CONFIG")
-        .status()
-        .expect("run portcullis health");
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(health(&format!("http://127.0.0.1:{port}/readyz")), Some(1));
 }
 
 #[test]

@@ -34,7 +34,7 @@ impl Gate {
         }
         let path = dir.path().join("portcullis.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let mut child = portcullis()
             .arg("--config")
             .arg(&path)
             .env("PORTCULLIS_LOG_FORMAT", "json")
@@ -178,6 +178,24 @@ impl Drop for Gate {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The real binary as every test runs it: configured by its arguments only, never by a
+/// `PORTCULLIS_CONFIG` in the environment the tests run in.
+pub fn portcullis() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command.env_remove("PORTCULLIS_CONFIG");
+    command
+}
+
+/// Runs the binary with `args` to its end: (success, stdout, stderr).
+pub fn run(args: &[&str]) -> (bool, String, String) {
+    let out = portcullis().args(args).output().expect("run portcullis");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A string field of a JSON log line.
