@@ -6,10 +6,10 @@ use crate::support::gate;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::gate::{Gate, dig, portcullis};
+use crate::support::metrics::{metric_sum, promtool, sample};
 
 const CONFIG: &str = r#"
 [dns]
@@ -38,40 +38,13 @@ fn http_with(addr: &str, method: &str, path: &str, headers: &str) -> (u16, Strin
     gate::http(addr, method, path, headers)
 }
 
-/// The value of one sample line (`name{labels} value`), exactly as written.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
-}
-
-/// Fails without promtool, as the monitoring tests do: scripts/test.sh installs it.
+/// `promtool check metrics` must pass (without promtool the test fails, as the
+/// monitoring tests do: scripts/test.sh installs it).
 fn promtool_check(metrics: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run promtool ({e}): install the Debian package `prometheus` \
-                 (scripts/test.sh does)"
-            )
-        });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let (ok, out) = promtool(&["check", "metrics"], Some(metrics));
     assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{metrics}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ok,
+        "promtool check metrics failed:\n{out}\n--- metrics ---\n{metrics}"
     );
 }
 
@@ -373,11 +346,11 @@ fn proxy_decisions_are_counted_by_reason_code() {
     }
 
     let (_, metrics) = http(&admin, "GET", "/metrics");
-    let refused_total: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with(r#"portcullis_proxy_decisions_total{decision="refused""#))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum();
+    let refused_total = metric_sum(
+        &metrics,
+        "portcullis_proxy_decisions_total",
+        &[r#"decision="refused""#],
+    );
     assert_eq!(refused_total, 2.0, "{metrics}");
     for code in &codes {
         let want = codes.iter().filter(|c| *c == code).count() as f64;

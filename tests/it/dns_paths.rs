@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::support::doh_server::{DohServer, TestZone};
 use crate::support::gate::{Gate, dig_async as dig, dns_decision, json_field};
+use crate::support::metrics::sample;
 
 /// Public addresses, only ever written into answers: nothing here dials them.
 const CLEAN: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 14);
@@ -31,14 +32,6 @@ inline = "evil.example"
 "#,
         upstream = doh.upstream_toml(),
     )
-}
-
-/// The value of one sample line of /metrics.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
 }
 
 /// A forwarded answer whose address is on an `ips` list is blocked: the address itself,

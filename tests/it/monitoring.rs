@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::gate::{Gate, dig};
+use crate::support::metrics::promtool;
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,27 +29,8 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Runs `promtool ARGS`; (success, stdout + stderr). Fails the test without promtool.
-fn promtool(args: &[&str]) -> (bool, String) {
-    let out = Command::new("promtool")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run promtool ({e}): install the Debian package `prometheus` \
-                 (scripts/test.sh does)"
-            )
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 fn promtool_ok(args: &[&str]) -> String {
-    let (ok, text) = promtool(args);
+    let (ok, text) = promtool(args, None);
     assert!(ok, "promtool {} failed:\n{text}", args.join(" "));
     text
 }
@@ -666,7 +648,7 @@ fn every_dashboard_query_is_valid_promql() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dashboard.yml");
     std::fs::write(&path, &yaml).unwrap();
-    let (ok, out) = promtool(&["check", "rules", path.to_str().unwrap()]);
+    let (ok, out) = promtool(&["check", "rules", path.to_str().unwrap()], None);
     assert!(
         ok,
         "a dashboard query is not valid PromQL:\n{out}\n{exprs:#?}"

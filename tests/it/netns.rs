@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::container::{Netns, RunningGate, link, readable_by_all};
 use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::metrics::metric_sum;
 
 const SERVERS: Ipv4Addr = Ipv4Addr::new(52, 20, 0, 2);
 const NAS: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
@@ -427,19 +428,6 @@ inline = "evil.test"
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-/// The sum of the samples of `metric` whose labels contain every one of `labels`.
-fn metric_sum(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| {
-            let set = l.split_once('}').map_or("", |(s, _)| s);
-            labels.iter().all(|want| set.contains(want))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 /// The JSON log lines of the gate that have `field` equal to `value`.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::metrics::sample;
 use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
@@ -1115,23 +1116,15 @@ async fn bodies_stream_to_the_origin_while_the_client_sends_them() {
     doh.stop().await;
 }
 
-/// The value of one sample line (`name{labels} value`).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-}
-
-fn scrape() -> String {
-    portcullis::admin::metrics::init().render(&portcullis::admin::metrics::Snapshot {
-        cache_entries: 0,
-        lists: Vec::new(),
-        upstreams: Vec::new(),
-    })
+/// `series` in this process's metrics.
+fn scraped(series: &str) -> f64 {
+    let metrics =
+        portcullis::admin::metrics::init().render(&portcullis::admin::metrics::Snapshot {
+            cache_entries: 0,
+            lists: Vec::new(),
+            upstreams: Vec::new(),
+        });
+    sample(&metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 
 /// Item 15: the budget over all connections. Connections waiting to send a head hold
@@ -1140,7 +1133,7 @@ fn scrape() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_buffer_budget_over_all_connections_refuses_with_503_and_counts() {
     let refused = r#"portcullis_proxy_buffer_refusals_total{reason="gate"}"#;
-    let before = sample(&scrape(), refused);
+    let before = scraped(refused);
     let doh = DohServer::start(zone()).await;
     let h = start(
         &doh,
@@ -1166,7 +1159,7 @@ async fn the_buffer_budget_over_all_connections_refuses_with_503_and_counts() {
     let (status, head) = read_head(&mut s).await;
     assert_eq!(status, 503, "{head}");
     assert!(reason_of(&head).starts_with("buffer_budget: "), "{head}");
-    assert_eq!(sample(&scrape(), refused) - before, 1.0);
+    assert_eq!(scraped(refused) - before, 1.0);
     drop(waiting);
     wait_until("the budget is returned", || h.state.buffered() == 0).await;
     let mut s = connect_from("127.0.0.1", h.addr).await;

@@ -6,4 +6,5 @@ pub mod container;
 pub mod doh_server;
 pub mod gate;
 pub mod list_server;
+pub mod metrics;
 pub mod origins;
