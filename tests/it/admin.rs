@@ -2,13 +2,10 @@
 //! (and passes `promtool check metrics`: promtool must be installed), /healthz,
 //! /readyz, /api/explain, /api/lists, 404/405, and `portcullis health` exit codes.
 
-use crate::support::gate;
-
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::support::gate::{Gate, dig, portcullis};
+use crate::support::http::{connect, http, http_with, reason_of};
 use crate::support::metrics::{metric_sum, promtool, sample};
 
 const CONFIG: &str = r#"
@@ -27,16 +24,6 @@ inline = """
 evil.example
 """
 "#;
-
-/// One plain HTTP/1.1 request; (status, body).
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    http_with(addr, method, path, "")
-}
-
-/// One request with extra header lines (each ending in `\r\n`).
-fn http_with(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
-    gate::http(addr, method, path, headers)
-}
 
 /// `promtool check metrics` must pass (without promtool the test fails, as the
 /// monitoring tests do: scripts/test.sh installs it).
@@ -309,34 +296,14 @@ fn proxy_decisions_are_counted_by_reason_code() {
     // Two refused CONNECTs: a name no allow rule names, and a threat-listed one.
     let mut codes = Vec::new();
     for host in ["not-allowed.example", "evil.example"] {
-        let (status, head) = {
-            let mut stream = TcpStream::connect(&proxy).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            write!(
-                stream,
-                "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n"
-            )
-            .unwrap();
-            let mut raw = String::new();
-            let _ = stream.read_to_string(&mut raw);
-            let status: u16 = raw
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .expect("status");
-            (status, raw)
-        };
+        let head = connect(&proxy, &format!("{host}:443"));
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
         assert_eq!(status, 403, "{head}");
-        let reason = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .starts_with("x-portcullis-reason:")
-                    .then(|| l.split_once(':').unwrap().1.trim().to_owned())
-            })
-            .expect("X-Portcullis-Reason");
+        let reason = reason_of(&head);
         let code: String = reason
             .chars()
             .take_while(|c| c.is_ascii_lowercase() || *c == '_')
@@ -461,17 +428,7 @@ fn the_proxy_never_dials_the_admin_listener_even_with_private_true() {
     );
     assert_eq!(gate.admin_addr(), admin_listen);
     let proxy = gate.proxy_addr();
-    let mut stream = TcpStream::connect(&proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let _ = stream.read_to_string(&mut raw);
+    let raw = connect(&proxy, &format!("127.0.0.1:{port}"));
     assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
     assert!(raw.contains("own listeners"), "{raw}");
 }

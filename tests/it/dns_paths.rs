@@ -2,12 +2,11 @@
 //! because its address is on an `ips` list, `keywords` set in the configuration, and the
 //! IPv6 listener. A local DoH server is the only upstream; everything is on loopback.
 
-use crate::support::gate;
-
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::support::doh_server::{DohServer, TestZone};
 use crate::support::gate::{Gate, dig_async as dig, dns_decision, json_field};
+use crate::support::http::{connect, http, reason_of};
 use crate::support::metrics::sample;
 
 /// Public addresses, only ever written into answers: nothing here dials them.
@@ -102,7 +101,7 @@ inline = """
             "{line}"
         );
     }
-    let (status, metrics) = gate::http(&gate.admin_addr(), "GET", "/metrics", "");
+    let (status, metrics) = http(&gate.admin_addr(), "GET", "/metrics");
     assert_eq!(status, 200);
     assert_eq!(
         sample(&metrics, r#"portcullis_dns_blocked_total{list="bad-ips"}"#),
@@ -160,13 +159,9 @@ keywords = ["casino", "betting"]
     let proxy = gate.proxy_addr();
     let before = doh.queries();
     assert!(before > 0, "the DNS questions above went to the upstream");
-    let head = gate::connect_head(&proxy, "bestcasino.example:443");
+    let head = connect(&proxy, "bestcasino.example:443");
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-    let reason = head
-        .lines()
-        .find_map(|l| l.strip_prefix("X-Portcullis-Reason: "))
-        .unwrap_or("");
-    assert!(reason.starts_with("blocked"), "{head}");
+    assert!(reason_of(&head).starts_with("blocked"), "{head}");
     // Refused before any lookup: the upstream saw nothing more.
     assert_eq!(doh.queries(), before);
     doh.stop().await;

@@ -7,16 +7,13 @@
 //! Everything listens on 127.0.0.1: the gate's only upstream is a dead loopback port and
 //! its url list is a `file://` URL.
 
-use crate::support::gate;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::gate::{Gate, dig};
+use crate::support::http::{connect, http};
 use crate::support::metrics::promtool;
 
 fn deploy(path: &str) -> PathBuf {
@@ -658,11 +655,6 @@ fn every_dashboard_query_is_valid_promql() {
 // ---------------------------------------------------------------------------------------
 // Against the real binary.
 
-/// One plain HTTP/1.1 GET; (status, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    gate::http(addr, "GET", path, "")
-}
-
 /// Sample names of a scrape in the Prometheus text format, each with the label names
 /// seen on it.
 fn scraped(text: &str) -> BTreeMap<String, BTreeSet<String>> {
@@ -786,7 +778,7 @@ fn scrape_a_busy_gate() -> String {
     // The url list's first download check (a local file) fills its gauges.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, body) = get(&admin, "/metrics");
+        let (status, body) = http(&admin, "GET", "/metrics");
         assert_eq!(status, 200, "{body}");
         if body.contains(r#"portcullis_list_last_success_timestamp_seconds{list="feed"}"#) {
             break;
@@ -810,20 +802,10 @@ fn scrape_a_busy_gate() -> String {
 
     // Proxy: one refused CONNECT (a threat-listed name; nothing is dialled).
     let proxy = gate.proxy_addr();
-    let mut stream = TcpStream::connect(&proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = String::new();
-    let _ = stream.read_to_string(&mut head);
+    let head = connect(&proxy, "evil.example:443");
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 
-    let (status, body) = get(&admin, "/metrics");
+    let (status, body) = http(&admin, "GET", "/metrics");
     assert_eq!(status, 200, "{body}");
     body
 }

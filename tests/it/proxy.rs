@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::http::{exchange, reason_of};
 use crate::support::metrics::sample;
 use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
@@ -903,13 +904,6 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-/// The value of `X-Portcullis-Reason` in a response head.
-fn reason_of(head: &str) -> &str {
-    head.split("\r\n")
-        .find_map(|l| l.strip_prefix("X-Portcullis-Reason: "))
-        .unwrap_or_else(|| panic!("no X-Portcullis-Reason in {head:?}"))
-}
-
 const UPLOAD: &str = "POST http://http.example.com/up HTTP/1.1\r\nHost: http.example.com\r\n";
 
 /// `n` chunks of `size` bytes of `a`, then the last chunk (no trailers).
@@ -1239,19 +1233,6 @@ fn start_gate() -> (gate::Gate, String) {
     (gate, proxy)
 }
 
-/// One request through the proxy with a blocking socket; the whole answer.
-fn exchange_with(proxy: &str, request: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    String::from_utf8(raw).unwrap()
-}
-
 /// The decision line (JSON) the gate logged for a refusal with `reason_code`.
 fn refusal_line(gate: &gate::Gate, reason_code: &str) -> serde_json::Value {
     let needle = format!("\"reason_code\":\"{reason_code}\"");
@@ -1267,7 +1248,7 @@ fn refusal_line(gate: &gate::Gate, reason_code: &str) -> serde_json::Value {
 #[test]
 fn an_upstream_failure_gets_a_short_reason_and_the_log_gets_the_details() {
     let (gate, proxy) = start_gate();
-    let response = exchange_with(
+    let response = exchange(
         &proxy,
         "CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n",
     );
@@ -1297,7 +1278,7 @@ fn an_upstream_failure_gets_a_short_reason_and_the_log_gets_the_details() {
 #[test]
 fn tokens_in_a_query_string_never_reach_the_log() {
     let (gate, proxy) = start_gate();
-    let response = exchange_with(
+    let response = exchange(
         &proxy,
         "GET http://not-allowed.example/v1/items?token=s3cret-q&user=alice HTTP/1.1\r\nHost: x\r\n\r\n",
     );
@@ -1308,7 +1289,7 @@ fn tokens_in_a_query_string_never_reach_the_log() {
         "http://not-allowed.example/v1/items?token=<redacted>&user=<redacted>"
     );
     // A target refused for its form: its text is in the error message too.
-    let response = exchange_with(
+    let response = exchange(
         &proxy,
         "GET http://u:pw-s3cret@http.example.com/?key=s3cret-v#s3cret-f HTTP/1.1\r\nHost: x\r\n\r\n",
     );

@@ -292,50 +292,10 @@ pub async fn dig_async(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]
     .unwrap()
 }
 
-/// `CONNECT target` through the proxy at `proxy`; the response head, as text.
-pub fn connect_head(proxy: &str, target: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let _ = stream.read_to_string(&mut raw);
-    raw.split("\r\n\r\n").next().unwrap_or("").to_owned()
-}
-
 /// The last `dns decision` log line for `name`.
 pub fn dns_decision(gate: &Gate, name: &str) -> Option<String> {
     gate.logs()
         .into_iter()
         .rev()
         .find(|l| l.contains("dns decision") && json_field(l, "name").as_deref() == Some(name))
-}
-
-/// One plain HTTP/1.1 request (extra header lines each end in `\r\n`); (status, body).
-pub fn http(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    (status, body.to_owned())
 }

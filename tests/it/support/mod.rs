@@ -5,6 +5,7 @@ pub mod certs;
 pub mod container;
 pub mod doh_server;
 pub mod gate;
+pub mod http;
 pub mod list_server;
 pub mod metrics;
 pub mod origins;
