@@ -2,7 +2,7 @@
 //! DoH upstream with a generated certificate, and real clients (dig, hickory).
 //! Loopback only.
 
-use crate::support::gate;
+use crate::support::{gate, origins};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -544,20 +544,8 @@ async fn the_dns_answer_and_the_proxy_connection_that_used_it_share_an_id() {
     use std::io::{Read, Write};
     let doh = DohServer::start(zone()).await;
     // An echo origin on loopback, reachable only through an explicit private rule.
-    let origin = std::net::TcpListener::bind("127.0.0.4:0").unwrap();
-    let port = origin.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut stream in origin.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 256];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let origin = origins::echo("127.0.0.4").await;
+    let port = origin.addr.port();
     let allow = format!(
         "{ALLOWLIST}\n[[allow]]\nhost = \"origin.example\"\nports = [{port}]\nprivate = true\n"
     );

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::doh_server::{DohServer, TestZone};
 use crate::support::list_server::{ListServer, Reply, gzip_bytes};
+use crate::support::upstream_pool;
 use arc_swap::ArcSwap;
 use portcullis::config::Config;
-use portcullis::dns::upstream::UpstreamPool;
 use portcullis::lists::load::{ListStatus, SourceKind, build_policy};
 use portcullis::lists::refresh::{Lists, Outcome, RefreshError, RefreshReport, Rejection};
 use portcullis::policy::groups::GroupId;
@@ -102,14 +102,7 @@ struct Running {
 impl Running {
     fn start(config: Config) -> Running {
         let loaded = build_policy(&config).unwrap();
-        let pool = Arc::new(
-            UpstreamPool::new(
-                &config.upstream.servers,
-                config.upstream.strategy,
-                Duration::from_millis(config.upstream.timeout_ms),
-            )
-            .unwrap(),
-        );
+        let pool = upstream_pool(&config);
         let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
         let lists = Lists::new(config, policy.clone(), loaded.lists, pool).unwrap();
         Running { policy, lists }

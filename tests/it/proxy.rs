@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::support::doh_server::{DohServer, TestZone};
 use crate::support::http::{exchange, reason_of};
 use crate::support::metrics::sample;
+use crate::support::{upstream_pool, wait_until};
 use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
@@ -21,13 +22,15 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use portcullis::config::Config;
 use portcullis::dns::cache::Cache;
 use portcullis::dns::filter::{Filter, FilterSettings, Outcome, Reply};
-use portcullis::dns::upstream::UpstreamPool;
 use portcullis::lists::load::build_policy;
 use portcullis::policy::name::Name;
 use portcullis::proxy::sni::build_client_hello;
 use portcullis::proxy::{self, Dial, ProxyConfig, ProxyState, Resolve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+/// How long a test waits for the proxy to get somewhere before it fails.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// The pretend DNS listener of the gate: an own address, never dialled.
 const OWN_DNS: &str = "127.0.0.1:5353";
@@ -200,14 +203,7 @@ inline = "evil.example\n"
     let config = Config::parse(&text, "test.toml", dir).unwrap();
     let loaded = build_policy(&config).unwrap();
     let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
-    let upstream = Arc::new(
-        UpstreamPool::new(
-            &config.upstream.servers,
-            config.upstream.strategy,
-            Duration::from_millis(config.upstream.timeout_ms),
-        )
-        .unwrap(),
-    );
+    let upstream = upstream_pool(&config);
     let filter = Arc::new(Filter::new(
         policy,
         upstream,
@@ -893,17 +889,6 @@ async fn curl_through_the_proxy_to_a_local_tls_origin() {
     doh.stop().await;
 }
 
-/// Polls `done` every 10 ms for up to 10 s.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 const UPLOAD: &str = "POST http://http.example.com/up HTTP/1.1\r\nHost: http.example.com\r\n";
 
 /// `n` chunks of `size` bytes of `a`, then the last chunk (no trailers).
@@ -939,7 +924,10 @@ async fn the_global_connection_cap_answers_503_to_every_client() {
     .await;
     let held = connect_from("127.0.0.1", h.addr).await;
     let _other = connect_from("127.0.0.3", h.addr).await;
-    wait_until("two connections are open", || h.state.connections() == 2).await;
+    wait_until("two connections are open", WAIT, || {
+        h.state.connections() == 2
+    })
+    .await;
     for src in ["127.0.0.4", "127.0.0.1"] {
         let mut s = connect_from(src, h.addr).await;
         let _ = s
@@ -953,7 +941,7 @@ async fn the_global_connection_cap_answers_503_to_every_client() {
         );
     }
     drop(held);
-    wait_until("the slot is freed", || h.state.connections() == 1).await;
+    wait_until("the slot is freed", WAIT, || h.state.connections() == 1).await;
     let mut s = connect_from("127.0.0.4", h.addr).await;
     s.write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
         .await
@@ -1036,7 +1024,7 @@ async fn the_body_limit_answers_413() {
     let (status, head) = read_head(&mut s).await;
     assert_eq!(status, 413, "{head}");
     drop(s);
-    wait_until("the origin saw the connection end", || {
+    wait_until("the origin saw the connection end", WAIT, || {
         h.http.seen.lock().unwrap().len() == 3
     })
     .await;
@@ -1067,7 +1055,7 @@ async fn bodies_stream_to_the_origin_while_the_client_sends_them() {
         .await
         .unwrap();
     s.write_all(&vec![b'a'; 100 * 1024]).await.unwrap();
-    wait_until("the origin has the start of the body", || {
+    wait_until("the origin has the start of the body", WAIT, || {
         h.http.received.load(Ordering::SeqCst) >= 64 * 1024
     })
     .await;
@@ -1105,7 +1093,10 @@ async fn bodies_stream_to_the_origin_while_the_client_sends_them() {
         "one connection held {peak} bytes for bodies of {total} and {} bytes",
         request.len()
     );
-    wait_until("every reservation is returned", || h.state.buffered() == 0).await;
+    wait_until("every reservation is returned", WAIT, || {
+        h.state.buffered() == 0
+    })
+    .await;
     h.stop().await;
     doh.stop().await;
 }
@@ -1142,7 +1133,7 @@ async fn the_buffer_budget_over_all_connections_refuses_with_503_and_counts() {
     for _ in 0..7 {
         waiting.push(connect_from("127.0.0.1", h.addr).await);
     }
-    wait_until("seven heads are being read", || {
+    wait_until("seven heads are being read", WAIT, || {
         h.state.buffered() == 7 * 4096
     })
     .await;
@@ -1155,7 +1146,7 @@ async fn the_buffer_budget_over_all_connections_refuses_with_503_and_counts() {
     assert!(reason_of(&head).starts_with("buffer_budget: "), "{head}");
     assert_eq!(scraped(refused) - before, 1.0);
     drop(waiting);
-    wait_until("the budget is returned", || h.state.buffered() == 0).await;
+    wait_until("the budget is returned", WAIT, || h.state.buffered() == 0).await;
     let mut s = connect_from("127.0.0.1", h.addr).await;
     s.write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
         .await
