@@ -1,12 +1,10 @@
 //! The binary's command line: `check`, `config check`, refusing bad configs,
 //! reloading on SIGHUP without losing the running config, stopping on SIGTERM.
 
-use crate::support::gate;
-
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::gate::{Gate, dig, portcullis, run};
+use crate::support::gate::{self, Gate, dig, portcullis, run};
 
 const CONFIG: &str = r#"
 [dns]

@@ -2,16 +2,16 @@
 //! DoH upstream with a generated certificate, and real clients (dig, hickory).
 //! Loopback only.
 
-use crate::support::{gate, origins};
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::doh_server::{DohServer, TestZone};
-use crate::support::gate::{Dig, Gate, dig_async as dig, json_field};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::gate::{Dig, Gate, dig_async as dig, json_field};
+use crate::support::{gate, origins};
 
 const PUBLIC_1: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 14);
 const PUBLIC_2: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 15);

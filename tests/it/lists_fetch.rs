@@ -3,22 +3,21 @@
 //! served afterwards (the compiled policy blocks a name or not) and what the status says.
 //! Everything listens on 127.0.0.1 and is stopped by the test that started it.
 
-use crate::support::list_server;
-
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::doh_server::{DohServer, TestZone};
-use crate::support::list_server::{ListServer, Reply, gzip_bytes};
-use crate::support::upstream_pool;
 use arc_swap::ArcSwap;
 use portcullis::config::Config;
 use portcullis::lists::load::{ListStatus, SourceKind, build_policy};
 use portcullis::lists::refresh::{Lists, Outcome, RefreshError, RefreshReport, Rejection};
 use portcullis::policy::groups::GroupId;
 use portcullis::policy::{Policy, Verdict};
+
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::list_server::{self, ListServer, Reply, gzip_bytes};
+use crate::support::upstream_pool;
 
 /// `count` names `bad-N.example`, as a hosts file.
 fn hosts_list(count: usize) -> String {

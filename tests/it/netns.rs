@@ -18,18 +18,16 @@
 //! `cargo test`; scripts/test.sh runs them (always under CI=true), and when they do run, a
 //! missing precondition fails them.
 
-use crate::support::container;
-use crate::support::origins;
-
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use crate::support::container::{Netns, RunningGate, link, readable_by_all};
+use crate::support::container::{self, Netns, RunningGate, link, readable_by_all};
 use crate::support::doh_server::{DohServer, TestZone};
 use crate::support::metrics::metric_sum;
+use crate::support::origins;
 
 const SERVERS: Ipv4Addr = Ipv4Addr::new(52, 20, 0, 2);
 const NAS: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);

@@ -3,18 +3,11 @@
 //! dialer that connects only to 127.0.0.0/8 (a "public" address is answered by a
 //! local stand-in) and proves that refused requests were never dialled.
 
-use crate::support::gate;
-use crate::support::origins;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::doh_server::{DohServer, TestZone};
-use crate::support::http::{exchange, reason_of};
-use crate::support::metrics::sample;
-use crate::support::{upstream_pool, wait_until};
 use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
@@ -28,6 +21,13 @@ use portcullis::proxy::sni::build_client_hello;
 use portcullis::proxy::{self, Dial, ProxyConfig, ProxyState, Resolve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::gate;
+use crate::support::http::{exchange, reason_of};
+use crate::support::metrics::sample;
+use crate::support::origins;
+use crate::support::{upstream_pool, wait_until};
 
 /// How long a test waits for the proxy to get somewhere before it fails.
 const WAIT: Duration = Duration::from_secs(10);

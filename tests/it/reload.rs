@@ -3,8 +3,6 @@
 //! one is refused with the old rules intact, and SIGTERM lets an open tunnel run until
 //! the drain deadline.
 
-use crate::support::gate;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -12,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::gate::{Gate, dig};
+use crate::support::gate::{self, Gate, dig};
 
 const CONFIG: &str = r#"
 [dns]

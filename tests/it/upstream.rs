@@ -3,11 +3,12 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::support::doh_server::{DohServer, TestZone};
-use crate::support::wait_until;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use portcullis::dns::upstream::{HealthPolicy, Strategy, UpstreamPool, UpstreamSpec};
+
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::wait_until;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const QUERY_ID: u16 = 4242;
