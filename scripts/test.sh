@@ -51,7 +51,8 @@ set +e
 cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
-# The #[ignore]d tests, as the run above listed them: `test NAME ... ignored, REASON`.
+# The #[ignore]d tests, as the run above listed them: `test NAME ... ignored, REASON`,
+# NAME with its module path (netns::the_gate_is_the_only_way_out), which --exact matches.
 # Under CI=true all of them run; elsewhere those whose precondition holds.
 ci=false
 [ "${CI:-}" = true ] && ci=true
