@@ -11,7 +11,6 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY benches benches
-COPY examples examples
 COPY scripts/build-static.sh scripts/build-static.sh
 COPY portcullis.toml allowlist.toml ./
 COPY blocklists blocklists

@@ -4,8 +4,8 @@
 #   bulk CONNECT throughput (one tunnel), tunnels/s with one PING/PONG each from 50
 #   concurrent workers, p50/p99 set-up + exchange latency at 50 concurrent, the
 #   proxy's CPU time per GiB and per 1,000 tunnels, RSS per idle tunnel.
-# The driver and the origin are examples/proxy_load.rs (native, multi-threaded, each
-# its own process); the proxy is examples/proxy_bench_gate.rs.
+# The driver and the origin are benches/proxy_load.rs (native, multi-threaded, each
+# its own process); the proxy is benches/proxy_bench_gate.rs.
 #
 # Two kinds of tunnel (MODES, default "raw tls"):
 #   raw: a bare ClientHello record, then plain bytes: no TLS work at either end, so the
@@ -35,9 +35,12 @@ PINS=${PINS:-pinned unpinned} MODES=${MODES:-raw tls} PROXY_CORE=${PROXY_CORE:-0
 ORIGIN_PORT=${ORIGIN_PORT:-39080} GATE_PORT=${GATE_PORT:-39128} SQUID_PORT=${SQUID_PORT:-39129}
 OUT=${OUT:-target/bench-proxy} RT=${RT:-} LOGS=${LOGS:-} RELAY=${RELAY:-copy}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --example proxy_bench_gate --example proxy_load >/dev/null
-LOAD_BIN=./target/release/examples/proxy_load
-GATE_BIN=./target/release/examples/proxy_bench_gate
+# Bench targets are built under a hashed name in target/release/deps/: cargo's JSON
+# messages say which file it made.
+BUILT=$(cargo build --release --bench proxy_bench_gate --bench proxy_load \
+  --message-format=json-render-diagnostics | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
+LOAD_BIN=$(grep '/proxy_load-[^/]*$' <<<"$BUILT")
+GATE_BIN=$(grep '/proxy_bench_gate-[^/]*$' <<<"$BUILT")
 mkdir -p "$OUT"
 RUNS="$OUT/runs.tsv"
 : >"$RUNS"
@@ -136,7 +139,7 @@ LABELS=(direct portcullis)
 [ -n "$HAVE_SQUID" ] && LABELS+=(squid)
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src examples benches 2>/dev/null || echo ' (+ uncommitted changes)')"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src benches 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
   echo "squid: $(squid -v 2>/dev/null | head -1)"
   echo "settings: ROUNDS=$ROUNDS BULK_MIB=$BULK_MIB DURATION=$DURATION CONC=$CONC IDLE=$IDLE RT=${RT:-0} LOGS=${LOGS:-0} RELAY=$RELAY PINS=$PINS MODES=$MODES"

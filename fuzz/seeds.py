@@ -235,7 +235,7 @@ def tls_seeds() -> None:
 
 def http_seeds() -> None:
     sources = rust_files("src/proxy/http.rs", "src/proxy/forward.rs", "src/proxy/server.rs",
-                         "tests/proxy.rs", "tests/admin.rs")
+                         "tests/it/proxy.rs", "tests/it/admin.rs")
     for path in sources:
         for text in literals(path):
             if re.search(r"HTTP/1\.[01]\r\n", text):

@@ -3,7 +3,7 @@
 # need (idempotently), checks formatting and lints, builds once, runs every test.
 #
 # Tests that need what this script cannot provide are #[ignore]d with the reason: root
-# (network namespaces: tests/netns.rs, tests/container.rs) and the real lists in
+# (network namespaces: tests/it/netns.rs, tests/it/container.rs) and the real lists in
 # ../shared/data/blocklists. They run here too when that precondition holds, and always
 # under CI=true, where one that cannot run fails (each asserts its precondition).
 set -euo pipefail
@@ -18,7 +18,7 @@ command -v unbound >/dev/null 2>&1 || need_pkgs+=(unbound)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # setpriv and unshare run the image's binary as the container does.
 command -v setpriv >/dev/null 2>&1 || need_pkgs+=(util-linux)
-# tests/netns.rs: sysctl in the gate's namespace, ping from the agent's.
+# tests/it/netns.rs: sysctl in the gate's namespace, ping from the agent's.
 command -v sysctl >/dev/null 2>&1 || need_pkgs+=(procps)
 command -v ping >/dev/null 2>&1 || need_pkgs+=(iputils-ping)
 # validate-deploy.sh: a Python venv for hadolint, kubernetes-validate, check-jsonschema
@@ -41,7 +41,7 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # No module imports from a layer above its own (the layers: scripts/check-layers.py).
 python3 scripts/check-layers.py
-# The container image's static binary (tests/container.rs and tests/netns.rs run it),
+# The container image's static binary (tests/it/container.rs and tests/it/netns.rs run it),
 # then every test target, once; then run them (each binary runs its tests in parallel).
 PORTCULLIS_STATIC_BIN=$(./scripts/build-static.sh)
 export PORTCULLIS_STATIC_BIN
@@ -53,7 +53,8 @@ set +e
 cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
-# The #[ignore]d tests, as the run above listed them: `test NAME ... ignored, REASON`.
+# The #[ignore]d tests, as the run above listed them: `test NAME ... ignored, REASON`,
+# NAME with its module path (netns::the_gate_is_the_only_way_out), which --exact matches.
 # Under CI=true all of them run; elsewhere those whose precondition holds.
 ci=false
 [ "${CI:-}" = true ] && ci=true

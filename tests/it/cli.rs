@@ -1,26 +1,10 @@
 //! The binary's command line: `check`, `config check`, refusing bad configs,
 //! reloading on SIGHUP without losing the running config, stopping on SIGTERM.
 
-#[path = "support/gate.rs"]
-mod gate;
-
 use std::process::Command;
 use std::time::Duration;
 
-use gate::{Gate, dig};
-
-fn portcullis(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .env_remove("PORTCULLIS_CONFIG")
-        .output()
-        .expect("run portcullis");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::support::gate::{self, Gate, dig, portcullis, run};
 
 const CONFIG: &str = r#"
 [dns]
@@ -60,7 +44,7 @@ fn write(dir: &std::path::Path) -> String {
 fn check_prints_the_decision_rule_list_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(dir.path());
-    let (ok, out, err) = portcullis(&["--config", &cfg, "check", "www.Evil.example."]);
+    let (ok, out, err) = run(&["--config", &cfg, "check", "www.Evil.example."]);
     assert!(ok, "{err}");
     assert!(out.contains("decision: blocked"), "{out}");
     assert!(out.contains("rule:     evil.example"), "{out}");
@@ -68,11 +52,11 @@ fn check_prints_the_decision_rule_list_and_line() {
     assert!(out.contains("threats.txt:3"), "{out}");
 
     // The shipped allowlist beats the list that names api.anthropic.com.
-    let (_, out, _) = portcullis(&["--config", &cfg, "check", "api.anthropic.com"]);
+    let (_, out, _) = run(&["--config", &cfg, "check", "api.anthropic.com"]);
     assert!(out.contains("decision: allowed"), "{out}");
 
     // Group-scoped rules apply only to that group's clients.
-    let (_, out, _) = portcullis(&[
+    let (_, out, _) = run(&[
         "--config",
         &cfg,
         "check",
@@ -88,7 +72,7 @@ fn check_prints_the_decision_rule_list_and_line() {
         out.contains("portcullis.toml:21"),
         "inline rules point at the config line: {out}"
     );
-    let (_, out, _) = portcullis(&[
+    let (_, out, _) = run(&[
         "--config",
         &cfg,
         "check",
@@ -98,7 +82,7 @@ fn check_prints_the_decision_rule_list_and_line() {
     ]);
     assert!(out.contains("decision: pass"), "{out}");
 
-    let (_, out, _) = portcullis(&[
+    let (_, out, _) = run(&[
         "--config",
         &cfg,
         "check",
@@ -117,13 +101,13 @@ fn check_prints_the_decision_rule_list_and_line() {
 fn config_check_validates_and_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(dir.path());
-    let (ok, out, err) = portcullis(&["config", "check", &cfg]);
+    let (ok, out, err) = run(&["config", "check", &cfg]);
     assert!(ok, "{err}");
     assert!(out.contains("list threats: 2 entries, 1 skipped"), "{out}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[dns]\nlisten = [\"127.0.0.1:0\"]\nblock_ttl = -5\n").unwrap();
-    let (ok, _, err) = portcullis(&["config", "check", bad.to_str().unwrap()]);
+    let (ok, _, err) = run(&["config", "check", bad.to_str().unwrap()]);
     assert!(!ok);
     assert!(
         err.contains("bad.toml") && err.contains("line 3") && err.contains("block_ttl"),
@@ -132,7 +116,7 @@ fn config_check_validates_and_names_file_line_and_key() {
 
     // A missing list file names the file.
     std::fs::remove_file(dir.path().join("threats.txt")).unwrap();
-    let (ok, _, err) = portcullis(&["config", "check", &cfg]);
+    let (ok, _, err) = run(&["config", "check", &cfg]);
     assert!(!ok);
     assert!(
         err.contains("threats.txt") && err.contains("cannot read"),
@@ -152,14 +136,14 @@ fn config_check_refuses_what_run_refuses() {
     )
     .unwrap();
     let bad = bad.to_str().unwrap();
-    let (ok, _, check_err) = portcullis(&["config", "check", bad]);
+    let (ok, _, check_err) = run(&["config", "check", bad]);
     assert!(!ok, "config check passed a config run refuses");
     assert!(
         check_err.contains("portcullis.toml:5: key `upstream.servers`")
             && check_err.contains("/nonexistent/ca.pem"),
         "{check_err}"
     );
-    let (ok, _, run_err) = portcullis(&["--config", bad]);
+    let (ok, _, run_err) = run(&["--config", bad]);
     assert!(!ok);
     assert!(run_err.contains("/nonexistent/ca.pem"), "{run_err}");
 
@@ -170,7 +154,7 @@ fn config_check_refuses_what_run_refuses() {
         "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[[upstream.servers]]\nurl = \"https://192.0.2.10/dns-query\"\n",
     )
     .unwrap();
-    let (ok, out, err) = portcullis(&["config", "check", good.to_str().unwrap()]);
+    let (ok, out, err) = run(&["config", "check", good.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
 }
 
@@ -181,9 +165,9 @@ fn a_header_with_a_multibyte_character_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(dir.path());
     std::fs::write(dir.path().join("threats.txt"), "[abcdefé]\nevil.example\n").unwrap();
-    let (ok, out, err) = portcullis(&["config", "check", &cfg]);
+    let (ok, out, err) = run(&["config", "check", &cfg]);
     assert!(ok, "{out}{err}");
-    let (ok, out, err) = portcullis(&["--config", &cfg, "check", "evil.example"]);
+    let (ok, out, err) = run(&["--config", &cfg, "check", "evil.example"]);
     assert!(ok && out.contains("decision: blocked"), "{out}{err}");
 }
 
@@ -201,11 +185,10 @@ fn output_into_a_closed_pipe_ends_quietly() {
         &["check", "evil.example", "--json"],
         &["config", "check"],
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let mut child = portcullis()
             .arg("--config")
             .arg(&cfg)
             .args(args)
-            .env_remove("PORTCULLIS_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -231,7 +214,7 @@ fn the_gate_refuses_to_start_on_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("portcullis.toml");
     std::fs::write(&bad, "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[[lists]]\nname = \"x\"\ninline = \"a.example\"\ngroups = [\"nobody\"]\n").unwrap();
-    let (ok, _, err) = portcullis(&["--config", bad.to_str().unwrap()]);
+    let (ok, _, err) = run(&["--config", bad.to_str().unwrap()]);
     assert!(!ok);
     assert!(
         err.contains("portcullis.toml:7: key `lists.groups`: unknown group `nobody`"),
@@ -311,18 +294,10 @@ fn every_bound_address_is_logged() {
     );
 }
 
-/// The proxy address the gate logged.
-fn proxy_addr(gate: &Gate) -> String {
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    gate::json_field(&line, "addr").expect("addr")
-}
-
 #[test]
 fn the_binary_serves_the_proxy_with_the_same_policy() {
     let gate = Gate::start_full(CONFIG, &[("threats.txt", THREATS)], &[]);
-    let proxy = proxy_addr(&gate);
+    let proxy = gate.proxy_addr();
     // CONNECT to a name no allow rule names: refused with a readable reason, no tunnel.
     let out = Command::new("curl")
         .args([

@@ -1,14 +1,7 @@
 //! A real local DNS server for integration tests: DNS-over-HTTPS (HTTP/2), DNS-over-TLS and plain
 //! UDP/TCP on 127.0.0.1, answering from a [`TestZone`] with a certificate minted at run time.
-//!
-//! Include with `#[path = "support/doh_server.rs"] mod doh_server;`. Self-contained on purpose.
-#![allow(dead_code)]
 
-// Each support module brings its own copy: test crates include different sets.
-#[allow(clippy::duplicate_mod)]
-#[path = "certs.rs"]
-mod certs;
-use certs::mint_certificates_for;
+use super::certs::mint_certificates_for;
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;

@@ -2,19 +2,16 @@
 //! DoH upstream with a generated certificate, and real clients (dig, hickory).
 //! Loopback only.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/gate.rs"]
-mod gate;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use doh_server::{DohServer, TestZone};
-use gate::{Dig, Gate, dig_async as dig, json_field};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::gate::{Dig, Gate, dig_async as dig, json_field};
+use crate::support::{gate, origins};
 
 const PUBLIC_1: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 14);
 const PUBLIC_2: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 15);
@@ -547,20 +544,8 @@ async fn the_dns_answer_and_the_proxy_connection_that_used_it_share_an_id() {
     use std::io::{Read, Write};
     let doh = DohServer::start(zone()).await;
     // An echo origin on loopback, reachable only through an explicit private rule.
-    let origin = std::net::TcpListener::bind("127.0.0.4:0").unwrap();
-    let port = origin.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut stream in origin.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 256];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let origin = origins::echo("127.0.0.4").await;
+    let port = origin.addr.port();
     let allow = format!(
         "{ALLOWLIST}\n[[allow]]\nhost = \"origin.example\"\nports = [{port}]\nprivate = true\n"
     );
@@ -582,13 +567,7 @@ async fn the_dns_answer_and_the_proxy_connection_that_used_it_share_an_id() {
         .expect("answer_id on a forwarded answer");
 
     // Then connects through the proxy: the proxy's lookup is the cached answer.
-    let proxy = json_field(
-        &gate
-            .wait_for_log("listening proxy", Duration::from_secs(5))
-            .unwrap(),
-        "addr",
-    )
-    .unwrap();
+    let proxy = gate.proxy_addr();
     tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(&proxy).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -3,33 +3,34 @@
 //! dialer that connects only to 127.0.0.0/8 (a "public" address is answered by a
 //! local stand-in) and proves that refused requests were never dialled.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/gate.rs"]
-mod gate;
-#[path = "support/origins.rs"]
-mod origins;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use doh_server::{DohServer, TestZone};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 use portcullis::config::Config;
 use portcullis::dns::cache::Cache;
 use portcullis::dns::filter::{Filter, FilterSettings, Outcome, Reply};
-use portcullis::dns::upstream::UpstreamPool;
 use portcullis::lists::load::build_policy;
 use portcullis::policy::name::Name;
 use portcullis::proxy::sni::build_client_hello;
 use portcullis::proxy::{self, Dial, ProxyConfig, ProxyState, Resolve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::gate;
+use crate::support::http::{exchange, reason_of};
+use crate::support::metrics::sample;
+use crate::support::origins;
+use crate::support::{upstream_pool, wait_until};
+
+/// How long a test waits for the proxy to get somewhere before it fails.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// The pretend DNS listener of the gate: an own address, never dialled.
 const OWN_DNS: &str = "127.0.0.1:5353";
@@ -202,14 +203,7 @@ inline = "evil.example\n"
     let config = Config::parse(&text, "test.toml", dir).unwrap();
     let loaded = build_policy(&config).unwrap();
     let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
-    let upstream = Arc::new(
-        UpstreamPool::new(
-            &config.upstream.servers,
-            config.upstream.strategy,
-            Duration::from_millis(config.upstream.timeout_ms),
-        )
-        .unwrap(),
-    );
+    let upstream = upstream_pool(&config);
     let filter = Arc::new(Filter::new(
         policy,
         upstream,
@@ -895,24 +889,6 @@ async fn curl_through_the_proxy_to_a_local_tls_origin() {
     doh.stop().await;
 }
 
-/// Polls `done` every 10 ms for up to 10 s.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-/// The value of `X-Portcullis-Reason` in a response head.
-fn reason_of(head: &str) -> &str {
-    head.split("\r\n")
-        .find_map(|l| l.strip_prefix("X-Portcullis-Reason: "))
-        .unwrap_or_else(|| panic!("no X-Portcullis-Reason in {head:?}"))
-}
-
 const UPLOAD: &str = "POST http://http.example.com/up HTTP/1.1\r\nHost: http.example.com\r\n";
 
 /// `n` chunks of `size` bytes of `a`, then the last chunk (no trailers).
@@ -948,7 +924,10 @@ async fn the_global_connection_cap_answers_503_to_every_client() {
     .await;
     let held = connect_from("127.0.0.1", h.addr).await;
     let _other = connect_from("127.0.0.3", h.addr).await;
-    wait_until("two connections are open", || h.state.connections() == 2).await;
+    wait_until("two connections are open", WAIT, || {
+        h.state.connections() == 2
+    })
+    .await;
     for src in ["127.0.0.4", "127.0.0.1"] {
         let mut s = connect_from(src, h.addr).await;
         let _ = s
@@ -962,7 +941,7 @@ async fn the_global_connection_cap_answers_503_to_every_client() {
         );
     }
     drop(held);
-    wait_until("the slot is freed", || h.state.connections() == 1).await;
+    wait_until("the slot is freed", WAIT, || h.state.connections() == 1).await;
     let mut s = connect_from("127.0.0.4", h.addr).await;
     s.write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
         .await
@@ -1045,7 +1024,7 @@ async fn the_body_limit_answers_413() {
     let (status, head) = read_head(&mut s).await;
     assert_eq!(status, 413, "{head}");
     drop(s);
-    wait_until("the origin saw the connection end", || {
+    wait_until("the origin saw the connection end", WAIT, || {
         h.http.seen.lock().unwrap().len() == 3
     })
     .await;
@@ -1076,7 +1055,7 @@ async fn bodies_stream_to_the_origin_while_the_client_sends_them() {
         .await
         .unwrap();
     s.write_all(&vec![b'a'; 100 * 1024]).await.unwrap();
-    wait_until("the origin has the start of the body", || {
+    wait_until("the origin has the start of the body", WAIT, || {
         h.http.received.load(Ordering::SeqCst) >= 64 * 1024
     })
     .await;
@@ -1114,28 +1093,23 @@ async fn bodies_stream_to_the_origin_while_the_client_sends_them() {
         "one connection held {peak} bytes for bodies of {total} and {} bytes",
         request.len()
     );
-    wait_until("every reservation is returned", || h.state.buffered() == 0).await;
+    wait_until("every reservation is returned", WAIT, || {
+        h.state.buffered() == 0
+    })
+    .await;
     h.stop().await;
     doh.stop().await;
 }
 
-/// The value of one sample line (`name{labels} value`).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-}
-
-fn scrape() -> String {
-    portcullis::telemetry::metrics::init().render(&portcullis::telemetry::metrics::Snapshot {
-        cache_entries: 0,
-        lists: Vec::new(),
-        upstreams: Vec::new(),
-    })
+/// `series` in this process's metrics.
+fn scraped(series: &str) -> f64 {
+    let metrics =
+        portcullis::telemetry::metrics::init().render(&portcullis::telemetry::metrics::Snapshot {
+            cache_entries: 0,
+            lists: Vec::new(),
+            upstreams: Vec::new(),
+        });
+    sample(&metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 
 /// Item 15: the budget over all connections. Connections waiting to send a head hold
@@ -1144,7 +1118,7 @@ fn scrape() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_buffer_budget_over_all_connections_refuses_with_503_and_counts() {
     let refused = r#"portcullis_proxy_buffer_refusals_total{reason="gate"}"#;
-    let before = sample(&scrape(), refused);
+    let before = scraped(refused);
     let doh = DohServer::start(zone()).await;
     let h = start(
         &doh,
@@ -1159,7 +1133,7 @@ async fn the_buffer_budget_over_all_connections_refuses_with_503_and_counts() {
     for _ in 0..7 {
         waiting.push(connect_from("127.0.0.1", h.addr).await);
     }
-    wait_until("seven heads are being read", || {
+    wait_until("seven heads are being read", WAIT, || {
         h.state.buffered() == 7 * 4096
     })
     .await;
@@ -1170,9 +1144,9 @@ async fn the_buffer_budget_over_all_connections_refuses_with_503_and_counts() {
     let (status, head) = read_head(&mut s).await;
     assert_eq!(status, 503, "{head}");
     assert!(reason_of(&head).starts_with("buffer_budget: "), "{head}");
-    assert_eq!(sample(&scrape(), refused) - before, 1.0);
+    assert_eq!(scraped(refused) - before, 1.0);
     drop(waiting);
-    wait_until("the budget is returned", || h.state.buffered() == 0).await;
+    wait_until("the budget is returned", WAIT, || h.state.buffered() == 0).await;
     let mut s = connect_from("127.0.0.1", h.addr).await;
     s.write_all(b"GET http://http.example.com/ HTTP/1.1\r\n\r\n")
         .await
@@ -1246,24 +1220,8 @@ inline = "evil.example\n"
 fn start_gate() -> (gate::Gate, String) {
     let allow = "[[allow]]\nhost = \"api.example.com\"\n[[allow]]\nhost = \"http.example.com\"\nports = [80]\n";
     let gate = gate::Gate::start_full(GATE, &[("allow.toml", allow)], &[]);
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
+    let proxy = gate.proxy_addr();
     (gate, proxy)
-}
-
-/// One request through the proxy with a blocking socket; the whole answer.
-fn exchange_with(proxy: &str, request: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    String::from_utf8(raw).unwrap()
 }
 
 /// The decision line (JSON) the gate logged for a refusal with `reason_code`.
@@ -1281,7 +1239,7 @@ fn refusal_line(gate: &gate::Gate, reason_code: &str) -> serde_json::Value {
 #[test]
 fn an_upstream_failure_gets_a_short_reason_and_the_log_gets_the_details() {
     let (gate, proxy) = start_gate();
-    let response = exchange_with(
+    let response = exchange(
         &proxy,
         "CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n",
     );
@@ -1311,7 +1269,7 @@ fn an_upstream_failure_gets_a_short_reason_and_the_log_gets_the_details() {
 #[test]
 fn tokens_in_a_query_string_never_reach_the_log() {
     let (gate, proxy) = start_gate();
-    let response = exchange_with(
+    let response = exchange(
         &proxy,
         "GET http://not-allowed.example/v1/items?token=s3cret-q&user=alice HTTP/1.1\r\nHost: x\r\n\r\n",
     );
@@ -1322,7 +1280,7 @@ fn tokens_in_a_query_string_never_reach_the_log() {
         "http://not-allowed.example/v1/items?token=<redacted>&user=<redacted>"
     );
     // A target refused for its form: its text is in the error message too.
-    let response = exchange_with(
+    let response = exchange(
         &proxy,
         "GET http://u:pw-s3cret@http.example.com/?key=s3cret-v#s3cret-f HTTP/1.1\r\nHost: x\r\n\r\n",
     );

@@ -7,17 +7,14 @@
 //! Everything listens on 127.0.0.1: the gate's only upstream is a dead loopback port and
 //! its url list is a `file://` URL.
 
-#[path = "support/gate.rs"]
-mod gate;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gate::{Gate, admin_addr, dig};
+use crate::support::gate::{Gate, dig};
+use crate::support::http::{connect, http};
+use crate::support::metrics::promtool;
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,27 +26,8 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Runs `promtool ARGS`; (success, stdout + stderr). Fails the test without promtool.
-fn promtool(args: &[&str]) -> (bool, String) {
-    let out = Command::new("promtool")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run promtool ({e}): install the Debian package `prometheus` \
-                 (scripts/test.sh does)"
-            )
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 fn promtool_ok(args: &[&str]) -> String {
-    let (ok, text) = promtool(args);
+    let (ok, text) = promtool(args, None);
     assert!(ok, "promtool {} failed:\n{text}", args.join(" "));
     text
 }
@@ -667,7 +645,7 @@ fn every_dashboard_query_is_valid_promql() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dashboard.yml");
     std::fs::write(&path, &yaml).unwrap();
-    let (ok, out) = promtool(&["check", "rules", path.to_str().unwrap()]);
+    let (ok, out) = promtool(&["check", "rules", path.to_str().unwrap()], None);
     assert!(
         ok,
         "a dashboard query is not valid PromQL:\n{out}\n{exprs:#?}"
@@ -676,11 +654,6 @@ fn every_dashboard_query_is_valid_promql() {
 
 // ---------------------------------------------------------------------------------------
 // Against the real binary.
-
-/// One plain HTTP/1.1 GET; (status, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    gate::http(addr, "GET", path, "")
-}
 
 /// Sample names of a scrape in the Prometheus text format, each with the label names
 /// seen on it.
@@ -800,12 +773,12 @@ fn scrape_a_busy_gate() -> String {
     std::fs::write(&feed, "tracker.example\n").unwrap();
     let config = CONFIG.replace("FEED_URL", &format!("file://{}", feed.display()));
     let gate = Gate::start(&config);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
 
     // The url list's first download check (a local file) fills its gauges.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, body) = get(&admin, "/metrics");
+        let (status, body) = http(&admin, "GET", "/metrics");
         assert_eq!(status, 200, "{body}");
         if body.contains(r#"portcullis_list_last_success_timestamp_seconds{list="feed"}"#) {
             break;
@@ -828,24 +801,11 @@ fn scrape_a_busy_gate() -> String {
     assert_eq!(dig(gate.dns, "n1.example", "A", &[]).status, "SERVFAIL");
 
     // Proxy: one refused CONNECT (a threat-listed name; nothing is dialled).
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
-    let mut stream = TcpStream::connect(&proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = String::new();
-    let _ = stream.read_to_string(&mut head);
+    let proxy = gate.proxy_addr();
+    let head = connect(&proxy, "evil.example:443");
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 
-    let (status, body) = get(&admin, "/metrics");
+    let (status, body) = http(&admin, "GET", "/metrics");
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -939,7 +899,7 @@ fn a_real_prometheus_scrapes_the_gate_and_evaluates_the_rules() {
         );
     }
     let gate = Gate::start(&CONFIG.replace("FEED_URL", "file:///nonexistent/feed.txt"));
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         deploy("prometheus/alerts.yml"),

@@ -3,25 +3,21 @@
 //! served afterwards (the compiled policy blocks a name or not) and what the status says.
 //! Everything listens on 127.0.0.1 and is stopped by the test that started it.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/list_server.rs"]
-mod list_server;
-
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use doh_server::{DohServer, TestZone};
-use list_server::{ListServer, Reply, gzip_bytes};
 use portcullis::config::Config;
-use portcullis::dns::upstream::UpstreamPool;
 use portcullis::lists::load::{ListStatus, SourceKind, build_policy};
 use portcullis::lists::refresh::{Lists, Outcome, RefreshError, RefreshReport, Rejection};
 use portcullis::policy::groups::GroupId;
 use portcullis::policy::{Policy, Verdict};
+
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::list_server::{self, ListServer, Reply, gzip_bytes};
+use crate::support::upstream_pool;
 
 /// `count` names `bad-N.example`, as a hosts file.
 fn hosts_list(count: usize) -> String {
@@ -105,14 +101,7 @@ struct Running {
 impl Running {
     fn start(config: Config) -> Running {
         let loaded = build_policy(&config).unwrap();
-        let pool = Arc::new(
-            UpstreamPool::new(
-                &config.upstream.servers,
-                config.upstream.strategy,
-                Duration::from_millis(config.upstream.timeout_ms),
-            )
-            .unwrap(),
-        );
+        let pool = upstream_pool(&config);
         let shared = portcullis::live::Shared::new(config, loaded.policy);
         let policy = shared.policy().clone();
         let lists = Lists::new(shared, loaded.lists, pool).unwrap();
@@ -554,7 +543,7 @@ async fn cold_start_without_network_or_cache_serves_the_allowlist_and_keeps_retr
 
 /// The real lists in `../shared/data/blocklists/`, subscribed as `file://` URLs: every one
 /// passes the guard, is cached, and its status accounts for every line. (The line-by-line
-/// check against an independent count is `tests/list_formats.rs`.)
+/// check against an independent count is `list_formats::real_shared_lists`.)
 #[tokio::test]
 #[ignore = "needs ../shared/data/blocklists (the real lists): scripts/test.sh runs it when present"]
 async fn real_shared_lists_through_the_cache() {

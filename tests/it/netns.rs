@@ -18,21 +18,16 @@
 //! `cargo test`; scripts/test.sh runs them (always under CI=true), and when they do run, a
 //! missing precondition fails them.
 
-#[path = "support/container.rs"]
-mod container;
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/origins.rs"]
-mod origins;
-
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use container::{Netns, RunningGate, link, readable_by_all};
-use doh_server::{DohServer, TestZone};
+use crate::support::container::{self, Netns, RunningGate, link, readable_by_all};
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::metrics::metric_sum;
+use crate::support::origins;
 
 const SERVERS: Ipv4Addr = Ipv4Addr::new(52, 20, 0, 2);
 const NAS: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
@@ -431,19 +426,6 @@ inline = "evil.test"
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-/// The sum of the samples of `metric` whose labels contain every one of `labels`.
-fn metric_sum(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| {
-            let set = l.split_once('}').map_or("", |(s, _)| s);
-            labels.iter().all(|want| set.contains(want))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 /// The JSON log lines of the gate that have `field` equal to `value`.

@@ -3,7 +3,6 @@
 //! `no_new_privs`, on a read-only filesystem except its cache directory (`unshare`,
 //! `setpriv`), with port 53 opened to non-root users by the same sysctl the compose
 //! file sets. Needs root, `ip` (iproute2) and util-linux.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -111,13 +110,8 @@ impl Netns {
         );
     }
 
-    /// Moves the calling thread into the namespace: sockets it opens afterwards live
-    /// there. For test servers running on a thread of their own.
-    pub fn enter(&self) {
-        Self::enter_by_name(&self.name);
-    }
-
-    /// `enter` for a thread that has only the namespace's name.
+    /// Moves the calling thread into the namespace `name`: sockets it opens afterwards
+    /// live there. For test servers running on a thread of their own.
     pub fn enter_by_name(name: &str) {
         let file = std::fs::File::open(format!("/run/netns/{name}")).expect("netns file");
         use std::os::fd::AsRawFd;

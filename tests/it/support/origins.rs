@@ -1,13 +1,8 @@
 //! Local origins for the proxy tests, all on loopback: a TLS HTTPS origin with a
 //! certificate minted at run time, a TCP echo server and a scripted plain-HTTP origin.
 //! Every server stops when its value is dropped.
-#![allow(dead_code)]
 
-// Each support module brings its own copy: test crates include different sets.
-#[allow(clippy::duplicate_mod)]
-#[path = "certs.rs"]
-mod certs;
-use certs::tls_acceptor;
+use super::certs::tls_acceptor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

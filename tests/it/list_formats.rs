@@ -7,7 +7,7 @@
 //! and the entries must match an independent count computed here with simpler,
 //! different logic (regular expressions, no shared code with the parser).
 //!
-//! Run with `cargo test --test list_formats -- --include-ignored --nocapture` for the
+//! Run with `cargo test --test it list_formats:: -- --include-ignored --nocapture` for the
 //! per-file table.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

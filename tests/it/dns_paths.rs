@@ -2,16 +2,12 @@
 //! because its address is on an `ips` list, `keywords` set in the configuration, and the
 //! IPv6 listener. A local DoH server is the only upstream; everything is on loopback.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-#[path = "support/gate.rs"]
-mod gate;
-
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
-use doh_server::{DohServer, TestZone};
-use gate::{Gate, admin_addr, dig_async as dig, dns_decision, json_field};
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::gate::{Gate, dig_async as dig, dns_decision, json_field};
+use crate::support::http::{connect, http, reason_of};
+use crate::support::metrics::sample;
 
 /// Public addresses, only ever written into answers: nothing here dials them.
 const CLEAN: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 14);
@@ -35,14 +31,6 @@ inline = "evil.example"
 "#,
         upstream = doh.upstream_toml(),
     )
-}
-
-/// The value of one sample line of /metrics.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
 }
 
 /// A forwarded answer whose address is on an `ips` list is blocked: the address itself,
@@ -113,7 +101,7 @@ inline = """
             "{line}"
         );
     }
-    let (status, metrics) = gate::http(&admin_addr(&gate), "GET", "/metrics", "");
+    let (status, metrics) = http(&gate.admin_addr(), "GET", "/metrics");
     assert_eq!(status, 200);
     assert_eq!(
         sample(&metrics, r#"portcullis_dns_blocked_total{list="bad-ips"}"#),
@@ -168,16 +156,12 @@ keywords = ["casino", "betting"]
     assert_eq!(casual.status, "NOERROR", "{}", casual.raw);
     assert_eq!(casual.addresses(), [CLEAN.to_string()]);
 
-    let proxy = gate::proxy_addr(&gate);
+    let proxy = gate.proxy_addr();
     let before = doh.queries();
     assert!(before > 0, "the DNS questions above went to the upstream");
-    let head = gate::connect_head(&proxy, "bestcasino.example:443");
+    let head = connect(&proxy, "bestcasino.example:443");
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-    let reason = head
-        .lines()
-        .find_map(|l| l.strip_prefix("X-Portcullis-Reason: "))
-        .unwrap_or("");
-    assert!(reason.starts_with("blocked"), "{head}");
+    assert!(reason_of(&head).starts_with("blocked"), "{head}");
     // Refused before any lookup: the upstream saw nothing more.
     assert_eq!(doh.queries(), before);
     doh.stop().await;
@@ -190,13 +174,7 @@ async fn the_ipv6_listener_answers_over_udp_and_tcp() {
     let gate = Gate::start(&config(&doh, "[::1]:0", ""));
     assert!(gate.dns.is_ipv6(), "bound {}", gate.dns);
     assert_eq!(gate.dns.ip(), Ipv6Addr::LOCALHOST);
-    let tcp_line = gate
-        .wait_for_log("listening dns/tcp", Duration::from_secs(5))
-        .expect("a TCP listener");
-    assert_eq!(
-        json_field(&tcp_line, "addr").as_deref(),
-        Some(gate.dns.to_string().as_str())
-    );
+    assert_eq!(gate.bound("dns/tcp"), gate.dns.to_string());
     for transport in ["+notcp", "+tcp"] {
         let clean = dig(gate.dns, "clean.example", "A", &[transport]).await;
         assert_eq!(clean.status, "NOERROR", "{transport}: {}", clean.raw);

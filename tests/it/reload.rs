@@ -3,9 +3,6 @@
 //! one is refused with the old rules intact, and SIGTERM lets an open tunnel run until
 //! the drain deadline.
 
-#[path = "support/gate.rs"]
-mod gate;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -13,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gate::{Gate, dig};
+use crate::support::gate::{self, Gate, dig};
 
 const CONFIG: &str = r#"
 [dns]
@@ -211,10 +208,7 @@ fn sigterm_lets_an_open_tunnel_run_until_the_drain_deadline() {
     );
     let allow = format!("[[allow]]\nhost = \"127.0.0.2\"\nports = [{port}]\nprivate = true\n");
     let mut gate = Gate::start_full(&config, &[("allow.toml", &allow), ("threats.txt", "")], &[]);
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
+    let proxy = gate.proxy_addr();
 
     let mut tunnel = TcpStream::connect(&proxy).unwrap();
     tunnel

@@ -2,15 +2,11 @@
 //! (and passes `promtool check metrics`: promtool must be installed), /healthz,
 //! /readyz, /api/explain, /api/lists, 404/405, and `portcullis health` exit codes.
 
-#[path = "support/gate.rs"]
-mod gate;
-
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
-use gate::{Gate, admin_addr, dig};
+use crate::support::gate::{Gate, dig, portcullis};
+use crate::support::http::{connect, http, http_with, reason_of};
+use crate::support::metrics::{metric_sum, promtool, sample};
 
 const CONFIG: &str = r#"
 [dns]
@@ -29,57 +25,29 @@ evil.example
 """
 "#;
 
-/// One plain HTTP/1.1 request; (status, body).
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    http_with(addr, method, path, "")
-}
-
-/// One request with extra header lines (each ending in `\r\n`).
-fn http_with(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
-    gate::http(addr, method, path, headers)
-}
-
-/// The value of one sample line (`name{labels} value`), exactly as written.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
-}
-
-/// Fails without promtool, as tests/monitoring.rs does: scripts/test.sh installs it.
+/// `promtool check metrics` must pass (without promtool the test fails, as the
+/// monitoring tests do: scripts/test.sh installs it).
 fn promtool_check(metrics: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run promtool ({e}): install the Debian package `prometheus` \
-                 (scripts/test.sh does)"
-            )
-        });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let (ok, out) = promtool(&["check", "metrics"], Some(metrics));
     assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{metrics}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ok,
+        "promtool check metrics failed:\n{out}\n--- metrics ---\n{metrics}"
     );
+}
+
+/// `portcullis health --url URL`'s exit code.
+fn health(url: &str) -> Option<i32> {
+    portcullis()
+        .args(["health", "--url", url, "--timeout", "2"])
+        .status()
+        .expect("run portcullis health")
+        .code()
 }
 
 #[test]
 fn metrics_count_exactly_the_traffic_sent() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
 
     let (status, before) = http(&admin, "GET", "/metrics");
     assert_eq!(status, 200, "{before}");
@@ -209,7 +177,7 @@ fn metrics_count_exactly_the_traffic_sent() {
 #[test]
 fn health_readiness_explain_and_lists() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
 
     assert_eq!(http(&admin, "GET", "/healthz"), (200, "ok\n".to_owned()));
     let (status, body) = http(&admin, "GET", "/readyz");
@@ -254,7 +222,7 @@ fn health_readiness_explain_and_lists() {
 #[test]
 fn readyz_fails_when_no_upstream_is_healthy_and_upstream_errors_are_counted() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
     assert_eq!(http(&admin, "GET", "/readyz").0, 200);
 
     // Nothing listens on 127.0.0.1:9: three forwarded queries fail and take the only
@@ -303,14 +271,6 @@ fn readyz_fails_when_no_upstream_is_healthy_and_upstream_errors_are_counted() {
     promtool_check(&metrics);
 
     // `portcullis health` follows /readyz.
-    let health = |url: &str| {
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["health", "--url", url, "--timeout", "2"])
-            .env_remove("PORTCULLIS_CONFIG")
-            .status()
-            .expect("run portcullis health")
-            .code()
-    };
     assert_eq!(health(&format!("http://{admin}/readyz")), Some(1));
     assert_eq!(health(&format!("http://{admin}/healthz")), Some(0));
     assert_eq!(health(&format!("http://{admin}/nope")), Some(1));
@@ -324,60 +284,26 @@ fn health_exits_1_when_nothing_listens() {
         .local_addr()
         .unwrap()
         .port();
-    let status = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
-            "health",
-            "--url",
-            &format!("http://127.0.0.1:{port}/readyz"),
-            "--timeout",
-            "2",
-        ])
-        .env_remove("PORTCULLIS_CONFIG")
-        .status()
-        .expect("run portcullis health");
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(health(&format!("http://127.0.0.1:{port}/readyz")), Some(1));
 }
 
 #[test]
 fn proxy_decisions_are_counted_by_reason_code() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
+    let admin = gate.admin_addr();
+    let proxy = gate.proxy_addr();
 
     // Two refused CONNECTs: a name no allow rule names, and a threat-listed one.
     let mut codes = Vec::new();
     for host in ["not-allowed.example", "evil.example"] {
-        let (status, head) = {
-            let mut stream = TcpStream::connect(&proxy).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            write!(
-                stream,
-                "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n"
-            )
-            .unwrap();
-            let mut raw = String::new();
-            let _ = stream.read_to_string(&mut raw);
-            let status: u16 = raw
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .expect("status");
-            (status, raw)
-        };
+        let head = connect(&proxy, &format!("{host}:443"));
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
         assert_eq!(status, 403, "{head}");
-        let reason = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .starts_with("x-portcullis-reason:")
-                    .then(|| l.split_once(':').unwrap().1.trim().to_owned())
-            })
-            .expect("X-Portcullis-Reason");
+        let reason = reason_of(&head);
         let code: String = reason
             .chars()
             .take_while(|c| c.is_ascii_lowercase() || *c == '_')
@@ -387,11 +313,11 @@ fn proxy_decisions_are_counted_by_reason_code() {
     }
 
     let (_, metrics) = http(&admin, "GET", "/metrics");
-    let refused_total: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with(r#"portcullis_proxy_decisions_total{decision="refused""#))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum();
+    let refused_total = metric_sum(
+        &metrics,
+        "portcullis_proxy_decisions_total",
+        &[r#"decision="refused""#],
+    );
     assert_eq!(refused_total, 2.0, "{metrics}");
     for code in &codes {
         let want = codes.iter().filter(|c| *c == code).count() as f64;
@@ -417,7 +343,7 @@ fn proxy_decisions_are_counted_by_reason_code() {
 #[test]
 fn post_endpoints_are_disabled_without_a_token_file() {
     let gate = Gate::start(CONFIG);
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
     for path in ["/api/lists/refresh", "/api/cache/flush"] {
         let (status, body) = http_with(&admin, "POST", path, "Authorization: Bearer x\r\n");
         assert_eq!(status, 403, "{path}: {body}");
@@ -444,7 +370,7 @@ fn post_endpoints_need_the_bearer_token_and_act() {
         &[("admin-token", &format!("{secret}\n"))],
         &[("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0")],
     );
-    let admin = admin_addr(&gate);
+    let admin = gate.admin_addr();
     gate.wait_for_log("\"list\":\"feed\"", Duration::from_secs(10));
 
     let refresh = "/api/lists/refresh";
@@ -500,22 +426,9 @@ fn the_proxy_never_dials_the_admin_listener_even_with_private_true() {
         &[("allow.toml", &allow)],
         &[("PORTCULLIS_ADMIN_LISTEN", &admin_listen)],
     );
-    assert_eq!(admin_addr(&gate), admin_listen);
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    let proxy = gate::json_field(&line, "addr").expect("addr");
-    let mut stream = TcpStream::connect(&proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let _ = stream.read_to_string(&mut raw);
+    assert_eq!(gate.admin_addr(), admin_listen);
+    let proxy = gate.proxy_addr();
+    let raw = connect(&proxy, &format!("127.0.0.1:{port}"));
     assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
     assert!(raw.contains("own listeners"), "{raw}");
 }
@@ -533,7 +446,7 @@ async fn the_admin_listener_caps_connections_and_times_out_heads() {
          max_connections_per_client = 2\nheader_timeout_ms = 3000\n"
     );
     let gate = Gate::start(&config);
-    let admin: std::net::SocketAddr = admin_addr(&gate).parse().unwrap();
+    let admin: std::net::SocketAddr = gate.admin_addr().parse().unwrap();
     let connect = |src: &'static str| async move {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(format!("{src}:0").parse().unwrap()).unwrap();

@@ -1,15 +1,14 @@
 //! The upstream pool against real local servers (DoH, DoT, UDP, TCP). Loopback only.
 
-#[path = "support/doh_server.rs"]
-mod doh_server;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use doh_server::{DohServer, TestZone};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use portcullis::dns::upstream::{HealthPolicy, Strategy, UpstreamPool, UpstreamSpec};
+
+use crate::support::doh_server::{DohServer, TestZone};
+use crate::support::wait_until;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const QUERY_ID: u16 = 4242;
@@ -78,14 +77,6 @@ fn fast_health() -> HealthPolicy {
         failure_threshold: 3,
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
-    }
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -231,7 +222,7 @@ async fn parallel_answers_despite_a_dead_upstream() {
         assert_eq!(a_records(&answer), [Ipv4Addr::new(192, 0, 2, 1)]);
     }
     // The loser's failure is recorded even though the winner answered.
-    wait_for("dead upstream failures", || {
+    wait_until("dead upstream failures", Duration::from_secs(5), || {
         pool.health()[0].consecutive_failures >= 1
     })
     .await;
@@ -253,7 +244,7 @@ async fn servfail_does_not_win_a_race() {
         assert_eq!(a_records(&answer), [Ipv4Addr::new(192, 0, 2, 1)]);
     }
     // SERVFAIL is still an answer: it does not make the upstream unhealthy.
-    wait_for("both answered", || {
+    wait_until("both answered", Duration::from_secs(5), || {
         bad.queries() == 3 && good.queries() == 3
     })
     .await;
@@ -403,7 +394,7 @@ async fn failing_upstream_leaves_rotation_and_returns_after_a_probe() {
     assert_eq!(steady.queries(), 4);
 
     // The background probe brings it back; nothing else reached it.
-    wait_for("probe", || pool.health()[0].healthy).await;
+    wait_until("probe", Duration::from_secs(5), || pool.health()[0].healthy).await;
     assert_eq!(
         flaky.queries(),
         1,

@@ -7,12 +7,9 @@
 //! Needs root: `#[ignore]`d for a plain `cargo test`; scripts/test.sh runs them (always
 //! under CI=true), and when they do run, a missing precondition fails them.
 
-#[path = "support/container.rs"]
-mod container;
-
 use std::time::{Duration, Instant};
 
-use container::{Netns, credentials, readable_by_all};
+use crate::support::container::{self, Netns, credentials, readable_by_all};
 
 /// `dig @127.0.0.1 -p 53 NAME A` inside `ns`; dig's output.
 fn dig(ns: &Netns, name: &str) -> String {

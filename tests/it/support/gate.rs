@@ -1,6 +1,5 @@
 //! Runs the real `portcullis` binary for integration tests and queries it with
 //! real clients (dig from Debian's dnsutils, and hickory-proto over a UDP socket).
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -35,7 +34,7 @@ impl Gate {
         }
         let path = dir.path().join("portcullis.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let mut child = portcullis()
             .arg("--config")
             .arg(&path)
             .env("PORTCULLIS_LOG_FORMAT", "json")
@@ -51,35 +50,71 @@ impl Gate {
             .expect("start portcullis");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening dns/udp")
-                    && let Some(addr) = json_field(&line, "addr")
-                {
-                    let _ = tx.send(addr);
-                }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "gate did not start; log:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Gate {
+        let mut gate = Gate {
             child,
-            dns: addr.parse().expect("bound address"),
+            dns: SocketAddr::from(([0, 0, 0, 0], 0)),
             logs,
             dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Some(addr) = gate.listening("dns/udp") {
+                break addr;
+            }
+            let exited = gate.child.try_wait().expect("try_wait").is_some();
+            if exited || Instant::now() >= deadline {
+                if exited {
+                    // Its last lines are what says why: let the reader finish them.
+                    let _ = reader.join();
+                }
+                panic!("gate did not start; log:\n{}", gate.logs().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        gate.dns = addr.parse().expect("bound address");
+        gate
+    }
+
+    /// The address the gate bound for `listener` (`dns/udp`, `dns/tcp`, `proxy`, `admin`).
+    /// The one place the tests learn a bound port, from the `listening` log line: a
+    /// gate run in process would say it here instead.
+    pub fn bound(&self, listener: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(addr) = self.listening(listener) {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `listening {listener}` line; log:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The proxy's bound address.
+    pub fn proxy_addr(&self) -> String {
+        self.bound("proxy")
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> String {
+        self.bound("admin")
+    }
+
+    /// The `addr` of the first `listening LISTENER` line logged so far.
+    fn listening(&self, listener: &str) -> Option<String> {
+        let needle = format!("listening {listener}");
+        let logs = self.logs.lock().unwrap();
+        let line = logs.iter().find(|l| l.contains(&needle))?;
+        json_field(line, "addr")
     }
 
     pub fn logs(&self) -> Vec<String> {
@@ -143,6 +178,24 @@ impl Drop for Gate {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The real binary as every test runs it: configured by its arguments only, never by a
+/// `PORTCULLIS_CONFIG` in the environment the tests run in.
+pub fn portcullis() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command.env_remove("PORTCULLIS_CONFIG");
+    command
+}
+
+/// Runs the binary with `args` to its end: (success, stdout, stderr).
+pub fn run(args: &[&str]) -> (bool, String, String) {
+    let out = portcullis().args(args).output().expect("run portcullis");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A string field of a JSON log line.
@@ -239,66 +292,10 @@ pub async fn dig_async(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]
     .unwrap()
 }
 
-/// The proxy address the gate logged.
-pub fn proxy_addr(gate: &Gate) -> String {
-    let line = gate
-        .wait_for_log("listening proxy", Duration::from_secs(5))
-        .expect("proxy listener logged");
-    json_field(&line, "addr").expect("addr")
-}
-
-/// `CONNECT target` through the proxy at `proxy`; the response head, as text.
-pub fn connect_head(proxy: &str, target: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let _ = stream.read_to_string(&mut raw);
-    raw.split("\r\n\r\n").next().unwrap_or("").to_owned()
-}
-
 /// The last `dns decision` log line for `name`.
 pub fn dns_decision(gate: &Gate, name: &str) -> Option<String> {
     gate.logs()
         .into_iter()
         .rev()
         .find(|l| l.contains("dns decision") && json_field(l, "name").as_deref() == Some(name))
-}
-
-/// The admin address the gate logged.
-pub fn admin_addr(gate: &Gate) -> String {
-    let line = gate
-        .wait_for_log("listening admin", Duration::from_secs(5))
-        .expect("admin listener logged");
-    json_field(&line, "addr").expect("addr")
-}
-
-/// One plain HTTP/1.1 request (extra header lines each end in `\r\n`); (status, body).
-pub fn http(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    (status, body.to_owned())
 }

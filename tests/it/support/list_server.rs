@@ -1,15 +1,9 @@
 //! A small HTTP/1.1 list server for tests, plain and over TLS (certificate for `lists.test`,
 //! minted at run time), that serves fixture lists and misbehaves on request.
 //!
-//! Include with `#[path = "support/list_server.rs"] mod list_server;`. Written by hand on
-//! tokio: one request per connection (`Connection: close`). Stopped on drop.
-#![allow(dead_code)]
+//! Written by hand on tokio: one request per connection (`Connection: close`). Stopped on drop.
 
-// Each support module brings its own copy: test crates include different sets.
-#[allow(clippy::duplicate_mod)]
-#[path = "certs.rs"]
-mod certs;
-use certs::tls_acceptor;
+use super::certs::tls_acceptor;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -54,7 +48,6 @@ pub enum Reply {
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    pub path: String,
     pub if_none_match: Option<String>,
     pub if_modified_since: Option<String>,
     pub status: u16,
@@ -202,7 +195,6 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Mute
     let reply = reply.unwrap_or(Reply::Status(404));
     let record = |status: u16| {
         state.lock().unwrap().seen.push(Seen {
-            path: path.clone(),
             if_none_match: if_none_match.clone(),
             if_modified_since: if_modified_since.clone(),
             status,

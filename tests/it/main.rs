@@ -1,0 +1,22 @@
+//! The integration tests, as one test binary: the dependency tree is linked once rather
+//! than once per file, and every module shares the helpers in `support`. A test's name
+//! carries its module (`proxy::the_body_limit_answers_413`); scripts/test.sh reruns the
+//! ignored ones by those names.
+//!
+//! The root-only tests (`container`, `netns`) and those that read ../shared are
+//! `#[ignore]`d with their reason; `cargo test --test it -- --ignored` runs them.
+
+mod support;
+
+mod admin;
+mod cli;
+mod container;
+mod dns;
+mod dns_paths;
+mod list_formats;
+mod lists_fetch;
+mod monitoring;
+mod netns;
+mod proxy;
+mod reload;
+mod upstream;
