@@ -64,12 +64,14 @@ stop_all() {
 cleanup() { stop_all; rm -rf "$WORK"; }
 trap cleanup EXIT
 
+# The origin is on 127.0.0.2: the gate refuses 127.0.0.1, its own listener's address.
 wait_port() {
+  local host=${2:-127.0.0.1}
   for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "nothing listens on 127.0.0.1:$1" >&2
+  echo "nothing listens on $host:$1" >&2
   return 1
 }
 
@@ -78,7 +80,7 @@ if command -v squid >/dev/null; then
   HAVE_SQUID=1
   cat >"$WORK/squid.conf" <<CONF
 http_port 127.0.0.1:$SQUID_PORT
-acl origin dst 127.0.0.1/32
+acl origin dst 127.0.0.2/32
 acl origin_port port $ORIGIN_PORT
 acl CONNECT method CONNECT
 http_access allow CONNECT origin origin_port
@@ -119,7 +121,7 @@ start_all() {
   if [ -n "$HAVE_SQUID" ]; then
     $pc squid -N -f "$WORK/squid.conf" 2>>"$OUT/squid.stderr" & SQUID=$!; PIDS+=($SQUID)
   fi
-  wait_port "$ORIGIN_PORT"; wait_port "$GATE_PORT"
+  wait_port "$ORIGIN_PORT" 127.0.0.2; wait_port "$GATE_PORT"
   [ -n "$SQUID" ] && wait_port "$SQUID_PORT"
   sleep 1
 }
@@ -130,7 +132,7 @@ run() {
   local via=(--label "$label" --origin "$ORIGIN_PORT")
   case $label in
     portcullis) via+=(--proxy "$GATE_PORT" --pid "$GATE") ;;
-    squid) via+=(--proxy "$SQUID_PORT" --target "127.0.0.1:$ORIGIN_PORT" --pid "$SQUID") ;;
+    squid) via+=(--proxy "$SQUID_PORT" --target "127.0.0.2:$ORIGIN_PORT" --pid "$SQUID") ;;
   esac
   $LOAD "$sub" "${via[@]}" "${TLS[@]}" "$@" | sed "s/^/$round\t$pin\t/" >>"$RUNS"
 }

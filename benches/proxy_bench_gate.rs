@@ -30,7 +30,7 @@ impl Resolve for Static {
             answers.push(Record::from_rdata(
                 owner,
                 60,
-                RData::A(A(Ipv4Addr::LOCALHOST)),
+                RData::A(A(Ipv4Addr::new(127, 0, 0, 2))),
             ));
         }
         Reply {

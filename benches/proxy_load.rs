@@ -1,6 +1,6 @@
 //! The load driver and origin for `benches/proxy.sh`: native, multi-threaded, in its
-//! own process (never the proxy's). Loopback only: every address it dials or binds
-//! is 127.0.0.1.
+//! own process (never the proxy's). Loopback only: the origin is on 127.0.0.2 (the
+//! gate refuses its own address, 127.0.0.1 where it listens), the proxies on 127.0.0.1.
 //!
 //! ```text
 //! proxy_load origin PORT [--tls CA.pem]         bulk sender, PING/PONG responder, HOLD
@@ -64,7 +64,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve BULK / PING / HOLD on 127.0.0.1:PORT until killed.
+    /// Serve BULK / PING / HOLD on 127.0.0.2:PORT until killed.
     Origin {
         port: u16,
         /// Speak TLS as `bench.test`; the CA that signed its certificate is written here.
@@ -99,12 +99,15 @@ enum Command {
     Report { file: String },
 }
 
+/// Where the origin listens: not 127.0.0.1, which the gate refuses as its own address.
+const ORIGIN_IP: [u8; 4] = [127, 0, 0, 2];
+
 #[derive(Args, Clone)]
 struct Via {
     /// Name of the row (direct, portcullis, squid).
     #[arg(long)]
     label: String,
-    /// The origin's port on 127.0.0.1.
+    /// The origin's port on 127.0.0.2.
     #[arg(long)]
     origin: u16,
     /// The proxy's port on 127.0.0.1; none: a direct connection to the origin.
@@ -132,7 +135,10 @@ impl Via {
     }
 
     fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.proxy.unwrap_or(self.origin)))
+        match self.proxy {
+            Some(proxy) => SocketAddr::from(([127, 0, 0, 1], proxy)),
+            None => SocketAddr::from((ORIGIN_IP, self.origin)),
+        }
     }
 }
 
@@ -209,7 +215,7 @@ fn client_hello(sni: &str) -> Vec<u8> {
 // Origin
 
 async fn origin(port: u16, tls: Option<String>) {
-    let listener = TcpListener::bind(("127.0.0.1", port))
+    let listener = TcpListener::bind(SocketAddr::from((ORIGIN_IP, port)))
         .await
         .expect("bind origin");
     let acceptor = tls.map(|ca| {

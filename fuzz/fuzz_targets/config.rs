@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         || config
             .lists
             .iter()
-            .any(|l| l.path.is_some() || l.url.is_some());
+            .any(|l| l.path().is_some() || l.url().is_some());
     if !reads_files {
         let _ = build_policy(&config);
     }

@@ -173,38 +173,114 @@ impl Default for LogConfig {
 }
 
 /// One threat list or local list.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct ListConfig {
     pub name: Spanned<String>,
-    /// A file, relative to the config file's directory, read as it is (the operator's own list).
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// A subscribed list: `https://...`, `http://...` or `file:///...`. Downloaded in the
-    /// background, checked by the sanity guard and kept in `[sources] cache_dir`.
-    #[serde(default)]
-    pub url: Option<Spanned<String>>,
+    pub source: ListSource,
     /// Seconds between refreshes of a `url` list (jittered); `[sources] refresh_secs` when absent.
-    #[serde(default)]
     pub refresh_secs: Option<u64>,
     /// A download with fewer entries than this share of the list it replaces is rejected;
     /// `[sources] min_ratio` when absent.
-    #[serde(default)]
     pub min_ratio: Option<f64>,
-    /// Rules written in the config itself.
-    #[serde(default)]
-    pub inline: Option<Spanned<String>>,
-    #[serde(default)]
     pub format: Format,
     /// Groups the list applies to; all groups when absent.
-    #[serde(default)]
     pub groups: Option<Vec<Spanned<String>>>,
     /// Substring rules: any name containing one of these is denied.
-    #[serde(default)]
     pub keywords: Vec<String>,
     /// A missing file is a warning, not an error.
-    #[serde(default)]
     pub optional: bool,
+}
+
+/// Where a list's rules come from: exactly one of the keys `path`, `url` and `inline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListSource {
+    /// A file, relative to the config file's directory, read as it is (the operator's own list).
+    Path(PathBuf),
+    /// A subscribed list: `https://...`, `http://...` or `file:///...`. Downloaded in the
+    /// background, checked by the sanity guard and kept in `[sources] cache_dir`.
+    Url(Spanned<String>),
+    /// Rules written in the config itself.
+    Inline(Spanned<String>),
+}
+
+impl ListConfig {
+    /// The URL of a subscribed list.
+    pub fn url(&self) -> Option<&str> {
+        match &self.source {
+            ListSource::Url(url) => Some(url.get_ref()),
+            _ => None,
+        }
+    }
+
+    /// The file of a local list, as written (relative to the config file's directory).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.source {
+            ListSource::Path(path) => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// `[[lists]]` as written: [`Config::parse`] checks its three source keys into one
+/// [`ListSource`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListConfig {
+    name: Spanned<String>,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    refresh_secs: Option<u64>,
+    #[serde(default)]
+    min_ratio: Option<f64>,
+    #[serde(default)]
+    inline: Option<Spanned<String>>,
+    #[serde(default)]
+    format: Format,
+    #[serde(default)]
+    groups: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    keywords: Vec<String>,
+    #[serde(default)]
+    optional: bool,
+}
+
+impl RawListConfig {
+    fn checked(self, o: &ConfigOrigin) -> Result<ListConfig, ConfigError> {
+        let source = match (self.path, self.url, self.inline) {
+            (Some(path), None, None) => ListSource::Path(path),
+            (None, Some(url), None) => ListSource::Url(url),
+            (None, None, Some(inline)) => ListSource::Inline(inline),
+            (path, url, inline) => {
+                let given = [path.is_some(), url.is_some(), inline.is_some()];
+                let what = if given.contains(&true) {
+                    "give only one of"
+                } else {
+                    "needs"
+                };
+                return Err(o.invalid(
+                    self.name.span().start,
+                    "lists",
+                    format!(
+                        "list `{}`: {what} `path`, `url` or `inline`",
+                        self.name.get_ref()
+                    ),
+                ));
+            }
+        };
+        Ok(ListConfig {
+            name: self.name,
+            source,
+            refresh_secs: self.refresh_secs,
+            min_ratio: self.min_ratio,
+            format: self.format,
+            groups: self.groups,
+            keywords: self.keywords,
+            optional: self.optional,
+        })
+    }
 }
 
 /// How `url` lists are downloaded, checked and cached (`[sources]`).
@@ -292,27 +368,12 @@ fn keyword_problem(keyword: &str) -> Option<String> {
 }
 
 impl ListConfig {
-    /// Exactly one of `path`, `url` and `inline`; a URL of a scheme the fetcher speaks.
+    /// A URL of a scheme the fetcher speaks, and the keys serde cannot check.
     /// `index`: the list's place among the `[[lists]]` tables, for error positions.
     fn validate_source(&self, o: &ConfigOrigin, index: usize) -> Result<(), ConfigError> {
         let name = self.name.get_ref();
         let at = self.name.span().start;
-        let given = usize::from(self.path.is_some())
-            + usize::from(self.inline.is_some())
-            + usize::from(self.url.is_some());
-        if given != 1 {
-            let what = if given == 0 {
-                "needs"
-            } else {
-                "give only one of"
-            };
-            return Err(o.invalid(
-                at,
-                "lists",
-                format!("list `{name}`: {what} `path`, `url` or `inline`"),
-            ));
-        }
-        if let Some(url) = &self.url {
+        if let ListSource::Url(url) = &self.source {
             let u = url.get_ref();
             let scheme_ok = ["https://", "http://", "file://"]
                 .iter()
@@ -369,6 +430,10 @@ pub struct Config {
     pub groups: BTreeMap<String, Vec<Spanned<ipnet::IpNet>>>,
     /// Path of the allowlist; the shipped allowlist (built in) when absent.
     pub allowlist: Option<PathBuf>,
+    /// `[[lists]]` as read; [`Config::parse`] turns them into `lists` and leaves this empty.
+    #[serde(rename = "lists")]
+    raw_lists: Vec<RawListConfig>,
+    #[serde(skip)]
     pub lists: Vec<ListConfig>,
     pub sources: SourcesConfig,
     /// Where the file came from (not a TOML key).
@@ -456,6 +521,10 @@ impl Config {
             dir: dir.to_owned(),
             source: text.to_owned(),
         };
+        config.lists = std::mem::take(&mut config.raw_lists)
+            .into_iter()
+            .map(|raw| raw.checked(&config.origin))
+            .collect::<Result<_, _>>()?;
         config.validate()?;
         Ok(config)
     }
@@ -796,6 +865,30 @@ mod tests {
             err.starts_with("portcullis.toml:9: key `lists.keywords`: list `b`: "),
             "{err}"
         );
+    }
+
+    /// A list has exactly one source; what it was given decides the message.
+    #[test]
+    fn a_list_has_exactly_one_source() {
+        let none = parse("[[lists]]\nname = \"a\"\n").unwrap_err().to_string();
+        assert!(
+            none.contains("list `a`: needs `path`, `url` or `inline`"),
+            "{none}"
+        );
+        assert!(
+            none.starts_with("portcullis.toml:2: key `lists`: "),
+            "{none}"
+        );
+        let two = parse("[[lists]]\nname = \"b\"\npath = \"b.txt\"\ninline = \"x.example\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            two.contains("list `b`: give only one of `path`, `url` or `inline`"),
+            "{two}"
+        );
+        let ok = parse("[[lists]]\nname = \"c\"\nurl = \"https://lists.example/c.txt\"\n").unwrap();
+        assert_eq!(ok.lists[0].url(), Some("https://lists.example/c.txt"));
+        assert_eq!(ok.lists[0].path(), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::Config;
+use super::{Config, ListConfig};
 
 /// Events closer together than this are one change (an editor's write-then-rename).
 const QUIET: Duration = Duration::from_millis(250);
@@ -38,7 +38,7 @@ pub fn watched_files(config_file: Option<&Path>, config: &Config) -> Vec<PathBuf
         config
             .lists
             .iter()
-            .filter_map(|l| l.path.as_deref())
+            .filter_map(ListConfig::path)
             .map(|p| config.resolve(p)),
     );
     files.into_iter().collect()

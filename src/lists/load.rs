@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{BareNames, Config, ConfigError, ListConfig, allowlist};
+use crate::config::{BareNames, Config, ConfigError, ListConfig, ListSource, allowlist};
 use crate::policy::Policy;
 use crate::policy::groups::{ALL_GROUPS, GroupMask, Groups};
 use crate::policy::rules::{
@@ -155,15 +155,14 @@ fn read_list_text(
     list: &ListConfig,
     status: &mut ListStatus,
 ) -> Result<Option<(String, LineMap)>, ConfigError> {
-    let text = match (&list.path, &list.url, &list.inline) {
-        (Some(path), _, _) => read_list_file(config, list, path, status)?,
-        (None, Some(url), _) => read_cached_copy(store, list, url.get_ref(), status),
-        (None, None, Some(inline)) => {
+    let text = match &list.source {
+        ListSource::Path(path) => read_list_file(config, list, path, status)?,
+        ListSource::Url(url) => read_cached_copy(store, list, url.get_ref(), status),
+        ListSource::Inline(inline) => {
             // Inline rules report lines of the config file itself.
             let lines = LineMap::Table(inline_lines(&config.origin.source, inline.span().start));
             return Ok(Some((inline.get_ref().clone(), lines)));
         }
-        (None, None, None) => unreachable!("validated: a list has a path, url or inline rules"),
     };
     Ok(text.map(|text| (text, LineMap::Offset(0))))
 }
@@ -265,10 +264,10 @@ fn list_info_with(config: &Config, list: &ListConfig, groups: &Groups) -> ListIn
             .map(|g| groups.id(g.get_ref()).map_or(0, |id| id.mask()))
             .fold(0, |a, b| a | b),
     };
-    let source = match (&list.path, &list.url) {
-        (Some(path), _) => config.resolve(path).display().to_string(),
-        (None, Some(url)) => url.get_ref().clone(),
-        (None, None) => config.origin.file.clone(),
+    let source = match &list.source {
+        ListSource::Path(path) => config.resolve(path).display().to_string(),
+        ListSource::Url(url) => url.get_ref().clone(),
+        ListSource::Inline(_) => config.origin.file.clone(),
     };
     ListInfo {
         name: list.name.get_ref().clone(),

@@ -225,7 +225,7 @@ impl Lists {
     pub async fn refresh_all(&self) -> RefreshReport {
         let config = self.config();
         let names: Vec<String> = url_lists(&config)
-            .map(|l| l.name.get_ref().clone())
+            .map(|(l, _)| l.name.get_ref().clone())
             .collect();
         self.refresh(&config, &names).await
     }
@@ -234,14 +234,17 @@ impl Lists {
         let fetcher = lock(&self.inner.fetcher).clone();
         let store = store_for(config);
         let jobs = url_lists(config)
-            .filter(|l| names.contains(l.name.get_ref()))
-            .map(|list| async {
-                let _slot = self.inner.pipeline.acquire().await.expect("never closed");
-                guarded(
-                    list.name.get_ref(),
-                    self.refresh_source(&fetcher, &store, config, list),
-                )
-                .await
+            .filter(|(l, _)| names.contains(l.name.get_ref()))
+            .map(|(list, url)| {
+                let (fetcher, store) = (&fetcher, &store);
+                async move {
+                    let _slot = self.inner.pipeline.acquire().await.expect("never closed");
+                    guarded(
+                        list.name.get_ref(),
+                        self.refresh_source(fetcher, store, config, list, url),
+                    )
+                    .await
+                }
             });
         let done = futures_util::future::join_all(jobs).await;
         let mut report = RefreshReport::default();
@@ -283,11 +286,7 @@ impl Lists {
         else {
             return;
         };
-        let url = list
-            .url
-            .as_ref()
-            .map(|u| u.get_ref().as_str())
-            .unwrap_or("");
+        let url = list.url().unwrap_or("");
         if let Err(e @ RefreshError::Panicked { .. }) = &source.result {
             // The panic came before the source's own metadata write: record it, so that
             // `portcullis lists` (which reads the cache) shows the list failed. Rare enough
@@ -395,8 +394,9 @@ impl Lists {
         store: &Store,
         config: &Arc<Config>,
         list: &ListConfig,
+        url: &str,
     ) -> SourceDone {
-        let mut attempt = Attempt::begin(store, list);
+        let mut attempt = Attempt::begin(store, list, url);
         let result = match fetcher.fetch(attempt.url(), &attempt.validators()).await {
             Err(source) => Err(RefreshError::Fetch {
                 name: attempt.name().to_owned(),

@@ -37,17 +37,16 @@ impl Schedule {
     pub(super) fn reconcile(&mut self, config: &Config, now: Instant) {
         let store = store_for(config);
         self.slots.retain(|name, slot| {
-            url_lists(config)
-                .any(|l| l.name.get_ref() == name && l.url.as_ref().unwrap().get_ref() == &slot.url)
+            url_lists(config).any(|(l, url)| l.name.get_ref() == name && url == slot.url)
         });
-        for list in url_lists(config) {
+        for (list, url) in url_lists(config) {
             let name = list.name.get_ref();
             let interval = list.refresh_interval(&config.sources);
             if let Some(slot) = self.slots.get_mut(name) {
                 slot.interval = interval;
                 continue;
             }
-            let url = list.url.as_ref().expect("url list").get_ref().clone();
+            let url = url.to_owned();
             let due = match store.read_meta(name, &url) {
                 Some(Meta {
                     fetched_at: Some(_),
@@ -117,9 +116,9 @@ fn retry_wait(failures: u32, retry: Duration, interval: Duration) -> Duration {
         .min(interval)
 }
 
-/// The lists of `config` that are downloaded.
-pub(super) fn url_lists(config: &Config) -> impl Iterator<Item = &ListConfig> {
-    config.lists.iter().filter(|l| l.url.is_some())
+/// The lists of `config` that are downloaded, with their URLs.
+pub(super) fn url_lists(config: &Config) -> impl Iterator<Item = (&ListConfig, &str)> {
+    config.lists.iter().filter_map(|l| Some((l, l.url()?)))
 }
 
 #[cfg(test)]

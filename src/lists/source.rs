@@ -40,9 +40,10 @@ pub(super) struct NewBody {
 }
 
 impl Attempt {
-    pub(super) fn begin(store: &Store, list: &ListConfig) -> Attempt {
+    /// `url`: the list's URL (it is a `url` list).
+    pub(super) fn begin(store: &Store, list: &ListConfig, url: &str) -> Attempt {
         let name = list.name.get_ref().clone();
-        let url = list.url.as_ref().expect("url list").get_ref().clone();
+        let url = url.to_owned();
         let mut meta = store.read_meta(&name, &url).unwrap_or_else(|| Meta {
             url: url.clone(),
             ..Meta::default()

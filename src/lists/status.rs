@@ -2,7 +2,7 @@
 //! ([`super::load`]), kept current by the refresher ([`super::refresh`]), printed by
 //! `portcullis lists`.
 
-use crate::config::{Config, ListConfig};
+use crate::config::{Config, ListConfig, ListSource};
 
 use super::parse::ParseReport;
 use super::store::Meta;
@@ -70,10 +70,12 @@ pub fn all_ready(lists: &[ListStatus]) -> bool {
 impl ListStatus {
     /// The status of a source before anything is known about its contents.
     pub fn new(config: &Config, list: &ListConfig) -> ListStatus {
-        let (kind, source) = match (&list.path, &list.url) {
-            (Some(path), _) => (SourceKind::File, config.resolve(path).display().to_string()),
-            (None, Some(url)) => (SourceKind::Url, url.get_ref().clone()),
-            (None, None) => (SourceKind::Inline, config.origin.file.clone()),
+        let (kind, source) = match &list.source {
+            ListSource::Path(path) => {
+                (SourceKind::File, config.resolve(path).display().to_string())
+            }
+            ListSource::Url(url) => (SourceKind::Url, url.get_ref().clone()),
+            ListSource::Inline(_) => (SourceKind::Inline, config.origin.file.clone()),
         };
         ListStatus {
             name: list.name.get_ref().clone(),
@@ -100,7 +102,7 @@ impl ListStatus {
             etag: None,
             last_modified: None,
             refresh_secs: list
-                .url
+                .url()
                 .is_some()
                 .then(|| list.refresh_interval(&config.sources).as_secs()),
         }

@@ -8,14 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
+use portcullis::app::Gate;
 use portcullis::config::Config;
-use portcullis::dns::cache::Cache;
-use portcullis::dns::filter::{Filter, FilterSettings, Outcome, Reply};
-use portcullis::lists::load::build_policy;
+use portcullis::dns::filter::{Filter, Outcome, Reply};
 use portcullis::policy::name::Name;
 use portcullis::proxy::sni::build_client_hello;
 use portcullis::proxy::{self, Dial, ProxyConfig, ProxyState, Resolve};
@@ -27,7 +25,7 @@ use crate::support::gate;
 use crate::support::http::{exchange, reason_of};
 use crate::support::metrics::sample;
 use crate::support::origins;
-use crate::support::{upstream_pool, wait_until};
+use crate::support::wait_until;
 
 /// How long a test waits for the proxy to get somewhere before it fails.
 const WAIT: Duration = Duration::from_secs(10);
@@ -178,7 +176,8 @@ impl Harness {
 
 const HTTP_RESPONSE: &str = "HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/latest/meta-data/\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\nmoved";
 
-fn filter_for(doh: &DohServer, dir: &std::path::Path, allowlist: &str) -> (Arc<Filter>, Config) {
+/// The DNS filter the proxy resolves through, built as `portcullis run` builds it.
+async fn filter_for(doh: &DohServer, dir: &std::path::Path, allowlist: &str) -> Arc<Filter> {
     std::fs::write(dir.join("allow.toml"), allowlist).unwrap();
     let text = format!(
         r#"allowlist = "allow.toml"
@@ -201,17 +200,8 @@ inline = "evil.example\n"
         doh.ca_file.display()
     );
     let config = Config::parse(&text, "test.toml", dir).unwrap();
-    let loaded = build_policy(&config).unwrap();
-    let policy = Arc::new(ArcSwap::from_pointee(loaded.policy));
-    let upstream = upstream_pool(&config);
-    let filter = Arc::new(Filter::new(
-        policy,
-        upstream,
-        Cache::new(&config.cache),
-        FilterSettings::from(&config.dns),
-        config.dns.max_inflight,
-    ));
-    (filter, config)
+    let gate = Gate::build(config, None).await.unwrap();
+    gate.filter().clone()
 }
 
 async fn start(
@@ -221,7 +211,7 @@ async fn start(
     resolver: Option<Arc<dyn Resolve>>,
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let (filter, _) = filter_for(doh, dir.path(), allowlist);
+    let filter = filter_for(doh, dir.path(), allowlist).await;
     let echo = origins::echo("127.0.0.1").await;
     let http = origins::http("127.0.0.1", HTTP_RESPONSE).await;
     let dialer = Arc::new(TestDialer {
@@ -846,7 +836,7 @@ async fn curl_through_the_proxy_to_a_local_tls_origin() {
         (rule(&here, false) + &rule("443", true), false),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let (filter, _) = filter_for(&doh, dir.path(), &allow);
+        let filter = filter_for(&doh, dir.path(), &allow).await;
         let config: ProxyConfig = toml::from_str("listen = [\"127.0.0.1:0\"]").unwrap();
         let listeners = proxy::bind(&config.listen).await.unwrap();
         let addr = listeners[0].local_addr().unwrap();
