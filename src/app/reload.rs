@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config::Config;
 use crate::config::watch::{ConfigWatcher, Fingerprint, fingerprint, watched_files};
 use crate::dns::filter::{Filter, FilterSettings};
+use crate::lists::load::Loaded;
 use crate::lists::refresh::Lists;
 
 /// SIGHUP, or a change to a file the configuration is read from, rebuilds the policy;
@@ -65,28 +67,12 @@ pub async fn reload_loop(
         .await;
         match result {
             Ok(Ok((config, built))) => {
-                super::log_loaded(&built);
-                let restart = lists.config().restart_needed(&config);
-                if !restart.is_empty() {
-                    tracing::warn!(
-                        keys = restart.join(", "),
-                        "these settings changed but apply only at the next start; the rest is applied now"
-                    );
-                }
                 let now_read = watched_files(path.as_deref(), &config);
                 if now_read != files {
                     files = now_read;
                     loaded = fingerprint(&files);
                 }
-                // `[proxy]` applies at the next start, `deny_ranges` included: DNS keeps
-                // the ranges the proxy refuses, so both front doors refuse the same.
-                let deny_ranges = filter.settings.load().deny_ranges.clone();
-                filter.settings.store(Arc::new(FilterSettings {
-                    deny_ranges,
-                    ..FilterSettings::from(&config.dns)
-                }));
-                lists.publish(config, built).await;
-                crate::telemetry::metrics::config_reload(true);
+                put_in_force(&lists, &filter, config, built).await;
                 tracing::info!(trigger, "configuration reloaded");
             }
             Ok(Err(error)) => {
@@ -99,4 +85,27 @@ pub async fn reload_loop(
             }
         }
     }
+}
+
+/// Puts a configuration and the policy built from it in force: the DNS settings at once,
+/// the lists and the policy through the refresher; what applies only at the next start is
+/// named in the log.
+async fn put_in_force(lists: &Lists, filter: &Filter, config: Config, built: Loaded) {
+    super::log_loaded(&built);
+    let restart = lists.config().restart_needed(&config);
+    if !restart.is_empty() {
+        tracing::warn!(
+            keys = restart.join(", "),
+            "these settings changed but apply only at the next start; the rest is applied now"
+        );
+    }
+    // `[proxy]` applies at the next start, `deny_ranges` included: DNS keeps the ranges
+    // the proxy refuses, so both front doors refuse the same.
+    let deny_ranges = filter.settings.load().deny_ranges.clone();
+    filter.settings.store(Arc::new(FilterSettings {
+        deny_ranges,
+        ..FilterSettings::from(&config.dns)
+    }));
+    lists.publish(config, built).await;
+    crate::telemetry::metrics::config_reload(true);
 }

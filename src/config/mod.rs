@@ -294,87 +294,91 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
         for (var, value) in vars {
-            let bad = |message: String| ConfigError::Env {
-                var: var.clone(),
-                message,
-            };
-            match var.as_str() {
-                "PORTCULLIS_DNS_LISTEN" => {
-                    self.dns.listen = split_list(&value)
-                        .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
-                        .collect::<Result<_, _>>()?;
-                }
-                "PORTCULLIS_PROXY_LISTEN" => {
-                    self.proxy.listen = split_list(&value)
-                        .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
-                        .collect::<Result<_, _>>()?;
-                }
-                "PORTCULLIS_ADMIN_LISTEN" => {
-                    self.admin.listen = split_list(&value)
-                        .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
-                        .collect::<Result<_, _>>()?;
-                }
-                "PORTCULLIS_UPSTREAMS" => {
-                    // url[#tls_name], comma separated.
-                    self.upstream.servers = split_list(&value)
-                        .map(|s| {
-                            let (url, tls_name) = match s.split_once('#') {
-                                Some((u, n)) => (u, Some(n.to_owned())),
-                                None => (s, None),
-                            };
-                            UpstreamSpec {
-                                name: None,
-                                url: url.to_owned(),
-                                tls_name,
-                                timeout_ms: None,
-                                ca_file: None,
-                            }
-                        })
-                        .collect();
-                }
-                "PORTCULLIS_UPSTREAM_STRATEGY" => {
-                    self.upstream.strategy = match value.as_str() {
-                        "parallel" => Strategy::Parallel,
-                        "failover" => Strategy::Failover,
-                        other => {
-                            return Err(bad(format!("`{other}`: expected parallel or failover")));
+            self.apply_var(var, value)?;
+        }
+        self.validate()
+    }
+
+    /// One `PORTCULLIS_*` override; other names are ignored.
+    fn apply_var(&mut self, var: String, value: String) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        match var.as_str() {
+            "PORTCULLIS_DNS_LISTEN" => {
+                self.dns.listen = split_list(&value)
+                    .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
+                    .collect::<Result<_, _>>()?;
+            }
+            "PORTCULLIS_PROXY_LISTEN" => {
+                self.proxy.listen = split_list(&value)
+                    .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
+                    .collect::<Result<_, _>>()?;
+            }
+            "PORTCULLIS_ADMIN_LISTEN" => {
+                self.admin.listen = split_list(&value)
+                    .map(|s| s.parse().map_err(|e| bad(format!("`{s}`: {e}"))))
+                    .collect::<Result<_, _>>()?;
+            }
+            "PORTCULLIS_UPSTREAMS" => {
+                // url[#tls_name], comma separated.
+                self.upstream.servers = split_list(&value)
+                    .map(|s| {
+                        let (url, tls_name) = match s.split_once('#') {
+                            Some((u, n)) => (u, Some(n.to_owned())),
+                            None => (s, None),
+                        };
+                        UpstreamSpec {
+                            name: None,
+                            url: url.to_owned(),
+                            tls_name,
+                            timeout_ms: None,
+                            ca_file: None,
                         }
+                    })
+                    .collect();
+            }
+            "PORTCULLIS_UPSTREAM_STRATEGY" => {
+                self.upstream.strategy = match value.as_str() {
+                    "parallel" => Strategy::Parallel,
+                    "failover" => Strategy::Failover,
+                    other => {
+                        return Err(bad(format!("`{other}`: expected parallel or failover")));
                     }
                 }
-                "PORTCULLIS_ALLOWLIST" => self.allowlist = Some(PathBuf::from(value.clone())),
-                "PORTCULLIS_LOG_FORMAT" => {
-                    self.log.format = match value.as_str() {
-                        "json" => LogFormat::Json,
-                        "text" => LogFormat::Text,
-                        "auto" => LogFormat::Auto,
-                        other => {
-                            return Err(bad(format!("`{other}`: expected json, text or auto")));
-                        }
+            }
+            "PORTCULLIS_ALLOWLIST" => self.allowlist = Some(PathBuf::from(value.clone())),
+            "PORTCULLIS_LOG_FORMAT" => {
+                self.log.format = match value.as_str() {
+                    "json" => LogFormat::Json,
+                    "text" => LogFormat::Text,
+                    "auto" => LogFormat::Auto,
+                    other => {
+                        return Err(bad(format!("`{other}`: expected json, text or auto")));
                     }
                 }
-                "PORTCULLIS_LOG_LEVEL" => self.log.level = value.clone(),
-                "PORTCULLIS_BLOCK_ANSWER" => {
-                    self.dns.block_answer = BlockAnswer::deserialize(toml::Value::String(
-                        value.clone(),
-                    ))
-                    .map_err(|_| {
+            }
+            "PORTCULLIS_LOG_LEVEL" => self.log.level = value.clone(),
+            "PORTCULLIS_BLOCK_ANSWER" => {
+                self.dns.block_answer =
+                    BlockAnswer::deserialize(toml::Value::String(value.clone())).map_err(|_| {
                         bad(format!(
                             "`{value}`: expected nxdomain, zero_ip, refused or addresses"
                         ))
                     })?;
-                }
-                "PORTCULLIS_ADMIN_TOKEN_FILE" => {
-                    self.admin.token_file = Some(PathBuf::from(value.clone()))
-                }
-                "PORTCULLIS_CACHE_DIR" => self.sources.cache_dir = PathBuf::from(value.clone()),
-                "PORTCULLIS_CACHE_MAX_ENTRIES" => {
-                    self.cache.max_entries =
-                        value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?;
-                }
-                _ => {}
             }
+            "PORTCULLIS_ADMIN_TOKEN_FILE" => {
+                self.admin.token_file = Some(PathBuf::from(value.clone()))
+            }
+            "PORTCULLIS_CACHE_DIR" => self.sources.cache_dir = PathBuf::from(value.clone()),
+            "PORTCULLIS_CACHE_MAX_ENTRIES" => {
+                self.cache.max_entries =
+                    value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?;
+            }
+            _ => {}
         }
-        self.validate()
+        Ok(())
     }
 
     /// Checks what serde cannot: cross-references and ranges.
@@ -423,6 +427,22 @@ impl Config {
                     .into(),
             ));
         }
+        self.validate_lists()?;
+        self.validate_sources()?;
+        let mut group_names: Vec<String> = self.groups.keys().cloned().collect();
+        group_names.push("default".to_owned());
+        self.proxy
+            .validate(&group_names)
+            .map_err(|(key, message)| invalid_full(key, message))?;
+        self.admin
+            .validate()
+            .map_err(|(key, message)| invalid_full(key, message))?;
+        Ok(())
+    }
+
+    /// `[[lists]]`: names, sources, groups.
+    fn validate_lists(&self) -> Result<(), ConfigError> {
+        let o = &self.origin;
         let mut names = std::collections::HashSet::new();
         for (index, list) in self.lists.iter().enumerate() {
             let at = list.name.span().start;
@@ -467,15 +487,6 @@ impl Config {
                 }
             }
         }
-        self.validate_sources()?;
-        let mut group_names: Vec<String> = self.groups.keys().cloned().collect();
-        group_names.push("default".to_owned());
-        self.proxy
-            .validate(&group_names)
-            .map_err(|(key, message)| invalid_full(key, message))?;
-        self.admin
-            .validate()
-            .map_err(|(key, message)| invalid_full(key, message))?;
         Ok(())
     }
 
