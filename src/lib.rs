@@ -1,7 +1,9 @@
 //! Portcullis: the egress gate for self-hosted AI agents.
 //!
-//! One policy core ([`policy`]) that both front doors ask: the DNS firewall ([`dns`])
-//! and, later, the egress proxy. Lists are parsed in [`lists`], configuration in [`config`].
+//! One policy core ([`policy`]) that both front doors ask: the DNS firewall ([`dns`]) and
+//! the egress proxy ([`proxy`]). Lists are read and refreshed in [`lists`], configuration
+//! in [`config`]; [`app`] builds and serves the gate. The layers, and the path of a query
+//! through the files: README, "Code map".
 
 pub mod admin;
 pub mod app;
