@@ -1,4 +1,4 @@
-//! The proxy's incremental chunked-body decoder (`ChunkedDecoder`, what `forward.rs`
+//! The proxy's incremental chunked-body decoder (`ChunkedDecoder`, what `proxy/forward/`
 //! streams uploads through), against a plain reference decoder, fed in pieces of every
 //! size: the result cannot depend on how TCP splits the body.
 #![no_main]

@@ -11,8 +11,8 @@
 //! ([`error`]); every decision and every closed tunnel is one JSON log line
 //! (`portcullis::decision`, `door = "proxy"`).
 
-// The `[proxy]` configuration lives in src/config/proxy.rs; until `config/mod.rs`
-// declares it, it is compiled here.
+// The `[proxy]` section's types are config's (src/config/proxy.rs); this is the path the
+// proxy's own code and tests name them by.
 pub use crate::config::proxy as config;
 
 pub mod budget;
