@@ -18,7 +18,7 @@ use portcullis::lists::load::build_policy;
 use portcullis::policy::name::Name;
 use portcullis::proxy::{self, ProxyConfig, ProxyState, Resolve, TcpDialer};
 
-/// `bench.test` is 127.0.0.1; nothing else resolves.
+/// `bench.test` is 127.0.0.2 (the origin; 127.0.0.1 is the gate's own); nothing else resolves.
 struct Static;
 
 #[async_trait::async_trait]
@@ -33,19 +33,9 @@ impl Resolve for Static {
                 RData::A(A(Ipv4Addr::new(127, 0, 0, 2))),
             ));
         }
-        Reply {
-            rcode: ResponseCode::NoError,
-            answers,
-            authorities: Vec::new(),
-            ede: None,
-            outcome: Outcome::Cached,
-            reason: "static".into(),
-            list: None,
-            rule: None,
-            upstream: None,
-            answer_id: None,
-            denied_address: None,
-        }
+        let mut reply = Reply::new(ResponseCode::NoError, Outcome::Cached, "static");
+        reply.answers = answers;
+        reply
     }
 }
 

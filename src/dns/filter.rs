@@ -60,7 +60,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub(crate) fn new(rcode: ResponseCode, outcome: Outcome, reason: impl Into<String>) -> Reply {
+    /// A reply with no records: add them, and what a decision line needs, as they come.
+    pub fn new(rcode: ResponseCode, outcome: Outcome, reason: impl Into<String>) -> Reply {
         Reply {
             rcode,
             answers: Vec::new(),

@@ -757,28 +757,19 @@ mod tests {
         assert_eq!(blocked_by(&now, "c2-1.example").as_deref(), Some("c"));
         // b keeps serving its older copy and says why it failed.
         assert_eq!(blocked_by(&now, "b-1.example").as_deref(), Some("b"));
-        let status = lists
-            .statuses()
-            .into_iter()
-            .find(|s| s.name == "b")
-            .unwrap();
-        assert!(
-            status
-                .last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("a parser bug")),
-            "{status:?}"
-        );
+        let names_the_bug = |statuses: &[ListStatus]| {
+            let status = statuses.iter().find(|s| s.name == "b").unwrap();
+            assert!(
+                status
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("a parser bug")),
+                "{status:?}"
+            );
+        };
+        names_the_bug(&lists.statuses());
         // What `portcullis lists` reads: the cache's metadata, from another process.
-        let from_disk = build_policy(&lists.config()).unwrap();
-        let status = from_disk.lists.iter().find(|s| s.name == "b").unwrap();
-        assert!(
-            status
-                .last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("a parser bug")),
-            "{status:?}"
-        );
+        names_the_bug(&build_policy(&lists.config()).unwrap().lists);
         // The next round (the background thread survived) refreshes b again.
         std::fs::write(dir.path().join("b.txt"), names("b2", 200)).unwrap();
         let report = lists.refresh_all().await;

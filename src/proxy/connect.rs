@@ -89,6 +89,18 @@ struct Approved<'a> {
 }
 
 impl Approved<'_> {
+    /// The decision line of this tunnel, once `dialled` answered.
+    fn log_allowed(&self, dialled: std::net::SocketAddr, sni: Option<&str>) {
+        log_allowed(
+            self.asker,
+            "CONNECT",
+            &self.target,
+            &self.approval,
+            dialled,
+            sni,
+        );
+    }
+
     /// A port in `opaque_ports`: dialled before the `200`, no TLS check.
     async fn opaque(self, mut client: TcpStream, early: Vec<u8>, held: Held<'_>) {
         let (mut origin, dialled) = match dial_checked(self.state, &self.approval.addrs).await {
@@ -98,14 +110,7 @@ impl Approved<'_> {
         if client.write_all(ESTABLISHED).await.is_err() {
             return;
         }
-        log_allowed(
-            self.asker,
-            "CONNECT",
-            &self.target,
-            &self.approval,
-            dialled,
-            None,
-        );
+        self.log_allowed(dialled, None);
         drop(held);
         if !early.is_empty() && origin.write_all(&early).await.is_err() {
             return;
@@ -155,14 +160,7 @@ impl Approved<'_> {
                 return self.refuse_after_200(client, &err, alert).await;
             }
         };
-        log_allowed(
-            self.asker,
-            "CONNECT",
-            &self.target,
-            &self.approval,
-            dialled,
-            hello.sni.as_deref(),
-        );
+        self.log_allowed(dialled, hello.sni.as_deref());
         if origin.write_all(&early).await.is_err() {
             return;
         }

@@ -4,18 +4,14 @@
 
 use std::time::Duration;
 
+use crate::support::config_head;
 use crate::support::gate::{Gate, dig, portcullis};
 use crate::support::http::{connect, http, http_with, reason_of};
 use crate::support::metrics::{metric_sum, promtool, sample};
 
-const CONFIG: &str = r#"
-[dns]
-listen = ["127.0.0.1:0"]
-
-[upstream]
-timeout_ms = 500
-[[upstream.servers]]
-name = "dead"
+const CONFIG: &str = concat!(
+    config_head!(),
+    r#"name = "dead"
 url = "udp://127.0.0.1:9"
 
 [[lists]]
@@ -23,7 +19,8 @@ name = "threats"
 inline = """
 evil.example
 """
-"#;
+"#
+);
 
 /// `promtool check metrics` must pass (without promtool the test fails, as the
 /// monitoring tests do: scripts/test.sh installs it).

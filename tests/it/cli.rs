@@ -4,16 +4,12 @@
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::config_head;
 use crate::support::gate::{self, Gate, dig, portcullis, run};
 
-const CONFIG: &str = r#"
-[dns]
-listen = ["127.0.0.1:0"]
-
-[upstream]
-timeout_ms = 500
-[[upstream.servers]]
-url = "udp://127.0.0.1:9"
+const CONFIG: &str = concat!(
+    config_head!(),
+    r#"url = "udp://127.0.0.1:9"
 
 [groups]
 agent = ["10.20.0.0/16"]
@@ -29,7 +25,8 @@ inline = """
 /^c2-[0-9]+\\./
 """
 groups = ["agent"]
-"#;
+"#
+);
 
 const THREATS: &str =
     "# header\n0.0.0.0 localhost\n0.0.0.0 evil.example\n0.0.0.0 api.anthropic.com\n";

@@ -150,22 +150,10 @@ impl Oracle {
             simple_name: Regex::new(r"^(([a-z0-9_-]{1,63})\.)+[a-z0-9_-]{1,63}\.?$").unwrap(),
             adblock_simple: Regex::new(r"^(@@)?\|\|([a-z0-9_.-]+)\^(\$important)?$").unwrap(),
             dnsmasq: Regex::new(r"^(server|address|local)=/(.*)/[^/]*$").unwrap(),
-            boilerplate: [
-                "localhost",
-                "localhost.localdomain",
-                "local",
-                "broadcasthost",
-                "ip6-localhost",
-                "ip6-loopback",
-                "ip6-localnet",
-                "ip6-mcastprefix",
-                "ip6-allnodes",
-                "ip6-allrouters",
-                "ip6-allhosts",
-                "0.0.0.0",
-            ]
-            .into_iter()
-            .collect(),
+            // The names are data, not logic: the reference shares the parser's table.
+            boilerplate: portcullis::lists::parse::HOSTS_BOILERPLATE
+                .into_iter()
+                .collect(),
         }
     }
 

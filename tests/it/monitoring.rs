@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::config_head;
 use crate::support::gate::{Gate, dig};
 use crate::support::http::{connect, http};
 use crate::support::metrics::promtool;
@@ -741,14 +742,9 @@ fn missing_in(place: &str, expr: &str, scrape: &BTreeMap<String, BTreeSet<String
     problems
 }
 
-const CONFIG: &str = r#"
-[dns]
-listen = ["127.0.0.1:0"]
-
-[upstream]
-timeout_ms = 500
-[[upstream.servers]]
-name = "dead"
+const CONFIG: &str = concat!(
+    config_head!(),
+    r#"name = "dead"
 url = "udp://127.0.0.1:9"
 
 [sources]
@@ -763,7 +759,8 @@ evil.example
 [[lists]]
 name = "feed"
 url = "FEED_URL"
-"#;
+"#
+);
 
 /// Runs the gate, sends a little of every kind of traffic (so that labelled families
 /// have series), and returns its /metrics.

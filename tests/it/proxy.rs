@@ -760,19 +760,7 @@ impl Resolve for FlipResolver {
 }
 
 fn portcullis_reply(rcode: ResponseCode, outcome: Outcome) -> Reply {
-    Reply {
-        rcode,
-        answers: Vec::new(),
-        authorities: Vec::new(),
-        ede: None,
-        outcome,
-        reason: "test".into(),
-        list: None,
-        rule: None,
-        upstream: None,
-        answer_id: None,
-        denied_address: None,
-    }
+    Reply::new(rcode, outcome, "test")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

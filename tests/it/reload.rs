@@ -10,21 +10,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::config_head;
 use crate::support::gate::{self, Gate, dig};
 
-const CONFIG: &str = r#"
-[dns]
-listen = ["127.0.0.1:0"]
-
-[upstream]
-timeout_ms = 500
-[[upstream.servers]]
-url = "udp://127.0.0.1:9"
+const CONFIG: &str = concat!(
+    config_head!(),
+    r#"url = "udp://127.0.0.1:9"
 
 [[lists]]
 name = "threats"
 path = "threats.txt"
-"#;
+"#
+);
 
 /// Replaces `path` the way editors and ConfigMaps do: write a new file, rename it over.
 fn replace(path: &Path, content: &str) {

@@ -80,22 +80,25 @@ where
     }
 }
 
+/// The names hosts files carry for the machine itself: boilerplate that must never
+/// become a rule.
+pub const HOSTS_BOILERPLATE: [&str; 12] = [
+    "localhost",
+    "localhost.localdomain",
+    "local",
+    "broadcasthost",
+    "ip6-localhost",
+    "ip6-loopback",
+    "ip6-localnet",
+    "ip6-mcastprefix",
+    "ip6-allnodes",
+    "ip6-allrouters",
+    "ip6-allhosts",
+    "0.0.0.0",
+];
+
 /// Hosts boilerplate that must never become a rule.
 pub(super) fn is_boilerplate(name: &str) -> bool {
-    const NAMES: [&str; 12] = [
-        "localhost",
-        "localhost.localdomain",
-        "local",
-        "broadcasthost",
-        "ip6-localhost",
-        "ip6-loopback",
-        "ip6-localnet",
-        "ip6-mcastprefix",
-        "ip6-allnodes",
-        "ip6-allrouters",
-        "ip6-allhosts",
-        "0.0.0.0",
-    ];
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.len() > 21
         || !matches!(
@@ -105,7 +108,9 @@ pub(super) fn is_boilerplate(name: &str) -> bool {
     {
         return false;
     }
-    NAMES.iter().any(|b| b.eq_ignore_ascii_case(name))
+    HOSTS_BOILERPLATE
+        .iter()
+        .any(|b| b.eq_ignore_ascii_case(name))
 }
 
 /// The address column of a hosts line; an IPv6 zone (`fe80::1%lo0`) is allowed.

@@ -95,6 +95,7 @@ mod adblock;
 mod detect;
 mod dnsmasq;
 mod hosts;
+pub use hosts::HOSTS_BOILERPLATE;
 mod ips;
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,16 @@ pub mod list_server;
 pub mod metrics;
 pub mod origins;
 
+/// The head of the self-contained test configurations: DNS on a free loopback port and
+/// an `[upstream]` table whose one server, written next, never answers. A literal, so that
+/// `concat!` builds each test's `CONFIG` with its lines where they were.
+macro_rules! config_head {
+    () => {
+        "\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[upstream]\ntimeout_ms = 500\n[[upstream.servers]]\n"
+    };
+}
+pub(crate) use config_head;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
