@@ -17,7 +17,7 @@ use hickory_proto::rr::{Name as DnsName, RData, RecordType};
 
 use super::config::ProxyMode;
 use super::decide::{Ask, Decision, decide, port_ok, rule_ref};
-use super::error::ProxyError;
+use super::error::{ProxyError, RefusalCode};
 use super::target::{Host, Target};
 use super::{ProxyState, Resolve};
 use crate::dns::filter::{Filter, Outcome, Reply};
@@ -184,12 +184,12 @@ impl ProxyState {
         }
         if named {
             return Err(ProxyError::forbidden(
-                "port_not_allowed",
+                RefusalCode::PortNotAllowed,
                 format!("an allow rule names {text} but not port {port} for this request"),
             ));
         }
         Err(ProxyError::forbidden(
-            "ip_literal",
+            RefusalCode::IpLiteral,
             format!(
                 "IP address targets are refused unless an allow rule names the address ({text})"
             ),
@@ -264,7 +264,7 @@ impl ProxyState {
                 "; an allow rule with `private = true` is needed for private destinations"
             };
             return Err(ProxyError::forbidden(
-                "denied_address",
+                RefusalCode::DeniedAddress,
                 format!(
                     "every address of {host} is denied: {}{hint}",
                     approval.skipped.join(", ")
@@ -317,19 +317,19 @@ fn answer_addrs(
         match reply.outcome {
             Outcome::Blocked => {
                 return Err(ProxyError::forbidden(
-                    "blocked_answer",
+                    RefusalCode::BlockedAnswer,
                     format!("{}: {}", name.as_str(), reply.reason),
                 ));
             }
             Outcome::Refused if reply.denied_address.is_some() => {
                 return Err(ProxyError::forbidden(
-                    "denied_address",
+                    RefusalCode::DeniedAddress,
                     format!("{}: {}", name.as_str(), reply.reason),
                 ));
             }
             Outcome::Local => {
                 return Err(ProxyError::forbidden(
-                    "special_use",
+                    RefusalCode::SpecialUse,
                     format!("{}: {}", name.as_str(), reply.reason),
                 ));
             }

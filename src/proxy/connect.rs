@@ -18,7 +18,7 @@ use super::ProxyState;
 use super::budget::Held;
 use super::check::{Approval, Asker, Kind};
 use super::conn::{Received, dial_checked, log_allowed, log_close, log_refusal, refuse};
-use super::error::ProxyError;
+use super::error::{ProxyError, RefusalCode};
 use super::http::{BodyFraming, RequestHead};
 use super::relay::relay;
 use super::sni::{self, ClientHello, alerts};
@@ -141,7 +141,7 @@ impl Approved<'_> {
         let checked = match hello {
             Err(_) => Err((
                 ProxyError::forbidden(
-                    "client_hello_timeout",
+                    RefusalCode::ClientHelloTimeout,
                     "no complete TLS ClientHello in time",
                 ),
                 None,
@@ -214,7 +214,7 @@ async fn read_client_hello(
     held: &mut Held<'_>,
     head_len: usize,
 ) -> Result<ClientHello, ProxyError> {
-    let refuse = |why: String| ProxyError::forbidden("not_tls", why);
+    let refuse = |why: String| ProxyError::forbidden(RefusalCode::NotTls, why);
     loop {
         match sni::parse(buf) {
             Ok(Some(hello)) => return Ok(hello),
@@ -246,7 +246,7 @@ fn check_hello(
     if hello.ech && !approval.ech_ok {
         return Err((
             ProxyError::forbidden(
-                "ech_refused",
+                RefusalCode::EchRefused,
                 format!(
                     "Encrypted Client Hello to {} is not allowed (proxy.ech_hosts)",
                     target.host
@@ -258,7 +258,7 @@ fn check_hello(
     let mismatch = |sni: &str| {
         (
             ProxyError::forbidden(
-                "sni_mismatch",
+                RefusalCode::SniMismatch,
                 format!(
                     "TLS server name {sni:?} is not the approved host {} (domain fronting)",
                     target.host
@@ -274,7 +274,7 @@ fn check_hello(
         },
         (Host::Name(name), None) => Err((
             ProxyError::forbidden(
-                "sni_missing",
+                RefusalCode::SniMissing,
                 format!(
                     "the ClientHello names no server; the tunnel was approved for {}",
                     name.as_str()

@@ -6,7 +6,7 @@
 
 use super::check::Kind;
 use super::config::ProxyMode;
-use super::error::ProxyError;
+use super::error::{ProxyError, RefusalCode};
 use super::target::TargetError;
 use crate::policy::addr::AddrClass;
 use crate::policy::name::Name;
@@ -71,7 +71,7 @@ pub(crate) fn decide(ask: &Ask) -> Decision {
     match ask.class {
         Some(class) if !matches!(decision, Decision::Refused(_)) && !decision.admits(class) => {
             Decision::Refused(ProxyError::forbidden(
-                "denied_address",
+                RefusalCode::DeniedAddress,
                 format!(
                     "an address of {} is denied: {} ({})",
                     ask.name.as_str(),
@@ -97,13 +97,13 @@ fn decide_name(ask: &Ask) -> Decision {
         }
         Verdict::Blocked(m) => {
             return Decision::Refused(ProxyError::forbidden(
-                "blocked",
+                RefusalCode::Blocked,
                 format!("{name} is blocked by {:#}", m.described_in(ask.list)),
             ));
         }
         Verdict::Special(special) => {
             return Decision::Refused(ProxyError::forbidden(
-                "special_use",
+                RefusalCode::SpecialUse,
                 format!(
                     "{name} is a special-use name ({}); it is never dialled",
                     special.as_str()
@@ -120,7 +120,7 @@ fn decide_name(ask: &Ask) -> Decision {
             None => port_refusal(ask, ask.rules.first().copied().unwrap_or(rule)),
         },
         Verdict::Excepted(_) | Verdict::Pass => ProxyError::forbidden(
-            "not_allowlisted",
+            RefusalCode::NotAllowlisted,
             format!(
                 "no allow rule names {name}:{port} for group {} (add it to allowlist.toml)",
                 ask.group
@@ -132,7 +132,7 @@ fn decide_name(ask: &Ask) -> Decision {
         ProxyMode::Public | ProxyMode::Report => {
             if !ask.public_ports.contains(&port) {
                 return Decision::Refused(ProxyError::forbidden(
-                    "port_not_allowed",
+                    RefusalCode::PortNotAllowed,
                     format!(
                         "port {port} is not a public {} port ({:?}) and no allow rule names {name}:{port}",
                         if kind == Kind::Connect {
@@ -170,7 +170,10 @@ fn port_refusal(ask: &Ask, first: &AllowRule) -> ProxyError {
             ports.join(", ")
         )
     };
-    ProxyError::forbidden("port_not_allowed", format!("{name}:{port}: {what}"))
+    ProxyError::forbidden(
+        RefusalCode::PortNotAllowed,
+        format!("{name}:{port}: {what}"),
+    )
 }
 
 /// May an address of `class` be dialled, `private`: under a rule with `private = true`?

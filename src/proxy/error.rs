@@ -4,6 +4,49 @@ use crate::error::{Fault, HasFault};
 
 use super::target::TargetError;
 
+/// Why the proxy refused a request it understood (403): the stable code of the
+/// `X-Portcullis-Reason` header, the decision log and `portcullis_proxy_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    Blocked,
+    BlockedAnswer,
+    SpecialUse,
+    NotAllowlisted,
+    PortNotAllowed,
+    IpLiteral,
+    DeniedAddress,
+    NotTls,
+    ClientHelloTimeout,
+    SniMissing,
+    SniMismatch,
+    EchRefused,
+}
+
+impl RefusalCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::Blocked => "blocked",
+            RefusalCode::BlockedAnswer => "blocked_answer",
+            RefusalCode::SpecialUse => "special_use",
+            RefusalCode::NotAllowlisted => "not_allowlisted",
+            RefusalCode::PortNotAllowed => "port_not_allowed",
+            RefusalCode::IpLiteral => "ip_literal",
+            RefusalCode::DeniedAddress => "denied_address",
+            RefusalCode::NotTls => "not_tls",
+            RefusalCode::ClientHelloTimeout => "client_hello_timeout",
+            RefusalCode::SniMissing => "sni_missing",
+            RefusalCode::SniMismatch => "sni_mismatch",
+            RefusalCode::EchRefused => "ech_refused",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Everything that ends a proxy request without a connection to the origin.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -29,7 +72,7 @@ pub enum ProxyError {
     TrailersTooLarge(usize),
     /// A policy refusal: `code` is the stable reason, `detail` names the rule or range.
     #[error("{code}: {detail}")]
-    Forbidden { code: &'static str, detail: String },
+    Forbidden { code: RefusalCode, detail: String },
     #[error("{host} does not resolve: {why}")]
     Unresolved { host: String, why: String },
     #[error("connecting to {addr} timed out")]
@@ -53,7 +96,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn forbidden(code: &'static str, detail: impl Into<String>) -> ProxyError {
+    pub fn forbidden(code: RefusalCode, detail: impl Into<String>) -> ProxyError {
         ProxyError::Forbidden {
             code,
             detail: detail.into(),
@@ -91,7 +134,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => "body_too_large",
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::TrailersTooLarge(_) => "trailers_too_large",
-            ProxyError::Forbidden { code, .. } => code,
+            ProxyError::Forbidden { code, .. } => code.as_str(),
             ProxyError::Unresolved { .. } => "unresolved",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::ConnectFailed { .. } => "connect_failed",
@@ -281,7 +324,7 @@ mod tests {
 
     #[test]
     fn statuses_faults_and_response() {
-        let e = ProxyError::forbidden("denied_address", "10.0.0.1 is private: RFC 1918");
+        let e = ProxyError::forbidden(RefusalCode::DeniedAddress, "10.0.0.1 is private: RFC 1918");
         assert_eq!((e.status(), e.fault()), (403, Fault::Client));
         let text = String::from_utf8(refusal_response(&e, 7)).unwrap();
         assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
@@ -313,7 +356,10 @@ mod tests {
             "unresolved: api.example.com does not resolve (all upstreams failed)"
         );
         assert!(e.to_string().contains("dns6"), "the log keeps the details");
-        let long = ProxyError::forbidden("denied_address", format!("x\r\n{}", "a".repeat(500)));
+        let long = ProxyError::forbidden(
+            RefusalCode::DeniedAddress,
+            format!("x\r\n{}", "a".repeat(500)),
+        );
         let header = long.reason_header();
         assert_eq!(header.chars().count(), REASON_MAX);
         assert!(header.starts_with("denied_address: x??aaa") && header.ends_with("..."));
