@@ -1,4 +1,5 @@
-//! Binding listeners and counting their connections: shared by the proxy and the admin server.
+//! Binding listeners, accepting on them and counting their connections: shared by the
+//! proxy and the admin server.
 
 use std::collections::HashMap;
 use std::io;
@@ -6,7 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::sys::lock;
 
@@ -18,6 +20,30 @@ pub async fn bind_tcp(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
         listeners.push(TcpListener::bind(addr).await?);
     }
     Ok(listeners)
+}
+
+/// Accepts on `listener` until `stop`, handing each connection to `accepted`. A failed
+/// accept (EMFILE and friends) backs off for a moment instead of spinning; `door` names
+/// the listener in that warning.
+pub async fn accept_loop(
+    listener: TcpListener,
+    stop: CancellationToken,
+    door: &'static str,
+    mut accepted: impl FnMut(TcpStream, SocketAddr),
+) {
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            result = listener.accept() => result,
+        };
+        match result {
+            Ok((stream, client)) => accepted(stream, client),
+            Err(error) => {
+                tracing::warn!(%error, door, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Connections open at once, over all clients and per client address, shared by the

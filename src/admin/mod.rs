@@ -21,8 +21,6 @@
 //! The POST endpoints answer 401 without `Authorization: Bearer TOKEN` matching the token
 //! file, and 403 when no token file is configured.
 
-use crate::live::Shared;
-use crate::telemetry::metrics;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
@@ -35,11 +33,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dns::filter::Filter;
-use crate::listen::{ConnLimits, LimitHit};
+use crate::listen::{ConnLimits, LimitHit, accept_loop};
 use crate::lists::refresh::{Lists, Outcome};
+use crate::live::Shared;
+use crate::proxy::ProxyError;
+use crate::proxy::http::{RequestHead, parse_request_head};
+use crate::telemetry::metrics;
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
+/// Most header fields accepted in a request head.
+const MAX_HEADERS: usize = 32;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -135,32 +139,22 @@ pub async fn serve(
     let limits = Arc::new(ConnLimits::default());
     for listener in listeners {
         tracing::info!(addr = %listener.local_addr()?, "listening admin");
-        let (state, stop, conns) = (state.clone(), stop.clone(), tracker.clone());
+        let (state, conn_stop, conns) = (state.clone(), stop.clone(), tracker.clone());
         let limits = limits.clone();
-        tracker.spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                match accepted {
-                    Ok((stream, client)) => {
-                        let (state, stop) = (state.clone(), stop.clone());
-                        let limits = limits.clone();
-                        conns.spawn(async move {
-                            tokio::select! {
-                                _ = stop.cancelled() => {}
-                                _ = connection(&state, &limits, stream, client.ip()) => {}
-                            }
-                        });
+        tracker.spawn(accept_loop(
+            listener,
+            stop.clone(),
+            "admin",
+            move |stream, client| {
+                let (state, stop, limits) = (state.clone(), conn_stop.clone(), limits.clone());
+                conns.spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = connection(&state, &limits, stream, client.ip()) => {}
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, "admin accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
+                });
+            },
+        ));
     }
     shutdown.await;
     stop.cancel();
@@ -264,55 +258,45 @@ async fn connection(
             return;
         }
     };
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(admin.header_timeout(), async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok::<_, io::Error>(false);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                return Ok(true);
-            }
-            if buf.len() > MAX_HEAD {
-                return Ok(true);
-            }
-        }
-    })
-    .await;
+    let head = tokio::time::timeout(admin.header_timeout(), read_head(&mut stream)).await;
     let response = match head {
-        Ok(Ok(true)) if buf.len() > MAX_HEAD => Response::text(431, "request head too large\n"),
-        Ok(Ok(true)) => {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut request = httparse::Request::new(&mut headers);
-            match request.parse(&buf) {
-                Ok(httparse::Status::Complete(_)) => {
-                    let authorization = request
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-                        .map(|h| h.value);
-                    route(
-                        state,
-                        request.method.unwrap_or(""),
-                        request.path.unwrap_or(""),
-                        authorization,
-                    )
-                    .await
-                }
-                _ => Response::text(400, "bad request\n"),
-            }
+        Ok(Ok(Some(head))) => {
+            let authorization = head.header("authorization").next();
+            route(state, &head.method, &head.target, authorization).await
         }
+        Ok(Ok(None)) => return,
+        Ok(Err(ProxyError::HeadTooLarge(_))) => Response::text(431, "request head too large\n"),
+        Ok(Err(_)) => Response::text(400, "bad request\n"),
         Err(_) => Response::text(408, "request head not received in time\n"),
-        _ => return,
     };
     let _ = tokio::time::timeout(write_timeout, async {
         stream.write_all(&response.encode()).await?;
         stream.shutdown().await
     })
     .await;
+}
+
+/// Reads one request head with the proxy's parser (the gate has one HTTP/1 head reader):
+/// `None` when the client closed before sending one.
+async fn read_head(stream: &mut TcpStream) -> Result<Option<RequestHead>, ProxyError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some((head, _)) = parse_request_head(&buf, MAX_HEADERS)? {
+            return Ok(Some(head));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(ProxyError::HeadTooLarge(MAX_HEAD));
+        }
+    }
 }
 
 /// Answers one request. `authorization` is the raw `Authorization` header, if any.

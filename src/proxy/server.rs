@@ -20,7 +20,7 @@ use super::conn::{Received, log_refusal, refuse};
 use super::error::{ProxyError, refusal_response};
 use super::http::read_request_head;
 use super::{ProxyState, connect, forward};
-use crate::listen::LimitHit;
+use crate::listen::{LimitHit, accept_loop};
 
 pub use crate::listen::bind_tcp as bind;
 
@@ -38,11 +38,15 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     for listener in listeners {
         tracing::info!(addr = %listener.local_addr()?, "listening proxy");
+        let (state, conn_stop, conns) = (state.clone(), stop.clone(), tracker.clone());
         tracker.spawn(accept_loop(
             listener,
-            state.clone(),
-            stop.clone(),
-            tracker.clone(),
+            stop.accepting.clone(),
+            "proxy",
+            move |stream, client| {
+                let _ = stream.set_nodelay(true);
+                conns.spawn(connection(state.clone(), stream, client, conn_stop.clone()));
+            },
         ));
     }
     shutdown.await;
@@ -77,31 +81,6 @@ struct Stop {
     accepting: CancellationToken,
     /// The drain deadline passed: close tunnels and requests in progress.
     tunnels: CancellationToken,
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<ProxyState>,
-    stop: Stop,
-    tracker: TaskTracker,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.accepting.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, client)) => {
-                let _ = stream.set_nodelay(true);
-                tracker.spawn(connection(state.clone(), stream, client, stop.clone()));
-            }
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 /// Counts an open client connection in `portcullis_proxy_connections` until dropped.
