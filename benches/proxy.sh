@@ -28,6 +28,14 @@
 #        LOGS=1: the gate writes its JSON decision lines (to $OUT/gate.log) as in
 #        production; by default it logs nothing.
 #        OUT (target/bench-proxy): runs.tsv (every figure of every round), report.md.
+#        GATES="old=/path/to/proxy_bench_gate-A new=/path/to/proxy_bench_gate-B": two
+#        (or more) gate harness binaries side by side in one run, e.g. old vs new code,
+#        labelled portcullis-old, portcullis-new..., on ports GATE_PORT, GATE_PORT+2...;
+#        only the driver (this tree's proxy_load) is built, or none if LOAD_BIN names one. Each harness must answer
+#        bench.test with 127.0.0.2 and take `LISTEN_PORT ORIGIN_PORT` as this tree's
+#        does. The rotating order then covers direct, every gate and squid, and
+#        report.md (made by this script) gives median [min-max] per label, the last
+#        gate's median relative to the first's, and the spread of the rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3} BULK_MIB=${BULK_MIB:-4096} DURATION=${DURATION:-5} CONC=${CONC:-50} IDLE=${IDLE:-1000}
@@ -37,10 +45,30 @@ OUT=${OUT:-target/bench-proxy} RT=${RT:-} LOGS=${LOGS:-} RELAY=${RELAY:-copy}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # Bench targets are built under a hashed name in target/release/deps/: cargo's JSON
 # messages say which file it made.
-BUILT=$(cargo build --release --bench proxy_bench_gate --bench proxy_load \
-  --message-format=json-render-diagnostics | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
-LOAD_BIN=$(grep '/proxy_load-[^/]*$' <<<"$BUILT")
-GATE_BIN=$(grep '/proxy_bench_gate-[^/]*$' <<<"$BUILT")
+# With GATES: G_LABEL[i], G_BIN[i], G_PORT[i]; without, the one gate built here.
+G_LABEL=() G_BIN=() G_PORT=()
+if [ -n "${GATES:-}" ]; then
+  if [ -n "${LOAD_BIN:-}" ]; then
+    BUILT=$LOAD_BIN
+  else
+    BUILT=$(cargo build --release --bench proxy_load \
+      --message-format=json-render-diagnostics | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
+  fi
+  port=$GATE_PORT
+  for spec in $GATES; do
+    name=${spec%%=*} bin=${spec#*=}
+    [[ $spec == *=* && $name =~ ^[A-Za-z0-9_-]+$ && -x $bin ]] || { echo "GATES: expected NAME=EXECUTABLE, got '$spec'" >&2; exit 1; }
+    [ "$port" = "$SQUID_PORT" ] && port=$((port + 1))
+    G_LABEL+=("portcullis-$name") G_BIN+=("$bin") G_PORT+=("$port")
+    port=$((port + 2))
+  done
+else
+  BUILT=$(cargo build --release --bench proxy_bench_gate --bench proxy_load \
+    --message-format=json-render-diagnostics | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
+  G_LABEL=(portcullis) G_BIN=("$(grep '/proxy_bench_gate-[^/]*$' <<<"$BUILT")") G_PORT=("$GATE_PORT")
+fi
+LOAD_BIN=${LOAD_BIN:-$(grep '/proxy_load-[^/]*$' <<<"$BUILT")}
+GATE_BIN=${G_BIN[0]}
 mkdir -p "$OUT"
 RUNS="$OUT/runs.tsv"
 : >"$RUNS"
@@ -111,17 +139,25 @@ start_all() {
   TLS=()
   if [ "$2" = tls ]; then TLS=(--tls "$WORK/ca.pem"); rm -f "$WORK/ca.pem"; fi
   $lc "$LOAD_BIN" origin "$ORIGIN_PORT" "${TLS[@]}" & PIDS+=($!)
-  if [ -n "$LOGS" ]; then
-    PROXY_RELAY=$RELAY PROXY_LOG=1 $pc "$GATE_BIN" "$GATE_PORT" "$ORIGIN_PORT" 2>>"$OUT/gate.log" & GATE=$!
-  else
-    PROXY_RELAY=$RELAY $pc "$GATE_BIN" "$GATE_PORT" "$ORIGIN_PORT" 2>/dev/null & GATE=$!
-  fi
-  PIDS+=($GATE)
+  G_PID=()
+  local g glog
+  for g in "${!G_BIN[@]}"; do
+    glog="$OUT/gate.log"
+    [ -n "${GATES:-}" ] && glog="$OUT/gate-${G_LABEL[g]#portcullis-}.log"
+    if [ -n "$LOGS" ]; then
+      PROXY_RELAY=$RELAY PROXY_LOG=1 $pc "${G_BIN[g]}" "${G_PORT[g]}" "$ORIGIN_PORT" 2>>"$glog" & G_PID[g]=$!
+    else
+      PROXY_RELAY=$RELAY $pc "${G_BIN[g]}" "${G_PORT[g]}" "$ORIGIN_PORT" 2>/dev/null & G_PID[g]=$!
+    fi
+    PIDS+=("${G_PID[g]}")
+  done
+  GATE=${G_PID[0]}
   SQUID=""
   if [ -n "$HAVE_SQUID" ]; then
     $pc squid -N -f "$WORK/squid.conf" 2>>"$OUT/squid.stderr" & SQUID=$!; PIDS+=($SQUID)
   fi
-  wait_port "$ORIGIN_PORT" 127.0.0.2; wait_port "$GATE_PORT"
+  wait_port "$ORIGIN_PORT" 127.0.0.2
+  for g in "${!G_PORT[@]}"; do wait_port "${G_PORT[g]}"; done
   [ -n "$SQUID" ] && wait_port "$SQUID_PORT"
   sleep 1
 }
@@ -130,20 +166,28 @@ start_all() {
 run() {
   local round=$1 pin=$2 label=$3 sub=$4; shift 4
   local via=(--label "$label" --origin "$ORIGIN_PORT")
+  local g
   case $label in
-    portcullis) via+=(--proxy "$GATE_PORT" --pid "$GATE") ;;
+    portcullis*)
+      for g in "${!G_LABEL[@]}"; do
+        [ "${G_LABEL[g]}" = "$label" ] && via+=(--proxy "${G_PORT[g]}" --pid "${G_PID[g]}")
+      done ;;
     squid) via+=(--proxy "$SQUID_PORT" --target "127.0.0.2:$ORIGIN_PORT" --pid "$SQUID") ;;
   esac
   $LOAD "$sub" "${via[@]}" "${TLS[@]}" "$@" | sed "s/^/$round\t$pin\t/" >>"$RUNS"
 }
 
-LABELS=(direct portcullis)
+LABELS=(direct "${G_LABEL[@]}")
 [ -n "$HAVE_SQUID" ] && LABELS+=(squid)
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src benches 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
   echo "squid: $(squid -v 2>/dev/null | head -1)"
+  if [ -n "${GATES:-}" ]; then
+    for g in "${!G_LABEL[@]}"; do echo "gate ${G_LABEL[g]}: ${G_BIN[g]} (port ${G_PORT[g]})"; done
+    echo "driver and origin: $LOAD_BIN"
+  fi
   echo "settings: ROUNDS=$ROUNDS BULK_MIB=$BULK_MIB DURATION=$DURATION CONC=$CONC IDLE=$IDLE RT=${RT:-0} LOGS=${LOGS:-0} RELAY=$RELAY PINS=$PINS MODES=$MODES"
 } | tee "$OUT/meta.txt"
 
@@ -173,4 +217,33 @@ for pin in $PINS; do
 done
 done
 echo "== load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/meta.txt"
-"$LOAD_BIN" report "$RUNS" | tee "$OUT/report.md"
+if [ -z "${GATES:-}" ]; then
+  "$LOAD_BIN" report "$RUNS" | tee "$OUT/report.md"
+  exit 0
+fi
+# GATES: the driver's report knows only direct / portcullis / squid; this one takes
+# every label. Rows of runs.tsv: round, pin, metric, label, value.
+awk -F'\t' -v labels="${LABELS[*]}" -v first="${G_LABEL[0]}" -v last="${G_LABEL[${#G_LABEL[@]}-1]}" '
+  function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j > 0 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+                                  return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  NF == 5 && $5 ~ /^-?[0-9.]+$/ { k = $2 SUBSEP $3 SUBSEP $4; n[k]++; v[k, n[k]] = $5
+                                  if (!($2 in seen)) { seen[$2] = 1; pins[++np] = $2 } }
+  END {
+    nl = split(labels, L, " ")
+    nm = split("bulk_MBps tunnels_per_s p50_ms p99_ms errors cpu_s_per_GiB cpu_ms_per_1k idle_KiB", M, " ")
+    split("bulk CONNECT, MB/s|tunnels/s, one PING/PONG each|p50 set-up + exchange, ms|p99 set-up + exchange, ms|tunnel errors|proxy CPU s per GiB|proxy CPU ms per 1k tunnels|RSS per idle tunnel, KiB", T, "|")
+    split("0 0 2 2 0 3 0 1", P, " ")
+    for (ip = 1; ip <= np; ip++) { pin = pins[ip]
+      printf "\n### %s\n\nmedian [min-max] of the rounds (n per cell); %s / %s = ratio of the medians; spread = (max - min) / median for %s, %s\n\n", pin, last, first, first, last
+      printf "|"; for (i = 1; i <= nl; i++) printf " | %s", L[i]; printf " | %s / %s | spread %s | spread %s |\n", last, first, first, last
+      printf "|---"; for (i = 1; i <= nl + 3; i++) printf "|---:"; print "|"
+      for (im = 1; im <= nm; im++) { m = M[im]; any = 0; row = ""
+        for (i = 1; i <= nl; i++) { k = pin SUBSEP m SUBSEP L[i]; c = n[k] + 0
+          if (!c) { row = row " | -"; continue }
+          any = 1; delete a; for (j = 1; j <= c; j++) a[j] = v[k, j] + 0
+          md = med(a, c); MED[L[i]] = md; SPR[L[i]] = (md != 0 ? sprintf("%.0f%%", (a[c] - a[1]) / md * 100) : "-")
+          f = "%." P[im] "f"; row = row sprintf(" | " f " [" f "-" f "] (n=%d)", md, a[1], a[c], c) }
+        if (!any) continue
+        ratio = ((first in MED) && MED[first] != 0 && (last in MED) ? sprintf("%.1f%%", MED[last] / MED[first] * 100) : "")
+        printf "| %s%s | %s | %s | %s |\n", T[im], row, ratio, SPR[first], SPR[last]
+        delete MED; delete SPR } } }' "$RUNS" | tee "$OUT/report.md"
