@@ -61,13 +61,22 @@ pub fn upstream_pool(config: &Config) -> anyhow::Result<UpstreamPool> {
         Duration::from_millis(config.upstream.timeout_ms),
     )
     .map_err(|error| {
-        let at = match &error {
-            UpstreamError::BadSpec { url, .. } => config.origin.source.find(url.as_str()),
-            _ => None,
+        // The line of the bad server's own `url` key (the first server that has it).
+        let path = match &error {
+            UpstreamError::BadSpec { url, .. } => config
+                .upstream
+                .servers
+                .iter()
+                .position(|s| &s.url == url)
+                .map_or_else(
+                    || "upstream.servers".to_owned(),
+                    |i| format!("upstream.servers[{i}].url"),
+                ),
+            _ => "upstream.servers".to_owned(),
         };
         config
             .origin
-            .invalid(at.unwrap_or(0), "upstream.servers", error.to_string())
+            .invalid_key(&path, "upstream.servers", error.to_string())
             .into()
     })
 }
@@ -290,5 +299,19 @@ impl Gate {
         admin?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bad upstream is reported at its own `url` line, not where its text first occurs.
+    #[test]
+    fn a_bad_upstream_is_reported_at_its_url_key() {
+        let text = "# was: url = \"ftp://9.9.9.9\"\n[upstream]\n[[upstream.servers]]\nurl = \"udp://127.0.0.1:9\"\n[[upstream.servers]]\nurl = \"ftp://9.9.9.9\"\n";
+        let config = Config::parse(text, "p.toml", Path::new(".")).unwrap();
+        let err = upstream_pool(&config).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:6: key `upstream.servers`: "), "{err}");
     }
 }

@@ -9,6 +9,7 @@
 mod support;
 
 mod admin;
+mod app;
 mod cli;
 mod container;
 mod dns;
