@@ -312,6 +312,9 @@ mod tests {
         let text = "# was: url = \"ftp://9.9.9.9\"\n[upstream]\n[[upstream.servers]]\nurl = \"udp://127.0.0.1:9\"\n[[upstream.servers]]\nurl = \"ftp://9.9.9.9\"\n";
         let config = Config::parse(text, "p.toml", Path::new(".")).unwrap();
         let err = upstream_pool(&config).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:6: key `upstream.servers`: "), "{err}");
+        assert!(
+            err.starts_with("p.toml:6: key `upstream.servers`: "),
+            "{err}"
+        );
     }
 }
