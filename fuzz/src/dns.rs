@@ -23,8 +23,15 @@ use portcullis::lists::load::build_policy;
 /// The client every datagram comes from.
 pub const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-// The upstream is never asked (no `finish`); it only has to be a valid spec.
+// The upstream is never asked (no `finish`); it only has to be a valid spec. The tunnel
+// guard blocks on a small budget, so hostile names reach its block path too.
 const CONFIG: &str = r#"
+[dns]
+qtypes = { agent = ["A", "AAAA", "CNAME", "HTTPS", "TXT", "MX"] }
+guard.actions = { agent = "block" }
+guard.budget_bytes = 64
+guard.max_entries = 256
+rate_limit.queries = 0
 [[upstream.servers]]
 url = "udp://127.0.0.1:9"
 [groups]

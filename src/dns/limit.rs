@@ -14,6 +14,9 @@ use foldhash::fast::FixedState;
 
 use crate::policy::dns::Rate;
 
+/// The size of one tracked client, table overhead included (stated in BENCHMARKS.md).
+pub const BUCKET_BYTES: usize = std::mem::size_of::<(IpAddr, Bucket)>() + 8;
+
 /// What the limiter says about one query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
@@ -135,5 +138,6 @@ mod tests {
             l.admit_at(0, ip(n), rate, 16);
         }
         assert!(l.clients() <= 16, "{}", l.clients());
+        const { assert!(BUCKET_BYTES <= 48) };
     }
 }

@@ -562,5 +562,9 @@ mod tests {
             Verdict::Blocked { .. }
         ));
         const { assert!(ENTRY_BYTES <= 176) };
+        eprintln!(
+            "tunnel guard entry: {ENTRY_BYTES} bytes; rate-limit bucket: {} bytes",
+            crate::dns::limit::BUCKET_BYTES
+        );
     }
 }
