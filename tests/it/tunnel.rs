@@ -36,7 +36,7 @@ use hickory_proto::rr::rdata::{A, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::support::container::{self, Netns, RunningGate, link, readable_by_all};
-use crate::support::metrics::metric_sum;
+use crate::support::metrics;
 
 const AGENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// The gate's address on the agent side: the agent's resolver.
@@ -187,6 +187,12 @@ fn fetch_metrics() -> Option<String> {
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The sum of the samples of `metric` with every one of `labels` (0 when there are none).
+fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    // An empty sum of f64 is -0.0: printed as "-0".
+    metrics::metric_sum(text, metric, labels) + 0.0
 }
 
 /// The guard trips the gate counted (`portcullis_dns_guard_trips_total`, every label).
@@ -551,11 +557,16 @@ fn gate_state(topo: &Topology, gate: &mut RunningGate) -> String {
     let dns: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("portcullis_dns_") || l.starts_with("portcullis_upstream"))
+        .filter(|l| !l.ends_with(" 0") && !l.contains("_bucket{"))
         .collect();
-    let log: Vec<&String> = gate.logs().iter().rev().take(60).collect();
-    let log: Vec<&str> = log.into_iter().rev().map(String::as_str).collect();
+    let log: Vec<&String> = gate.logs().iter().rev().take(20).collect();
+    let log: Vec<String> = log
+        .into_iter()
+        .rev()
+        .map(|l| l.chars().take(400).collect())
+        .collect();
     format!(
-        "--- gate metrics ---\n{}\n--- gate log (last 60 lines) ---\n{}",
+        "--- gate metrics (not 0) ---\n{}\n--- gate log (last 20 lines, cut at 400 characters) ---\n{}",
         dns.join("\n"),
         log.join("\n")
     )
