@@ -427,10 +427,13 @@ impl Attempt {
 
     fn summary(&self, domain: &str) -> String {
         let pings_ok = self.pings.iter().filter(|p| p.1).count();
+        let until_setup = self
+            .setup
+            .map(|setup| self.received.len() - self.queries_after(setup));
         format!(
-            "setup complete: {:?}; first ping answered: {:?}; pings answered {pings_ok}/{}; \
-             guard trip seen: {:?}; iodined received {} queries ({} under {domain}; by qtype \
-             {:?}); iodine exit: {}",
+            "setup complete: {:?} (iodined had received {until_setup:?} queries); first ping \
+             answered: {:?}; pings answered {pings_ok}/{}; guard trip seen: {:?}; iodined \
+             received {} queries ({} under {domain}; by qtype {:?}); iodine exit: {}",
             self.setup,
             self.first_ping(),
             self.pings.len(),
