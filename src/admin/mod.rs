@@ -75,8 +75,12 @@ impl AdminState {
                     name: u.name,
                     healthy: u.healthy,
                 });
+        let (guard_entries, guard_evictions, rate_clients) = self.filter.guard_usage();
         metrics::Snapshot {
             cache_entries: self.filter.cache.len(),
+            guard_entries,
+            guard_evictions,
+            rate_clients,
             lists: lists.collect(),
             upstreams: upstreams.collect(),
         }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod allowlist;
+pub mod dns;
 pub mod lists;
 use lists::RawListConfig;
 pub mod locate;
@@ -14,6 +15,7 @@ pub mod upstream;
 pub mod watch;
 
 pub use admin::{AdminConfig, AdminToken};
+pub use dns::{BareNames, BlockAnswer, DnsConfig, GuardConfig, RateLimitConfig};
 pub use lists::{
     Format, ListConfig, ListSource, MAX_LIST_NAME_BYTES, MIN_KEYWORD_LEN, SourcesConfig,
 };
@@ -21,7 +23,6 @@ pub use proxy::{ProxyConfig, ProxyMode};
 pub use upstream::{Strategy, UpstreamConfig, UpstreamSpec};
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -58,62 +59,6 @@ impl HasFault for ConfigError {
     fn fault(&self) -> Fault {
         // The operator's input; never the DNS client's.
         Fault::Internal
-    }
-}
-
-/// How blocked names are answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BlockAnswer {
-    /// NXDOMAIN with an SOA in the authority section, so clients cache the refusal.
-    #[default]
-    Nxdomain,
-    /// `0.0.0.0` for A, `::` for AAAA, no data for other types.
-    ZeroIp,
-    /// REFUSED.
-    Refused,
-    /// The addresses in `block_addresses`.
-    Addresses,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BareNames {
-    #[default]
-    Nxdomain,
-    Forward,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DnsConfig {
-    /// Addresses served on both UDP and TCP. Port 0 picks a free port (logged).
-    pub listen: Vec<SocketAddr>,
-    /// Queries waiting on an upstream at once; beyond it the gate answers SERVFAIL at once.
-    pub max_inflight: usize,
-    /// Idle timeout of a DNS-over-TCP connection, seconds.
-    pub tcp_idle_secs: u64,
-    pub block_answer: BlockAnswer,
-    pub block_addresses: Vec<std::net::IpAddr>,
-    /// TTL of block answers (and of the SOA minimum), seconds.
-    pub block_ttl: u32,
-    pub bare_names: BareNames,
-    /// Remove private, loopback, link-local... addresses from upstream answers.
-    pub rebinding_protection: bool,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        DnsConfig {
-            listen: vec!["127.0.0.1:5353".parse().expect("valid literal")],
-            max_inflight: 1024,
-            tcp_idle_secs: 10,
-            block_answer: BlockAnswer::Nxdomain,
-            block_addresses: Vec::new(),
-            block_ttl: 3600,
-            bare_names: BareNames::Nxdomain,
-            rebinding_protection: true,
-        }
     }
 }
 
@@ -434,6 +379,9 @@ impl Config {
         self.proxy
             .validate(&group_names)
             .map_err(|(key, message)| invalid_full(key, message))?;
+        self.dns
+            .validate(&group_names)
+            .map_err(|(key, message)| invalid(key, message))?;
         self.admin
             .validate()
             .map_err(|(key, message)| invalid_full(key, message))?;
@@ -666,7 +614,7 @@ mod tests {
         let c = Config::builtin().unwrap();
         assert_eq!(
             c.dns.listen,
-            vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+            vec!["127.0.0.1:5353".parse::<std::net::SocketAddr>().unwrap()]
         );
         assert_eq!(c.dns.block_answer, BlockAnswer::Nxdomain);
         assert!(c.dns.rebinding_protection);

@@ -9,6 +9,7 @@ use hickory_proto::rr::{Name as DnsName, RData, Record, RecordType};
 
 use super::filter::{FilterSettings, Outcome, Reply, ede};
 use crate::config::BlockAnswer;
+use crate::policy::dns::{DnsPolicy, DnsRefusal, NotAllowedAnswer, QtypeAnswer};
 use crate::policy::rules::{ListMatch, RuleKind};
 use crate::policy::special::SpecialUse;
 
@@ -94,6 +95,47 @@ pub(super) fn block_reply(
         }
     };
     reply.ede = Some((ede::BLOCKED, reason.to_owned()));
+    reply
+}
+
+/// Negative-caching TTL of the DNS policy's refusals: short, so that a name the operator
+/// allows (or a cool-down that ends) is not held refused in clients' caches for long.
+pub(super) const REFUSAL_TTL: u32 = 30;
+
+/// The answer to a query the DNS policy refuses (see [`DnsRefusal`]); `text` is the
+/// Extended DNS Error text, which names the group.
+pub(super) fn refusal_reply(
+    policy: &DnsPolicy,
+    qname: &DnsName,
+    refusal: DnsRefusal,
+    text: String,
+) -> Reply {
+    let nxdomain = |reply: &mut Reply| {
+        reply.rcode = ResponseCode::NXDomain;
+        reply.authorities.push(block_soa(qname, REFUSAL_TTL));
+    };
+    let mut reply = Reply::new(ResponseCode::Refused, Outcome::Refused, text.clone());
+    let code = match refusal {
+        DnsRefusal::NotAllowed => {
+            if policy.not_allowed == NotAllowedAnswer::Nxdomain {
+                nxdomain(&mut reply);
+            }
+            ede::BLOCKED
+        }
+        DnsRefusal::Qtype => {
+            if policy.qtype_answer == QtypeAnswer::Notimp {
+                reply.rcode = ResponseCode::NotImp;
+            }
+            ede::NOT_SUPPORTED
+        }
+        DnsRefusal::RateLimited => ede::PROHIBITED,
+        DnsRefusal::Tunnel => {
+            nxdomain(&mut reply);
+            ede::BLOCKED
+        }
+    };
+    reply.refusal = Some(refusal);
+    reply.ede = Some((code, text));
     reply
 }
 

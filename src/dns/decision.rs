@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::filter::{Outcome, Reply};
+use crate::policy::dns::DnsRefusal;
 
 /// One decision line's fields.
 pub(crate) struct Decision<'a> {
@@ -21,6 +22,12 @@ pub(crate) struct Decision<'a> {
     pub answer_id: Option<u64>,
     pub answers: usize,
     pub started: Instant,
+    /// The client's group, for policy refusals and reports.
+    pub group: Option<&'a str>,
+    /// `report` mode: what `allowlist` mode would have refused.
+    pub would_refuse: Option<DnsRefusal>,
+    /// The DNS policy's refusal, if it refused.
+    pub refusal: Option<DnsRefusal>,
 }
 
 /// Counts a query in the metrics and writes its decision line (allowed queries only
@@ -49,6 +56,9 @@ pub(crate) fn log_decision(
             answer_id: reply.answer_id,
             answers: reply.answers.len(),
             started,
+            group: reply.group.as_deref(),
+            would_refuse: reply.would_refuse,
+            refusal: reply.refusal,
         },
         log_allowed,
     );
@@ -56,7 +66,12 @@ pub(crate) fn log_decision(
 
 pub(crate) fn log(d: &Decision, log_allowed: bool) {
     crate::telemetry::metrics::dns_query(d.qtype, d.outcome, d.list);
-    let quiet = matches!(d.outcome, Outcome::Forwarded | Outcome::Cached);
+    let quiet =
+        matches!(d.outcome, Outcome::Forwarded | Outcome::Cached) && d.would_refuse.is_none();
+    // A client over its rate limit gets one line when it starts (see `limit`), not one a query.
+    if d.refusal == Some(DnsRefusal::RateLimited) {
+        return;
+    }
     if (quiet && !log_allowed)
         || !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO)
     {
@@ -76,6 +91,9 @@ pub(crate) fn log(d: &Decision, log_allowed: bool) {
         upstream = d.upstream,
         answer_id = d.answer_id,
         answers = d.answers,
+        group = d.group,
+        refusal = d.refusal.map(DnsRefusal::as_str),
+        would_refuse = d.would_refuse.map(DnsRefusal::as_str),
         duration_us = d.started.elapsed().as_micros() as u64,
         "dns decision"
     );

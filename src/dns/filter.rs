@@ -14,13 +14,16 @@ use hickory_proto::rr::{DNSClass, Record, RecordType};
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
-use super::answer::{block_reply, from_cache, special_reply};
+use super::answer::{block_reply, from_cache, refusal_reply, special_reply};
 use super::cache::{Cache, CachedResponse, Hit};
 use super::inspect::inspect;
+use super::limit::{Admit, RateLimiter};
+use super::tunnel::{self, GuardSettings, TunnelGuard};
 use super::upstream::UpstreamPool;
 use super::wire::{FastQuery, WireAnswer};
 use crate::config::{BlockAnswer, Config, DnsConfig};
 use crate::policy::addr::AddrClass;
+use crate::policy::dns::{DnsAction, DnsRefusal, GuardAction};
 use crate::policy::groups::GroupId;
 use crate::policy::name::Name;
 use crate::policy::{Policy, Verdict};
@@ -30,6 +33,8 @@ pub mod ede {
     pub const STALE_ANSWER: u16 = 3;
     pub const BLOCKED: u16 = 15;
     pub const NOT_READY: u16 = 14;
+    pub const PROHIBITED: u16 = 18;
+    pub const NOT_SUPPORTED: u16 = 21;
     pub const NETWORK_ERROR: u16 = 23;
 }
 
@@ -57,6 +62,12 @@ pub struct Reply {
     /// The answer was refused because every address it handed out is denied: the first
     /// such address and its class (`Configured` for `deny_ranges`).
     pub denied_address: Option<(IpAddr, AddrClass)>,
+    /// The DNS policy refused it (mode, query type, rate limit, tunnel guard).
+    pub refusal: Option<DnsRefusal>,
+    /// `report` mode: what `allowlist` mode would have refused.
+    pub would_refuse: Option<DnsRefusal>,
+    /// The client's group, named in the decision line of policy refusals and reports.
+    pub group: Option<String>,
 }
 
 impl Reply {
@@ -74,11 +85,16 @@ impl Reply {
             upstream: None,
             answer_id: None,
             denied_address: None,
+            refusal: None,
+            would_refuse: None,
+            group: None,
         }
     }
 }
 
 /// The outcome of [`Filter::begin`]: an answer now, or a question for the upstreams.
+// `Done` is the hot path: boxing its reply would cost an allocation per answer.
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     Done(Reply),
     Forward(Box<Pending>),
@@ -93,6 +109,8 @@ pub struct Pending {
     pub(super) allow_private: bool,
     /// The allow rule naming it, if one does.
     pub(super) allow_host: Option<String>,
+    /// `report` mode: what `allowlist` mode would have refused.
+    would_refuse: Option<DnsRefusal>,
     stale: Option<Hit>,
 }
 
@@ -106,6 +124,9 @@ pub struct FilterSettings {
     /// `[proxy] deny_ranges`: answers pointing there are refused like rebinding answers,
     /// whatever `rebinding_protection` and `private = true` say.
     pub deny_ranges: Vec<IpNet>,
+    pub guard: GuardSettings,
+    /// `[dns.rate_limit] max_clients`.
+    pub rate_max_clients: usize,
 }
 
 impl From<&DnsConfig> for FilterSettings {
@@ -116,6 +137,8 @@ impl From<&DnsConfig> for FilterSettings {
             block_ttl: c.block_ttl,
             rebinding_protection: c.rebinding_protection,
             deny_ranges: Vec::new(),
+            guard: GuardSettings::from(&c.guard),
+            rate_max_clients: c.rate_limit.max_clients,
         }
     }
 }
@@ -137,6 +160,8 @@ pub struct Filter {
     pub cache: Cache,
     pub settings: ArcSwap<FilterSettings>,
     inflight: Arc<Semaphore>,
+    guard: TunnelGuard,
+    limiter: RateLimiter,
 }
 
 impl Filter {
@@ -153,6 +178,8 @@ impl Filter {
             cache,
             settings: ArcSwap::from_pointee(settings),
             inflight: Arc::new(Semaphore::new(max_inflight)),
+            guard: TunnelGuard::new(),
+            limiter: RateLimiter::new(),
         }
     }
 
@@ -198,27 +225,164 @@ impl Filter {
         let policy = self.policy.load();
         let settings = self.settings.load();
         let group = policy.groups.of(client);
-        let (allow_private, allow_host) = match decided(&policy, &settings, &name, query, group) {
-            Decided::Upstream {
-                allow_private,
-                allow_host,
-            } => (allow_private, allow_host),
-            Decided::Local(reply) => return Step::Done(reply),
+        let verdict = policy.decide(&name, group);
+        let qtype = query.query_type();
+        let (guard, would_refuse) = match policy.dns.decide(&verdict, group, u16::from(qtype)) {
+            DnsAction::Refuse(refusal) => {
+                return Step::Done(refused(&policy, group, query, refusal, None));
+            }
+            DnsAction::Local => return Step::Done(local(&policy, &settings, query, verdict)),
+            DnsAction::Forward {
+                guard,
+                would_refuse,
+            } => (guard, would_refuse),
         };
+        let (allow_private, allow_host) = match verdict {
+            Verdict::Allowed(_) => policy
+                .allow_for(&name, group, None)
+                .map_or((false, None), |a| (a.private, Some(a.rule.host.clone()))),
+            _ => (false, None),
+        };
+        let cached = self.cache.get(name.as_str(), qtype);
+        let fresh_hit = cached.as_ref().is_some_and(|hit| !hit.stale);
+        if guard != GuardAction::Off
+            && let Some(reply) = self.guarded(
+                &policy, &settings, client, group, guard, &name, query, !fresh_hit,
+            )
+        {
+            return Step::Done(reply);
+        }
         let pending = Pending {
             name,
             query: query.clone(),
             group,
             allow_private,
             allow_host,
+            would_refuse,
             stale: None,
         };
-        let cached = self.cache.get(pending.name.as_str(), query.query_type());
-        crate::telemetry::metrics::cache_lookup(cached.as_ref().is_some_and(|hit| !hit.stale));
+        crate::telemetry::metrics::cache_lookup(fresh_hit);
         match cached {
             Some(hit) if !hit.stale => Step::Done(self.fresh(&policy, &settings, &pending, &hit)),
             stale => Step::Forward(Box::new(Pending { stale, ..pending })),
         }
+    }
+
+    /// The tunnel guard's say on a name about to be answered: `Some` refusal when the
+    /// client's pair with the name's registered domain is blocked. A trip is logged and
+    /// counted here.
+    #[allow(clippy::too_many_arguments)]
+    fn guarded(
+        &self,
+        policy: &Policy,
+        settings: &FilterSettings,
+        client: IpAddr,
+        group: GroupId,
+        action: GuardAction,
+        name: &Name,
+        query: &Query,
+        upstream: bool,
+    ) -> Option<Reply> {
+        let (domain, prefix) = policy.suffixes.split(name.as_str());
+        let verdict = self.guard.observe(
+            &settings.guard,
+            action,
+            client,
+            name.as_str(),
+            domain,
+            prefix,
+            upstream,
+        );
+        let group_name = policy.groups.name(group);
+        let bytes = match verdict {
+            tunnel::Verdict::Pass => return None,
+            tunnel::Verdict::Tripped {
+                signal,
+                bytes,
+                blocked,
+            } => {
+                crate::telemetry::metrics::dns_guard_trip(
+                    group_name,
+                    action.as_str(),
+                    signal.as_str(),
+                );
+                tracing::warn!(
+                    target: "portcullis::decision",
+                    door = "dns",
+                    event = "tunnel_guard",
+                    client = %client,
+                    group = group_name,
+                    domain,
+                    name = name.as_str(),
+                    action = action.as_str(),
+                    reason = signal.as_str(),
+                    bytes_in_window = bytes,
+                    budget_bytes = settings.guard.budget_bytes,
+                    window_secs = settings.guard.window_secs,
+                    cooldown_secs = settings.guard.cooldown_secs,
+                    "possible DNS tunnel"
+                );
+                if !blocked {
+                    return None;
+                }
+                bytes
+            }
+            tunnel::Verdict::Blocked { bytes } => bytes,
+        };
+        crate::telemetry::metrics::dns_guard_blocked(group_name);
+        let text = format!(
+            "possible DNS tunnel to {domain}: {bytes} bytes of new labels in {} s; blocked for group {group_name} for {} s",
+            settings.guard.window_secs, settings.guard.cooldown_secs
+        );
+        Some(refused(
+            policy,
+            group,
+            query,
+            DnsRefusal::Tunnel,
+            Some(text),
+        ))
+    }
+
+    /// The rate limit, before anything else: takes a token of `client`'s bucket; `true`
+    /// when it is over the limit (answer it with [`Filter::rate_refusal`]).
+    pub fn limited(&self, client: IpAddr) -> bool {
+        let policy = self.policy.load();
+        let group = policy.groups.of(client);
+        let Some(rate) = policy.dns.group(group).rate else {
+            return false;
+        };
+        let max_clients = self.settings.load().rate_max_clients;
+        match self.limiter.admit(client, rate, max_clients) {
+            Admit::Yes => false,
+            Admit::No { first } => {
+                if first {
+                    tracing::warn!(
+                        target: "portcullis::decision",
+                        door = "dns",
+                        event = "rate_limit",
+                        client = %client,
+                        group = policy.groups.name(group),
+                        queries = rate.queries,
+                        per_secs = rate.per_secs,
+                        "client over its rate limit: refusing its queries until it slows down"
+                    );
+                }
+                true
+            }
+        }
+    }
+
+    /// The answer to a query of a client over its rate limit: REFUSED, counted.
+    pub fn rate_refusal(&self, client: IpAddr, query: &Query) -> Reply {
+        let policy = self.policy.load();
+        let group = policy.groups.of(client);
+        refused(&policy, group, query, DnsRefusal::RateLimited, None)
+    }
+
+    /// Tracked tunnel-guard pairs, guard evictions, rate-limited clients tracked.
+    pub fn guard_usage(&self) -> (usize, u64, usize) {
+        let (entries, evictions) = self.guard.usage();
+        (entries, evictions, self.limiter.clients())
     }
 
     /// A fresh cache hit, inspected; encoded for the fast path when inspection left it
@@ -241,7 +405,8 @@ impl Filter {
             .load()
             .as_ref()
             .is_some_and(|w| w.valid_for(policy, settings, pending.group));
-        if unchanged && !current {
+        // Report lines are written on the full path only.
+        if unchanged && !current && pending.would_refuse.is_none() {
             let wire = WireAnswer::build(
                 policy,
                 settings,
@@ -302,6 +467,11 @@ impl Filter {
         }
         if reply.outcome != Outcome::Blocked && pending.allow_host.is_some() {
             reply.rule.clone_from(&pending.allow_host);
+        }
+        if let Some(would) = pending.would_refuse {
+            reply.would_refuse = Some(would);
+            reply.group = Some(policy.groups.name(pending.group).to_owned());
+            crate::telemetry::metrics::dns_would_refuse(policy.groups.name(pending.group), would);
         }
         reply
     }
@@ -375,55 +545,59 @@ fn is_usable(response: &Message) -> bool {
     )
 }
 
-/// What the policy says about a name, before any upstream.
-enum Decided {
-    /// Answered here: a block, a special-use name, a malformed name.
-    Local(Reply),
-    /// Ask the upstreams, with what an allow rule naming it says (see [`Pending`]).
-    Upstream {
-        allow_private: bool,
-        allow_host: Option<String>,
-    },
-}
-
-fn decided(
-    policy: &Policy,
-    settings: &FilterSettings,
-    name: &Name,
-    query: &Query,
-    group: GroupId,
-) -> Decided {
+/// The answer the name's verdict gives here: a block, a special-use name, a malformed name.
+fn local(policy: &Policy, settings: &FilterSettings, query: &Query, verdict: Verdict<'_>) -> Reply {
     let qname = query.name();
-    match policy.decide(name, group) {
+    match verdict {
         Verdict::Blocked(m) => {
             let list = policy.rules.list(m.origin.list).map(|l| l.name.clone());
             let reason = m.described(&policy.rules).to_string();
             let mut reply = block_reply(settings, qname, query.query_type(), Some(&m), &reason);
             reply.list = list;
             reply.rule = Some(m.rule.clone());
-            Decided::Local(reply)
+            reply
         }
-        Verdict::Special(kind) => {
-            Decided::Local(special_reply(kind, qname, query.query_type(), settings))
-        }
-        Verdict::Malformed(e) => Decided::Local(Reply::new(
+        Verdict::Special(kind) => special_reply(kind, qname, query.query_type(), settings),
+        Verdict::Malformed(e) => Reply::new(
             ResponseCode::Refused,
             Outcome::Refused,
             format!("malformed name: {e}"),
-        )),
-        Verdict::Allowed(_) => match policy.allow_for(name, group, None) {
-            Some(allow) => Decided::Upstream {
-                allow_private: allow.private,
-                allow_host: Some(allow.rule.host.clone()),
-            },
-            None => Decided::Upstream {
-                allow_private: false,
-                allow_host: None,
-            },
-        },
-        Verdict::Excepted(_) | Verdict::Pass => Decided::Upstream {
-            allow_private: false,
-            allow_host: None,
-        },
+        ),
+        // The DNS policy forwards these (`DnsAction::Forward`); never asked here.
+        Verdict::Allowed(_) | Verdict::Excepted(_) | Verdict::Pass => Reply::new(
+            ResponseCode::ServFail,
+            Outcome::Error,
+            "internal: a forwarded verdict answered locally",
+        ),
     }
+}
+
+/// A refusal of the DNS policy, counted, with its EDE text (`text`, or the refusal's own).
+fn refused(
+    policy: &Policy,
+    group: GroupId,
+    query: &Query,
+    refusal: DnsRefusal,
+    text: Option<String>,
+) -> Reply {
+    let group_name = policy.groups.name(group);
+    let text = text.unwrap_or_else(|| match refusal {
+        DnsRefusal::NotAllowed => format!("not on the allowlist of group {group_name}"),
+        DnsRefusal::Qtype => format!(
+            "query type {} is not served to group {group_name}",
+            query.query_type()
+        ),
+        DnsRefusal::RateLimited => match policy.dns.group(group).rate {
+            Some(rate) => format!(
+                "rate limit of group {group_name}: {} queries per {} s per client",
+                rate.queries, rate.per_secs
+            ),
+            None => format!("rate limit of group {group_name}"),
+        },
+        DnsRefusal::Tunnel => format!("possible DNS tunnel: blocked for group {group_name}"),
+    });
+    crate::telemetry::metrics::dns_refusal(group_name, refusal);
+    let mut reply = refusal_reply(&policy.dns, query.name(), refusal, text);
+    reply.group = Some(group_name.to_owned());
+    reply
 }

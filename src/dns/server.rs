@@ -147,7 +147,11 @@ impl RequestHandler for Handler {
             }
         };
 
-        let reply = self.filter.resolve(client.ip(), &query).await;
+        let reply = if self.filter.limited(client.ip()) {
+            self.filter.rate_refusal(client.ip(), &query)
+        } else {
+            self.filter.resolve(client.ip(), &query).await
+        };
 
         metadata.response_code = reply.rcode;
         if let (Some(edns), Some((code, text))) = (response_edns.as_mut(), &reply.ede) {

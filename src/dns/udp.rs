@@ -167,6 +167,9 @@ pub async fn serve_udp(
         };
         let started = Instant::now();
         let datagram = &buf[..len];
+        if listener.over_limit(datagram, client, started).await {
+            continue;
+        }
         if !listener
             .answer_cached(datagram, client, started, &mut name, &mut out)
             .await
@@ -188,6 +191,24 @@ struct Listener {
 }
 
 impl Listener {
+    /// The rate limit, before any other work: `true` when the client is over it and was
+    /// answered REFUSED (or, for what does not parse, nothing).
+    async fn over_limit(&self, datagram: &[u8], client: SocketAddr, started: Instant) -> bool {
+        if !self.filter.limited(client.ip()) {
+            return false;
+        }
+        let Parsed::Query(request) = parse(datagram) else {
+            // Malformed and over the limit: not worth an answer.
+            return true;
+        };
+        let reply = self.filter.rate_refusal(client.ip(), &request.query);
+        log_decision(&reply, client, &request.query, started, self.log_allowed);
+        if let Some(bytes) = encode(&request, reply) {
+            send(&self.socket, &bytes, client).await;
+        }
+        true
+    }
+
     /// The fast path: a fresh cached answer already encoded for the client's group.
     /// `false`: nothing was sent; take the full path.
     async fn answer_cached(
@@ -220,6 +241,9 @@ impl Listener {
                 answer_id: Some(cached.answer_id),
                 answers: encoded.answers,
                 started,
+                group: None,
+                would_refuse: None,
+                refusal: None,
             },
             self.log_allowed,
         );

@@ -19,6 +19,7 @@ use crate::policy::groups::{ALL_GROUPS, GroupMask, Groups};
 use crate::policy::rules::{
     AllowRule, CompiledList, ListBuilder, ListInfo, RuleError, RuleSetBuilder,
 };
+use crate::policy::suffix::Suffixes;
 
 use super::parse::{Format, ParseReport, SkipReason, Skipped, parse_list};
 // What a build reports of each list ([`Loaded::lists`]); the refresher keeps it current.
@@ -78,15 +79,39 @@ pub fn build_policy(config: &Config) -> Result<Loaded, ConfigError> {
     let rules = builder
         .build()
         .map_err(|e| config.origin.invalid(0, "lists", e.to_string()))?;
+    let dns = config.dns.policy(&groups);
+    let suffixes = suffixes_of(config)?;
     Ok(Loaded {
         policy: Policy {
             rules,
             groups,
             bare_names_nxdomain: config.dns.bare_names == BareNames::Nxdomain,
+            dns,
+            suffixes,
         },
         lists: statuses,
         allow_rules: allow_count,
         build_time: started.elapsed(),
+    })
+}
+
+/// The Public Suffix List `[dns.guard] suffix_list` names, or the compiled-in one.
+fn suffixes_of(config: &Config) -> Result<Arc<Suffixes>, ConfigError> {
+    let Some(path) = &config.dns.guard.suffix_list else {
+        return Ok(Suffixes::builtin());
+    };
+    let path = config.resolve(path);
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|reason| ConfigError::Read {
+        file: file.clone(),
+        reason,
+    })?;
+    Suffixes::parse(&text, &file).map(Arc::new).map_err(|e| {
+        config.origin.invalid_key(
+            "dns.guard.suffix_list",
+            "suffix_list",
+            format!("{file}: {e}"),
+        )
     })
 }
 

@@ -16,10 +16,12 @@
 //!    step 2 says `private = true`.
 
 pub mod addr;
+pub mod dns;
 pub mod groups;
 pub mod name;
 pub mod rules;
 pub mod special;
+pub mod suffix;
 
 use std::net::IpAddr;
 
@@ -79,6 +81,10 @@ pub struct Policy {
     pub groups: Groups,
     /// Answer names without a dot with NXDOMAIN (default) instead of forwarding them.
     pub bare_names_nxdomain: bool,
+    /// Per group: DNS mode, query types, tunnel guard, rate limit.
+    pub dns: dns::DnsPolicy,
+    /// The Public Suffix List: registered domains.
+    pub suffixes: std::sync::Arc<suffix::Suffixes>,
 }
 
 impl Default for Policy {
@@ -87,6 +93,8 @@ impl Default for Policy {
             rules: RuleSet::empty(),
             groups: Groups::default(),
             bare_names_nxdomain: true,
+            dns: dns::DnsPolicy::default(),
+            suffixes: suffix::Suffixes::builtin(),
         }
     }
 }
@@ -107,6 +115,8 @@ impl Policy {
             rules: self.rules.with_list(id, list),
             groups: self.groups.clone(),
             bare_names_nxdomain: self.bare_names_nxdomain,
+            dns: self.dns.clone(),
+            suffixes: self.suffixes.clone(),
         }
     }
 

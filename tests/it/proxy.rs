@@ -1081,12 +1081,8 @@ async fn bodies_stream_to_the_origin_while_the_client_sends_them() {
 
 /// `series` in this process's metrics.
 fn scraped(series: &str) -> f64 {
-    let metrics =
-        portcullis::telemetry::metrics::init().render(&portcullis::telemetry::metrics::Snapshot {
-            cache_entries: 0,
-            lists: Vec::new(),
-            upstreams: Vec::new(),
-        });
+    let metrics = portcullis::telemetry::metrics::init()
+        .render(&portcullis::telemetry::metrics::Snapshot::default());
     sample(&metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 

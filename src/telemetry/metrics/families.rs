@@ -9,8 +9,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use super::labels::{
-    DecisionLabels, DirectionLabel, FaultLabels, ListLabel, OUTCOMES, QTYPES, QueryLabels,
-    ReasonLabel, ResultLabel, UpstreamLabel, VersionLabel,
+    DecisionLabels, DirectionLabel, FaultLabels, GroupLabel, GroupReasonLabels, GuardTripLabels,
+    ListLabel, OUTCOMES, QTYPES, QueryLabels, ReasonLabel, ResultLabel, UpstreamLabel,
+    VersionLabel,
 };
 use super::{ListGauges, UpstreamGauges};
 
@@ -19,6 +20,15 @@ pub(super) struct DnsMetrics {
     /// `qtype_index * OUTCOMES.len() + outcome`: pre-created children of `dns_queries_total`.
     pub queries: Vec<Counter>,
     pub blocked: Family<ListLabel, Counter>,
+    pub refusals: Family<GroupReasonLabels, Counter>,
+    pub would_refuse: Family<GroupReasonLabels, Counter>,
+    pub guard_trips: Family<GuardTripLabels, Counter>,
+    pub guard_blocked: Family<GroupLabel, Counter>,
+    pub guard_entries: Gauge,
+    pub guard_evictions: Counter,
+    /// The guard's eviction count at the last scrape (the counter follows it).
+    pub guard_evictions_seen: std::sync::atomic::AtomicU64,
+    pub rate_clients: Gauge,
 }
 
 impl DnsMetrics {
@@ -48,7 +58,60 @@ impl DnsMetrics {
             "DNS queries blocked, by the list whose rule blocked them",
             blocked.clone(),
         );
-        DnsMetrics { queries, blocked }
+        let refusals = Family::<GroupReasonLabels, Counter>::default();
+        r.register(
+            "dns_refusals",
+            "DNS queries the DNS policy refused, by client group and reason (not_allowed: allowlist mode; qtype; rate_limited; tunnel: the tunnel guard's block)",
+            refusals.clone(),
+        );
+        let would_refuse = Family::<GroupReasonLabels, Counter>::default();
+        r.register(
+            "dns_would_refuse",
+            "DNS queries forwarded in report mode that allowlist mode would refuse, by client group and reason",
+            would_refuse.clone(),
+        );
+        let guard_trips = Family::<GuardTripLabels, Counter>::default();
+        r.register(
+            "dns_guard_trips",
+            "Client and registered-domain pairs that crossed the tunnel guard's budget (once per cool-down), by group, action and strongest signal",
+            guard_trips.clone(),
+        );
+        let guard_blocked = Family::<GroupLabel, Counter>::default();
+        r.register(
+            "dns_guard_blocked",
+            "DNS queries refused by the tunnel guard during a block cool-down, by client group",
+            guard_blocked.clone(),
+        );
+        let guard_entries = Gauge::default();
+        r.register(
+            "dns_guard_entries",
+            "Client and registered-domain pairs the tunnel guard tracks (bounded by [dns.guard] max_entries)",
+            guard_entries.clone(),
+        );
+        let guard_evictions = Counter::default();
+        r.register(
+            "dns_guard_evictions",
+            "Tunnel guard pairs dropped to stay within max_entries",
+            guard_evictions.clone(),
+        );
+        let rate_clients = Gauge::default();
+        r.register(
+            "dns_rate_limit_clients",
+            "Clients the DNS rate limiter tracks (bounded by [dns.rate_limit] max_clients)",
+            rate_clients.clone(),
+        );
+        DnsMetrics {
+            queries,
+            blocked,
+            refusals,
+            would_refuse,
+            guard_trips,
+            guard_blocked,
+            guard_entries,
+            guard_evictions,
+            guard_evictions_seen: std::sync::atomic::AtomicU64::new(0),
+            rate_clients,
+        }
     }
 }
 

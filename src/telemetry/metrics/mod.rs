@@ -30,7 +30,10 @@ use families::{
     CacheMetrics, ConfigMetrics, DnsMetrics, ListMetrics, ProxyCapacity, ProxyTraffic,
     UpstreamMetrics, unix_now,
 };
-use labels::{DecisionLabels, FaultLabels, ListLabel, ReasonLabel, UpstreamLabel, query_index};
+use labels::{
+    DecisionLabels, FaultLabels, GroupLabel, GroupReasonLabels, GuardTripLabels, ListLabel,
+    ReasonLabel, UpstreamLabel, query_index,
+};
 pub use labels::{Outcome, QTYPES};
 use process::ProcessMetrics;
 
@@ -55,6 +58,11 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub cache_entries: usize,
+    /// The tunnel guard's tracked pairs and evictions since the start.
+    pub guard_entries: usize,
+    pub guard_evictions: u64,
+    /// Clients the rate limiter tracks.
+    pub rate_clients: usize,
     pub lists: Vec<ListGauges>,
     pub upstreams: Vec<UpstreamGauges>,
 }
@@ -112,6 +120,15 @@ impl Metrics {
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let _one = sys::lock(&self.scrape);
         self.cache.entries.set(snapshot.cache_entries as i64);
+        self.dns.guard_entries.set(snapshot.guard_entries as i64);
+        self.dns.rate_clients.set(snapshot.rate_clients as i64);
+        let seen = self.dns.guard_evictions_seen.swap(
+            snapshot.guard_evictions,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.dns
+            .guard_evictions
+            .inc_by(snapshot.guard_evictions.saturating_sub(seen));
         self.lists.set(&snapshot.lists);
         self.upstream.set_health(&snapshot.upstreams);
         self.process.refresh();
@@ -287,6 +304,58 @@ pub fn proxy_buffer_refusal(reason: &'static str) {
     }
 }
 
+/// A query the DNS policy refused.
+pub fn dns_refusal(group: &str, refusal: crate::policy::dns::DnsRefusal) {
+    if let Some(m) = get() {
+        m.dns
+            .refusals
+            .get_or_create(&GroupReasonLabels {
+                group: group.to_owned(),
+                reason: refusal.as_str(),
+            })
+            .inc();
+    }
+}
+
+/// A query forwarded in report mode that allowlist mode would refuse.
+pub fn dns_would_refuse(group: &str, refusal: crate::policy::dns::DnsRefusal) {
+    if let Some(m) = get() {
+        m.dns
+            .would_refuse
+            .get_or_create(&GroupReasonLabels {
+                group: group.to_owned(),
+                reason: refusal.as_str(),
+            })
+            .inc();
+    }
+}
+
+/// A tunnel-guard trip: `action` `log` or `block`, `reason` the strongest signal.
+pub fn dns_guard_trip(group: &str, action: &'static str, reason: &'static str) {
+    if let Some(m) = get() {
+        m.dns
+            .guard_trips
+            .get_or_create(&GuardTripLabels {
+                group: group.to_owned(),
+                action,
+                reason,
+            })
+            .inc();
+    }
+}
+
+/// A query refused during a tunnel-guard cool-down.
+pub fn dns_guard_blocked(group: &str) {
+    if let Some(m) = get() {
+        m.dns
+            .guard_blocked
+            .get_or_create(&GroupLabel {
+                group: group.to_owned(),
+            })
+            .inc();
+    }
+}
+
 /// A failure at `source` (`dns`, `proxy`, `upstream`, `lists`), counted by its fault.
 pub fn error(source: &'static str, fault: crate::error::Fault) {
     if let Some(m) = get() {
@@ -309,9 +378,13 @@ mod tests {
         m.dns.queries[query_index(RecordType::A, Outcome::Blocked)].inc();
         let text = m.render(&Snapshot {
             cache_entries: 3,
-            lists: Vec::new(),
-            upstreams: Vec::new(),
+            guard_evictions: 5,
+            ..Snapshot::default()
         });
+        assert!(
+            text.contains("portcullis_dns_guard_evictions_total 5"),
+            "{text}"
+        );
         assert!(
             text.contains(r#"portcullis_dns_queries_total{qtype="A",outcome="blocked"} 1"#),
             "{text}"

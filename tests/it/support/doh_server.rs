@@ -163,6 +163,7 @@ fn soa(ttl: u32, minimum: u32) -> Record {
 struct ZoneHandler {
     zone: Arc<TestZone>,
     queries: Arc<AtomicUsize>,
+    names: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 #[async_trait::async_trait]
@@ -173,6 +174,17 @@ impl RequestHandler for ZoneHandler {
         mut response_handle: R,
     ) -> ResponseInfo {
         self.queries.fetch_add(1, Ordering::SeqCst);
+        if let Ok(info) = request.request_info() {
+            let q = info.query.original();
+            let mut name = q.name().to_ascii().to_ascii_lowercase();
+            if name.ends_with('.') {
+                name.pop();
+            }
+            self.names
+                .lock()
+                .unwrap()
+                .push(format!("{name} {}", q.query_type()));
+        }
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;
         // Echo EDNS so UDP answers may use the requester's buffer size; without it, 512 bytes.
@@ -227,6 +239,7 @@ pub struct DohServer {
     /// resolvers do); otherwise the authority must be `tls_name`.
     ip_san: bool,
     queries: Arc<AtomicUsize>,
+    names: Arc<std::sync::Mutex<Vec<String>>>,
     zone: Arc<TestZone>,
     h2_config: Arc<ServerConfig>,
     dot_config: Arc<ServerConfig>,
@@ -284,6 +297,7 @@ impl DohServer {
             tls_name,
             ip_san,
             queries: Arc::new(AtomicUsize::new(0)),
+            names: Arc::default(),
             zone: Arc::new(zone),
             h2_config: tls(b"h2"),
             dot_config: tls(b"dot"),
@@ -323,6 +337,11 @@ impl DohServer {
     }
 
     /// Requests handled so far, over every transport (probes included).
+    /// Every question received, as `name TYPE` (lower case, no trailing dot), in order.
+    pub fn names(&self) -> Vec<String> {
+        self.names.lock().unwrap().clone()
+    }
+
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
     }
@@ -353,6 +372,7 @@ impl DohServer {
         let handler = ZoneHandler {
             zone: self.zone.clone(),
             queries: self.queries.clone(),
+            names: self.names.clone(),
         };
         let mut server = Server::new(handler);
 
