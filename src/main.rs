@@ -64,6 +64,10 @@ enum Command {
         /// Decide as this client address would (its group's lists and rules apply).
         #[arg(long)]
         client: Option<IpAddr>,
+        /// Explain a DNS query of this type (A, TXT, HTTPS, ...): the group's mode and
+        /// query types decide too.
+        #[arg(long, default_value = "A")]
+        qtype: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -108,7 +112,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config.as_deref()),
-        Command::Check { name, client, json } => check(cli.config.as_deref(), &name, client, json),
+        Command::Check {
+            name,
+            client,
+            qtype,
+            json,
+        } => check(cli.config.as_deref(), &name, client, &qtype, json),
         Command::Lists {
             command: None,
             json,
@@ -141,10 +150,16 @@ fn check(
     path: Option<&Path>,
     name: &str,
     client: Option<IpAddr>,
+    qtype: &str,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let code =
+        portcullis::config::dns::qtype_code(qtype).map_err(|e| anyhow::anyhow!("--qtype: {e}"))?;
     let (_, loaded) = load_all(path)?;
-    let explanation = loaded.policy.explain(name, client);
+    let explanation =
+        loaded
+            .policy
+            .explain_query(name, client, Some((code, &qtype.to_ascii_uppercase())));
     if json {
         outln!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {

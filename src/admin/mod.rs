@@ -13,7 +13,7 @@
 //! | `GET /healthz` | 200 `ok` while the process serves |
 //! | `GET /readyz` | 200 when the rules are loaded and an upstream is healthy, else 503 and why |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /api/explain?name=N&client=IP` | the decision trail of `portcullis check --json` |
+//! | `GET /api/explain?name=N&client=IP&qtype=T` | the decision trail of `portcullis check --json` |
 //! | `GET /api/lists` | every list source's status, as `portcullis lists --json` |
 //! | `POST /api/lists/refresh` | downloads every list now (conditionally); per-list results |
 //! | `POST /api/cache/flush` | empties the DNS answer cache |
@@ -381,6 +381,7 @@ async fn refresh_lists(state: &AdminState) -> Response {
 fn explain(state: &AdminState, query: &str) -> Response {
     let mut name = None;
     let mut client = None;
+    let mut qtype = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let Some(value) = percent_decode(value) else {
@@ -392,16 +393,24 @@ fn explain(state: &AdminState, query: &str) -> Response {
                 Ok(ip) => client = Some(ip),
                 Err(e) => return Response::text(400, format!("`client`: {e}\n")),
             },
+            "qtype" => match crate::config::dns::qtype_code(&value) {
+                Ok(code) => qtype = Some((code, value.to_ascii_uppercase())),
+                Err(e) => return Response::text(400, format!("`qtype`: {e}\n")),
+            },
             _ => {}
         }
     }
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         return Response::text(
             400,
-            "`name` is required: /api/explain?name=NAME[&client=IP]\n",
+            "`name` is required: /api/explain?name=NAME[&client=IP][&qtype=TYPE]\n",
         );
     };
-    let explanation = state.filter.policy.load().explain(&name, client);
+    let explanation = state.filter.policy.load().explain_query(
+        &name,
+        client,
+        qtype.as_ref().map(|(code, name)| (*code, name.as_str())),
+    );
     Response::json(&explanation)
 }
 

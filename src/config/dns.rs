@@ -272,6 +272,11 @@ impl DnsConfig {
                 GroupDns {
                     mode,
                     qtypes,
+                    qtype_names: self
+                        .qtypes
+                        .get(name)
+                        .map(|types| types.iter().map(|t| t.to_ascii_uppercase()).collect())
+                        .unwrap_or_default(),
                     guard,
                     rate: (queries > 0).then_some(Rate {
                         queries,

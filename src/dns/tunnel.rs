@@ -485,6 +485,35 @@ mod tests {
     }
 
     #[test]
+    fn ordinary_traffic_does_not_trip_the_defaults() {
+        let corpus: Vec<&str> = include_str!("../../tests/fixtures/normal-hostnames.txt")
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(corpus.len() >= 250, "{} names", corpus.len());
+        let g = TunnelGuard::new();
+        // Each name three times in one window, from one client.
+        for round in 0..3 {
+            for (i, name) in corpus.iter().enumerate() {
+                let now = round * 150 + (i as u32 % 100);
+                let v = ask(&g, now, GuardAction::Block, name);
+                assert_eq!(v, Verdict::Pass, "{name} in round {round}");
+            }
+        }
+        // The busiest registered domain of the corpus stays well under the budget.
+        let suffixes = crate::policy::suffix::Suffixes::builtin();
+        let mut per_domain = std::collections::HashMap::<&str, usize>::new();
+        for name in &corpus {
+            if let (domain, Some(prefix)) = suffixes.split(name) {
+                let weight = if signal(name, prefix).is_some() { 2 } else { 1 };
+                *per_domain.entry(domain).or_default() += (prefix.len() + 1) * weight;
+            }
+        }
+        let (domain, most) = per_domain.iter().max_by_key(|(_, b)| **b).unwrap();
+        assert!(*most * 2 < 1024, "{domain}: {most} bytes");
+    }
+
+    #[test]
     fn log_reports_a_trip_once_per_cooldown_and_answers() {
         let g = TunnelGuard::new();
         let mut trips = 0;

@@ -131,6 +131,8 @@ pub struct GroupDns {
     /// Query type codes served, sorted; `None`: every type but the ones never served
     /// (ANY, AXFR, IXFR).
     pub qtypes: Option<Vec<u16>>,
+    /// The same types as configured, upper case, for explanations.
+    pub qtype_names: Vec<String>,
     pub guard: GuardAction,
     pub rate: Option<Rate>,
 }
@@ -140,6 +142,7 @@ impl Default for GroupDns {
         GroupDns {
             mode: DnsMode::Public,
             qtypes: None,
+            qtype_names: Vec::new(),
             guard: GuardAction::Log,
             rate: None,
         }
@@ -191,6 +194,7 @@ impl Default for DnsPolicy {
 static DEFAULT_GROUP: GroupDns = GroupDns {
     mode: DnsMode::Public,
     qtypes: None,
+    qtype_names: Vec::new(),
     guard: GuardAction::Log,
     rate: None,
 };
@@ -259,6 +263,56 @@ impl DnsPolicy {
     }
 }
 
+impl DnsPolicy {
+    /// What the DNS door does with `verdict` for `group` (named `group_name`), in words,
+    /// for `portcullis check` and the explain API. `qtype`: code and name, when asked.
+    pub fn explain(
+        &self,
+        verdict: &Verdict<'_>,
+        group: GroupId,
+        group_name: &str,
+        qtype: Option<(u16, &str)>,
+    ) -> String {
+        let g = self.group(group);
+        let mode = g.mode.as_str();
+        let served = if g.qtype_names.is_empty() {
+            "every type but ANY, AXFR, IXFR".to_owned()
+        } else {
+            g.qtype_names.join(", ")
+        };
+        let (code, qname) = qtype.unwrap_or((1, "A"));
+        let guard = g.guard.as_str();
+        match self.decide(verdict, group, code) {
+            DnsAction::Refuse(DnsRefusal::Qtype) => format!(
+                "{mode} mode: query type {qname} is not served to group {group_name} (served: {served}); refused, never forwarded"
+            ),
+            DnsAction::Refuse(DnsRefusal::NotAllowed) => format!(
+                "{mode} mode: not on the allowlist of group {group_name}; answered {}, never asked upstream",
+                match self.not_allowed {
+                    NotAllowedAnswer::Nxdomain => "NXDOMAIN",
+                    NotAllowedAnswer::Refused => "REFUSED",
+                }
+            ),
+            DnsAction::Refuse(other) => format!("{mode} mode: refused ({})", other.as_str()),
+            DnsAction::Local => format!("{mode} mode: answered by the gate (see the decision)"),
+            DnsAction::Forward {
+                guard: GuardAction::Off,
+                would_refuse: None,
+            } => format!("{mode} mode: forwarded {qname}; an exact allow rule, so no tunnel guard"),
+            DnsAction::Forward {
+                would_refuse: None, ..
+            } => format!("{mode} mode: forwarded {qname}; tunnel guard: {guard}"),
+            DnsAction::Forward {
+                would_refuse: Some(would),
+                ..
+            } => format!(
+                "{mode} mode: forwarded {qname}, logged with would_refuse = {}; tunnel guard: {guard}",
+                would.as_str()
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +339,7 @@ mod tests {
             vec![GroupDns {
                 mode,
                 qtypes: Some(vec![A, 28]),
+                qtype_names: vec!["A".into(), "AAAA".into()],
                 guard: guard.resolved(mode),
                 rate: None,
             }],

@@ -187,8 +187,22 @@ impl Policy {
 
     /// The full decision trail for a name and client, for `portcullis check` and the explain API.
     pub fn explain(&self, input: &str, client: Option<IpAddr>) -> Explanation {
+        self.explain_query(input, client, None)
+    }
+
+    /// [`Policy::explain`] for a query type (code and name): what the DNS door does with it
+    /// too (mode, query types).
+    pub fn explain_query(
+        &self,
+        input: &str,
+        client: Option<IpAddr>,
+        qtype: Option<(u16, &str)>,
+    ) -> Explanation {
         let group = client.map_or(GroupId::DEFAULT, |ip| self.groups.of(ip));
         let (name, verdict) = self.decide_text(input, group);
+        let dns = self
+            .dns
+            .explain(&verdict, group, self.groups.name(group), qtype);
         let mut ex = Explanation {
             input: input.to_owned(),
             name: name.as_ref().map(|n| n.to_string()),
@@ -201,6 +215,7 @@ impl Policy {
             source: None,
             line: None,
             private_answers_allowed: false,
+            dns,
         };
         match &verdict {
             Verdict::Malformed(e) => ex.reason = format!("malformed name: {e}"),
@@ -256,6 +271,8 @@ pub struct Explanation {
     pub source: Option<String>,
     pub line: Option<u32>,
     pub private_answers_allowed: bool,
+    /// What the DNS door does with it: mode, query types, tunnel guard.
+    pub dns: String,
 }
 
 impl std::fmt::Display for Explanation {
@@ -273,6 +290,7 @@ impl std::fmt::Display for Explanation {
         )?;
         writeln!(f, "decision: {}", self.decision)?;
         writeln!(f, "reason:   {}", self.reason)?;
+        writeln!(f, "dns:      {}", self.dns)?;
         if let Some(rule) = &self.rule {
             writeln!(f, "rule:     {rule}")?;
         }

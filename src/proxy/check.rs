@@ -20,6 +20,7 @@ use super::decide::{Ask, Decision, decide, port_ok, rule_ref};
 use super::error::{ProxyError, RefusalCode};
 use super::target::{Host, Target};
 use super::{ProxyState, Resolve};
+use crate::policy::dns::DnsRefusal;
 use crate::dns::filter::{Filter, Outcome, Reply};
 use crate::host::HostAddrs;
 use crate::policy::addr::{AddrClass, AddrClassifier};
@@ -324,6 +325,24 @@ fn answer_addrs(
             Outcome::Refused if reply.denied_address.is_some() => {
                 return Err(ProxyError::forbidden(
                     RefusalCode::DeniedAddress,
+                    format!("{}: {}", name.as_str(), reply.reason),
+                ));
+            }
+            // The group's DNS mode (allowlist) and tunnel guard hold for the proxy's own
+            // lookups: a name the group may not resolve is not resolved for it here either.
+            Outcome::Refused
+                if matches!(
+                    reply.refusal,
+                    Some(DnsRefusal::NotAllowed | DnsRefusal::Tunnel)
+                ) =>
+            {
+                let code = if reply.refusal == Some(DnsRefusal::Tunnel) {
+                    RefusalCode::TunnelGuard
+                } else {
+                    RefusalCode::NotAllowlisted
+                };
+                return Err(ProxyError::forbidden(
+                    code,
                     format!("{}: {}", name.as_str(), reply.reason),
                 ));
             }

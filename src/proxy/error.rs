@@ -20,6 +20,8 @@ pub enum RefusalCode {
     SniMissing,
     SniMismatch,
     EchRefused,
+    /// The DNS tunnel guard blocks the client's pair with the name's registered domain.
+    TunnelGuard,
 }
 
 impl RefusalCode {
@@ -37,6 +39,7 @@ impl RefusalCode {
             RefusalCode::SniMissing => "sni_missing",
             RefusalCode::SniMismatch => "sni_mismatch",
             RefusalCode::EchRefused => "ech_refused",
+            RefusalCode::TunnelGuard => "tunnel_guard",
         }
     }
 }

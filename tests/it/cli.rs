@@ -95,6 +95,62 @@ fn check_prints_the_decision_rule_list_and_line() {
 }
 
 #[test]
+fn check_explains_dns_mode_and_query_type_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[dns]
+listen = ["127.0.0.1:0"]
+modes = { agent = "allowlist" }
+qtypes = { agent = ["A", "AAAA", "CNAME", "HTTPS"] }
+
+[[upstream.servers]]
+url = "udp://127.0.0.1:9"
+
+[groups]
+agent = ["10.20.0.0/16"]
+"#,
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let check = |args: &[&str]| {
+        let mut all = vec!["--config", &cfg, "check"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = run(&all);
+        assert!(ok, "{err}");
+        out
+    };
+    let out = check(&["unlisted.example", "--client", "10.20.0.5"]);
+    assert!(
+        out.contains("dns:      allowlist mode: not on the allowlist of group agent; answered NXDOMAIN, never asked upstream"),
+        "{out}"
+    );
+    let out = check(&[
+        "api.anthropic.com",
+        "--client",
+        "10.20.0.5",
+        "--qtype",
+        "txt",
+    ]);
+    assert!(
+        out.contains("query type TXT is not served to group agent (served: A, AAAA, CNAME, HTTPS)"),
+        "{out}"
+    );
+    let out = check(&["unlisted.example"]);
+    assert!(
+        out.contains("dns:      public mode: forwarded A; tunnel guard: log"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["--config", &cfg, "check", "x.example", "--qtype", "BOGUS"]);
+    assert!(
+        !ok && err.contains("--qtype: `BOGUS` is not a query type"),
+        "{err}"
+    );
+}
+
+#[test]
 fn config_check_validates_and_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(dir.path());

@@ -13,6 +13,7 @@ mod app;
 mod cli;
 mod container;
 mod dns;
+mod dns_modes;
 mod dns_paths;
 mod list_formats;
 mod lists_fetch;

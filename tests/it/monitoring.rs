@@ -399,6 +399,7 @@ fn every_alert_has_a_duration_a_severity_and_instructions() {
         "PortcullisListStale",
         "PortcullisListRefreshFailing",
         "PortcullisDnsRefusalSpike",
+        "PortcullisPossibleDnsTunnel",
         "PortcullisConfigReloadFailed",
         "PortcullisProxyConnectionLimit",
     ] {
@@ -502,6 +503,32 @@ tests:
         alertname: PortcullisDnsRefusalSpike
         exp_alerts:
           - exp_labels: {severity: warning, job: portcullis, instance: "gate:9953"}
+
+  - name: dns tunnel and rate limit
+    interval: 1m
+    input_series:
+      - series: 'portcullis_dns_guard_trips_total{job="portcullis", instance="gate:9953", group="agent", action="block", reason="encoded_label"}'
+        values: '0x10 1x30'
+      - series: 'portcullis_dns_refusals_total{job="portcullis", instance="gate:9953", group="agent", reason="rate_limited"}'
+        values: '0x10 0+600x20'
+    alert_rule_test:
+      - eval_time: 9m
+        alertname: PortcullisPossibleDnsTunnel
+        exp_alerts: []
+      - eval_time: 12m
+        alertname: PortcullisPossibleDnsTunnel
+        exp_alerts:
+          - exp_labels: {severity: critical, job: portcullis, instance: "gate:9953", group: agent, action: block}
+      - eval_time: 25m
+        alertname: PortcullisPossibleDnsTunnel
+        exp_alerts: []
+      - eval_time: 13m
+        alertname: PortcullisDnsRateLimited
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: PortcullisDnsRateLimited
+        exp_alerts:
+          - exp_labels: {severity: warning, job: portcullis, instance: "gate:9953", group: agent}
 
   - name: reloads and proxy limits
     interval: 1m

@@ -17,6 +17,10 @@ const CONFIG: &str = concat!(
     config_head!(),
     r#"url = "udp://127.0.0.1:9"
 
+# The query stream below is one client at thousands of queries a second.
+[dns.rate_limit]
+queries = 0
+
 [[lists]]
 name = "threats"
 path = "threats.txt"
