@@ -751,6 +751,40 @@ fn the_guard_blocks_a_tunnel_in_public_mode() {
     );
 }
 
+/// Public mode with the default guard (`auto`: log there): the tunnel comes up, and the
+/// gate says so in the trip counter (action `log`), which is what an operator of a
+/// public-mode group gets.
+#[test]
+#[ignore = "needs root, iproute2, util-linux, procps, curl, iodine, /dev/net/tun: scripts/test.sh runs it"]
+fn the_default_guard_in_public_mode_logs_the_tunnel() {
+    let topo = Topology::new();
+    let domain = "t.tunnel.test";
+    let mut gate = topo.start_gate(&dns_config("mode = \"public\"", None), "");
+    let attempt = attempt_tunnel(&topo, domain, ATTEMPT, true);
+    let metrics = topo.metrics();
+    let logged = metric_sum(
+        &metrics,
+        "portcullis_dns_guard_trips_total",
+        &["group=\"agent\"", "action=\"log\""],
+    );
+    println!(
+        "public mode, default guard: {}; trips with action log: {logged}\n{}",
+        attempt.summary(domain),
+        trip_series(&metrics)
+    );
+    let state = gate_state(&topo, &mut gate);
+    assert!(
+        attempt.up(),
+        "in public mode the default guard only logs: the tunnel must come up: {}\n{}\n{state}",
+        attempt.summary(domain),
+        attempt.logs()
+    );
+    assert!(
+        logged > 0.0,
+        "the tunnel must be counted as a trip with action=\"log\"\n{state}"
+    );
+}
+
 // --- the secret-counting probe ---
 
 const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
