@@ -236,6 +236,7 @@ impl Gate {
         let config = self.shared.config();
         crate::forwarding::warn_if_forwarding();
         crate::telemetry::metrics::init();
+        Filter::register_groups(&self.shared.policy().load());
         let _refresher = self.lists.spawn();
         let bound = listeners.addrs();
         // The gate's own listeners are never a destination (the admin API least of all).

@@ -106,6 +106,7 @@ async fn put_in_force(lists: &Lists, filter: &Filter, config: Config, built: Loa
         deny_ranges,
         ..FilterSettings::from(&config.dns)
     }));
+    Filter::register_groups(&built.policy);
     lists.publish(config, built).await;
     crate::telemetry::metrics::config_reload(true);
 }

@@ -379,6 +379,12 @@ impl Filter {
         refused(&policy, group, query, DnsRefusal::RateLimited, None)
     }
 
+    /// Creates the DNS-policy metric series of the groups of `policy` at zero.
+    pub fn register_groups(policy: &Policy) {
+        let signals: Vec<&'static str> = tunnel::Signal::ALL.iter().map(|s| s.as_str()).collect();
+        crate::telemetry::metrics::dns_groups(policy.groups.names(), &signals);
+    }
+
     /// Tracked tunnel-guard pairs, guard evictions, rate-limited clients tracked.
     pub fn guard_usage(&self) -> (usize, u64, usize) {
         let (entries, evictions) = self.guard.usage();

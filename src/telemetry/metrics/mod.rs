@@ -304,6 +304,40 @@ pub fn proxy_buffer_refusal(reason: &'static str) {
     }
 }
 
+/// Creates every DNS-policy series of `groups` at zero, so that the first refusal or
+/// trip is an increase Prometheus sees (a series born at 1 has no `increase()`).
+/// `signals`: the tunnel guard's reason values.
+pub fn dns_groups(groups: &[String], signals: &[&'static str]) {
+    let Some(m) = get() else { return };
+    use crate::policy::dns::DnsRefusal;
+    for group in groups {
+        for refusal in DnsRefusal::ALL {
+            drop(m.dns.refusals.get_or_create(&GroupReasonLabels {
+                group: group.clone(),
+                reason: refusal.as_str(),
+            }));
+        }
+        for refusal in [DnsRefusal::NotAllowed, DnsRefusal::Qtype] {
+            drop(m.dns.would_refuse.get_or_create(&GroupReasonLabels {
+                group: group.clone(),
+                reason: refusal.as_str(),
+            }));
+        }
+        for action in ["log", "block"] {
+            for &reason in signals {
+                drop(m.dns.guard_trips.get_or_create(&GuardTripLabels {
+                    group: group.clone(),
+                    action,
+                    reason,
+                }));
+            }
+        }
+        drop(m.dns.guard_blocked.get_or_create(&GroupLabel {
+            group: group.clone(),
+        }));
+    }
+}
+
 /// A query the DNS policy refused.
 pub fn dns_refusal(group: &str, refusal: crate::policy::dns::DnsRefusal) {
     if let Some(m) = get() {
