@@ -3,7 +3,7 @@
 //! carries its module (`proxy::the_body_limit_answers_413`); scripts/test.sh reruns the
 //! ignored ones by those names.
 //!
-//! The root-only tests (`container`, `netns`) and those that read ../shared are
+//! The root-only tests (`container`, `netns`, `tunnel`) and those that read ../shared are
 //! `#[ignore]`d with their reason; `cargo test --test it -- --ignored` runs them.
 
 mod support;
@@ -21,4 +21,5 @@ mod monitoring;
 mod netns;
 mod proxy;
 mod reload;
+mod tunnel;
 mod upstream;

@@ -16,7 +16,8 @@
 //!
 //! Needs root, iproute2, util-linux, procps, dig, curl and ping: `#[ignore]`d for a plain
 //! `cargo test`; scripts/test.sh runs them (always under CI=true), and when they do run, a
-//! missing precondition fails them.
+//! missing precondition fails them. tests/it/tunnel.rs runs a real DNS tunnel (iodine and
+//! iodined, the Debian package `iodine`) through the gate in the same kind of topology.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Output;
