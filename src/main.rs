@@ -1,4 +1,5 @@
-//! The `portcullis` binary: run the gate, check a name, validate a config.
+//! The `portcullis` binary: run the gate, check a name, validate a config, print a
+//! client's proxy variables.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use portcullis::app::{Gate, Listeners, load_all, load_config, upstream_pool};
+use portcullis::config::Config;
 use portcullis::lists::refresh::fetch_into_cache;
 use portcullis::sys::tune_allocator;
 
@@ -88,11 +90,33 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// Print the proxy variables a client container needs (HTTPS_PROXY, NO_PROXY,
+    /// JAVA_TOOL_OPTIONS, git's...), from `[proxy] listen` or --proxy.
+    Env {
+        /// The proxy's address as the clients reach it (a name or an IP, and the port);
+        /// needed when the proxy listens on a wildcard address such as 0.0.0.0:3128.
+        #[arg(long, value_name = "HOST:PORT")]
+        proxy: Option<String>,
+        /// More NO_PROXY entries: the client's own tier (comma-separated or repeated).
+        #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+        no_proxy: Vec<String>,
+        /// shell (`export K='V'`), compose (an `environment:` mapping) or kubernetes (an
+        /// `env:` list).
+        #[arg(long, value_enum, default_value_t = EnvFormatArg::Shell)]
+        format: EnvFormatArg,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EnvFormatArg {
+    Shell,
+    Compose,
+    Kubernetes,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +151,11 @@ fn main() -> ExitCode {
             json,
         } => lists_fetch(cli.config.as_deref(), json),
         Command::Health { url, timeout } => health(&url, timeout),
+        Command::Env {
+            proxy,
+            no_proxy,
+            format,
+        } => env(cli.config.as_deref(), proxy.as_deref(), &no_proxy, format),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(file.as_deref().or(cli.config.as_deref())),
@@ -165,6 +194,44 @@ fn check(
     } else {
         out!("{explanation}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn env(
+    path: Option<&Path>,
+    proxy: Option<&str>,
+    no_proxy: &[String],
+    format: EnvFormatArg,
+) -> anyhow::Result<ExitCode> {
+    use portcullis::app::env::{self, EnvFormat, ProxyEndpoint};
+    let endpoint = match proxy {
+        Some(text) => ProxyEndpoint::parse(text).map_err(|e| anyhow::anyhow!("--proxy: {e}"))?,
+        None => {
+            // The configuration's `[proxy] listen`, with its PORTCULLIS_* overrides; not the
+            // admin token (a client's environment has nothing to do with it).
+            let mut config = match path {
+                Some(path) => Config::load(path)?,
+                None => Config::builtin()?,
+            };
+            config.apply_env(std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")))?;
+            ProxyEndpoint::from_config(&config).map_err(anyhow::Error::msg)?
+        }
+    };
+    let no_proxy: Vec<String> = no_proxy
+        .iter()
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    for entry in &no_proxy {
+        env::check_no_proxy_entry(entry).map_err(anyhow::Error::msg)?;
+    }
+    let format = match format {
+        EnvFormatArg::Shell => EnvFormat::Shell,
+        EnvFormatArg::Compose => EnvFormat::Compose,
+        EnvFormatArg::Kubernetes => EnvFormat::Kubernetes,
+    };
+    let vars = env::client_env(&endpoint, &no_proxy);
+    out!("{}", env::render(&vars, &endpoint, format));
     Ok(ExitCode::SUCCESS)
 }
 

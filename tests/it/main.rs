@@ -11,6 +11,7 @@ mod support;
 mod admin;
 mod app;
 mod cli;
+mod client_env;
 mod container;
 mod dns;
 mod dns_modes;
