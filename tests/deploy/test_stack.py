@@ -53,6 +53,12 @@ GATE = "portcullis"
 AGENT_TIER = ("agent", "litellm")
 ADMIN_PORT = 9953
 PROXY_PORT = 3128
+# Routed mode's listeners: the ports agents dial (the gate dials origins on the same port).
+ROUTED_TLS_PORT = 443
+ROUTED_HTTP_PORT = 80
+# What a client in routed mode must not be given: proxy settings (of any case) send its
+# traffic to the proxy instead, and their absence is what routed mode is for.
+PROXY_ENV = {"https_proxy", "http_proxy", "all_proxy", "no_proxy", "grpc_proxy", "node_use_env_proxy"}
 HEALTHCHECK = ["CMD", "/usr/local/bin/portcullis", "health"]
 TMPFS_FLAGS = {"noexec", "nosuid", "nodev"}
 PRIVATE_V4 = [
@@ -381,13 +387,52 @@ def check_agent_tier_dns_is_gate(stack):
     return problems
 
 
+def dns_mode(config, group):
+    """The DNS mode of `group` in a gate configuration (`[dns] modes`, else `mode`)."""
+    dns = config.get("dns") or {}
+    return (dns.get("modes") or {}).get(group, dns.get("mode", "public"))
+
+
+def group_of(groups, networks):
+    """The group whose CIDRs hold every one of `networks` with the longest prefix, as the
+    gate picks a client's group (longest prefix wins), or `default`."""
+    best, best_len = "default", -1
+    for name, cidrs in (groups or {}).items():
+        for cidr in cidrs:
+            net = ipaddress.ip_network(cidr)
+            if networks and all(n.version == net.version and n.subnet_of(net) for n in networks):
+                if net.prefixlen > best_len:
+                    best, best_len = name, net.prefixlen
+    return best
+
+
+def service_group(stack, svc):
+    """The client group of an agent-tier service: by its static address on the gate's
+    network, else by the network's dynamic range (where Docker puts it)."""
+    net = gate_agent_network(stack)
+    settings = service_networks(stack.services().get(svc, {})).get(net, {})
+    if settings.get("ipv4_address"):
+        nets = [ipaddress.ip_network(f"{settings['ipv4_address']}/32")]
+    else:
+        config = ((stack.networks().get(net) or {}).get("ipam") or {}).get("config", [])
+        nets = [ipaddress.ip_network(c.get("ip_range") or c["subnet"]) for c in config if c.get("subnet")]
+    return group_of(stack.gate_config.get("groups"), nets)
+
+
+def routed_listen(config, key):
+    return listen_ips((config.get("routed") or {}).get(key, []))
+
+
 def check_agent_tier_proxy_env(stack):
+    """Services in a group that is not in routed mode reach the outside through the proxy."""
     problems = []
     net = gate_agent_network(stack)
     gate_hosts = {GATE, gate_static_ip(stack, net)}
     proxy_listen = effective_listen(stack, "proxy")
     proxy_ports = {p for h, p in proxy_listen if h in gate_hosts | {"0.0.0.0"}}
     for svc in AGENT_TIER:
+        if dns_mode(stack.gate_config, service_group(stack, svc)) == "routed":
+            continue
         env = env_of(stack.services().get(svc, {}))
         for var in ("HTTPS_PROXY", "HTTP_PROXY"):
             values = [env.get(var)] + ([env[var.lower()]] if var.lower() in env else [])
@@ -405,6 +450,47 @@ def check_agent_tier_proxy_env(stack):
         others = [s for s in AGENT_TIER if s != svc]
         if not any(o in no_proxy for o in others):
             problems.append(f"{svc}: NO_PROXY {no_proxy} does not name its own tier {others}")
+    return problems
+
+
+def check_compose_routed_agent(stack):
+    """The agent is in routed mode: no proxy variable, the gate's DNS answers its allowed
+    names with the gate's agent-tier address, and the routed listeners serve that address
+    on 443 and 80, and no other network of the gate."""
+    problems = []
+    net = gate_agent_network(stack)
+    ip = gate_static_ip(stack, net)
+    config = stack.gate_config
+    group = service_group(stack, "agent")
+    if dns_mode(config, group) != "routed":
+        problems.append(f"agent: its group {group} is in DNS mode {dns_mode(config, group)!r}, not routed")
+    routed = [s for s in AGENT_TIER if dns_mode(config, service_group(stack, s)) == "routed"]
+    for svc in routed:
+        env = env_of(stack.services().get(svc, {}))
+        for var in sorted(k for k in env if k.lower() in PROXY_ENV):
+            problems.append(f"{svc}: routed mode, yet {var} is set (its clients would use the proxy)")
+        if stack.services().get(svc, {}).get("env_file"):
+            problems.append(f"{svc}: env_file can set proxy variables unseen")
+        addresses = ((config.get("dns") or {}).get("routed_addresses") or {}).get(service_group(stack, svc))
+        if addresses is not None and [str(a) for a in addresses] != [ip]:
+            problems.append(f"{svc}: routed_addresses {addresses} are not the gate's agent-tier address {ip}")
+        if addresses is None and any(h != ip for h, _ in effective_listen(stack, "dns")):
+            problems.append(f"{svc}: no routed_addresses, and DNS listens beyond {ip}: answers could carry another address")
+    if not routed:
+        return problems
+    for key, port in (("tls_listen", ROUTED_TLS_PORT), ("http_listen", ROUTED_HTTP_PORT)):
+        listening = routed_listen(config, key)
+        if (ip, port) not in listening:
+            problems.append(f"[routed] {key} {listening} does not serve {ip}:{port}")
+        for host, p in listening:
+            if host != ip:
+                problems.append(f"[routed] {key} on {host}:{p}: beyond the agent tier's {ip}")
+    sysctls = stack.services().get(GATE, {}).get("sysctls") or {}
+    if isinstance(sysctls, list):
+        sysctls = dict(str(x).split("=", 1) for x in sysctls)
+    floor = sysctls.get("net.ipv4.ip_unprivileged_port_start")
+    if floor is None or int(floor) > ROUTED_HTTP_PORT:
+        problems.append(f"gate: ip_unprivileged_port_start={floor!r}: uid 65534 cannot bind {ROUTED_HTTP_PORT}")
     return problems
 
 
@@ -960,6 +1046,79 @@ def check_k8s_ports(stack):
     return problems
 
 
+def service_target_ports(stack, service):
+    """(service port, protocol, container port numbers) of a Service."""
+    out = []
+    for port in (service.get("spec") or {}).get("ports") or []:
+        target = container_port(stack, port.get("targetPort", port.get("port")))
+        out.append((port.get("port"), port.get("protocol", "TCP"), [p for p, _ in target]))
+    return out
+
+
+def check_k8s_routed(stack):
+    """Agents in routed mode: routed_addresses is the fixed clusterIP of a Service that maps
+    443 and 80 to the same ports of the pods (the gate dials the origin on the port a
+    connection came in on), the gate listens there and may bind them, and the agents'
+    NetworkPolicies let them reach those ports of the gate, and only the gate's."""
+    cm = k8s_gate_config(stack)
+    if not cm:
+        return ["no ConfigMap with portcullis.toml"]
+    config = tomllib.loads(cm["data"]["portcullis.toml"])
+    problems = []
+    if dns_mode(config, "agent") != "routed":
+        problems.append(f"group agent is in DNS mode {dns_mode(config, 'agent')!r}, not routed")
+    addresses = ((config.get("dns") or {}).get("routed_addresses") or {}).get("agent")
+    if not addresses:
+        problems.append("no routed_addresses for agent: behind a Service a query arrives on the pod's address")
+    routed_services = []
+    for svc in stack.k8s_kind("Service"):
+        ports = {(p, proto) for p, proto, _ in service_target_ports(stack, svc)}
+        if (ROUTED_TLS_PORT, "TCP") in ports:
+            routed_services.append(svc)
+    if len(routed_services) != 1:
+        return problems + [f"{len(routed_services)} Services on port {ROUTED_TLS_PORT}, need one"]
+    svc = routed_services[0]
+    name, cluster_ip = svc["metadata"]["name"], (svc.get("spec") or {}).get("clusterIP")
+    if not cluster_ip or cluster_ip == "None":
+        problems.append(f"service {name} has no fixed clusterIP for routed_addresses to name")
+    elif addresses and [str(a) for a in addresses] != [cluster_ip]:
+        problems.append(f"routed_addresses {addresses} are not service {name}'s clusterIP {cluster_ip}")
+    targets = {(p, proto): t for p, proto, t in service_target_ports(stack, svc)}
+    for port in (ROUTED_TLS_PORT, ROUTED_HTTP_PORT):
+        if targets.get((port, "TCP")) != [port]:
+            problems.append(f"service {name} maps {port}/TCP to {targets.get((port, 'TCP'))}, not the pods' {port}")
+    for key, port in (("tls_listen", ROUTED_TLS_PORT), ("http_listen", ROUTED_HTTP_PORT)):
+        if port not in [p for _, p in routed_listen(config, key)]:
+            problems.append(f"[routed] {key} {routed_listen(config, key)} does not serve port {port}")
+    sysctls = {s.get("name"): s.get("value") for s in (pod_spec(stack).get("securityContext") or {}).get("sysctls") or []}
+    floor = sysctls.get("net.ipv4.ip_unprivileged_port_start")
+    if floor is None or int(floor) > ROUTED_HTTP_PORT:
+        problems.append(f"pod sysctl ip_unprivileged_port_start={floor!r}: uid 65534 cannot bind {ROUTED_HTTP_PORT}")
+    reach = set()
+    for p in policies(stack, "agents"):
+        for rule in p["spec"].get("egress") or []:
+            if rule.get("to") and all(selects_gate(peer, stack) for peer in rule["to"]):
+                reach |= {(x.get("protocol", "TCP"), x.get("port")) for x in rule.get("ports") or []}
+    gate_ns = deployment(stack).get("metadata", {}).get("namespace")
+    admitted = set()
+    for p in policies(stack, gate_ns):
+        if not matches(p["spec"].get("podSelector") or {}, pod_labels(stack)):
+            continue
+        for rule in p["spec"].get("ingress") or []:
+            from_agents = any(
+                ((peer.get("namespaceSelector") or {}).get("matchLabels") or {}).get("kubernetes.io/metadata.name") == "agents"
+                for peer in rule.get("from") or []
+            )
+            if from_agents:
+                admitted |= {(x.get("protocol", "TCP"), x.get("port")) for x in rule.get("ports") or []}
+    for port in (ROUTED_TLS_PORT, ROUTED_HTTP_PORT):
+        if ("TCP", port) not in reach:
+            problems.append(f"agents' NetworkPolicy does not let them reach the gate on TCP {port}")
+        if ("TCP", port) not in admitted:
+            problems.append(f"the gate's NetworkPolicy does not admit the agents on TCP {port}")
+    return problems
+
+
 def check_k8s_pdb_and_namespace(stack):
     problems = []
     pdbs = [
@@ -1008,7 +1167,10 @@ def check_k8s_agents_reach_only_gate(stack):
     ]
     if not default_deny:
         problems.append("agents: no default-deny policy (podSelector {}, Ingress and Egress, no rules)")
-    allowed = {("UDP", 53), ("TCP", 53), ("UDP", 5353), ("TCP", 5353), ("TCP", PROXY_PORT)}
+    allowed = {
+        ("UDP", 53), ("TCP", 53), ("UDP", 5353), ("TCP", 5353), ("TCP", PROXY_PORT),
+        ("TCP", ROUTED_TLS_PORT), ("TCP", ROUTED_HTTP_PORT),
+    }
     egress_rules = 0
     for p in agents:
         for rule in p["spec"].get("ingress") or []:
@@ -1151,6 +1313,7 @@ CHECKS = [
     check_only_gate_on_egress,
     check_agent_tier_dns_is_gate,
     check_agent_tier_proxy_env,
+    check_compose_routed_agent,
     check_published_ports,
     check_services_hardened,
     check_gate_sysctl_and_healthcheck,
@@ -1170,6 +1333,7 @@ CHECKS = [
     check_k8s_admin_token,
     check_k8s_termination_grace,
     check_k8s_ports,
+    check_k8s_routed,
     check_k8s_pdb_and_namespace,
     check_k8s_agents_reach_only_gate,
     check_k8s_gate_egress_443_853,
@@ -1392,11 +1556,22 @@ MUTATIONS = [
     (check_agent_tier_dns_is_gate, "litellm without dns", _delete(_svc("litellm"), "dns")),
     (check_agent_tier_dns_is_gate, "DNS listens on loopback only (file)", _gate_file("dns", "listen", ["127.0.0.1:53"])),
     (check_agent_tier_dns_is_gate, "DNS moved by a variable", lambda s: _gate_env(s, "PORTCULLIS_DNS_LISTEN", "172.30.0.53:5353")),
-    (check_agent_tier_proxy_env, "agent without HTTPS_PROXY", lambda s: _svc("agent")(s)["environment"].pop("HTTPS_PROXY")),
+    (check_agent_tier_proxy_env, "agent out of routed mode, no proxy variables", lambda s: s.gate_config["dns"]["modes"].__setitem__("agent", "allowlist")),
+    (check_agent_tier_proxy_env, "litellm without HTTPS_PROXY", lambda s: _svc("litellm")(s)["environment"].pop("HTTPS_PROXY")),
     (check_agent_tier_proxy_env, "litellm HTTP_PROXY elsewhere", lambda s: _svc("litellm")(s)["environment"].__setitem__("HTTP_PROXY", "http://evil.example:3128")),
-    (check_agent_tier_proxy_env, "NO_PROXY=*", lambda s: _svc("agent")(s)["environment"].__setitem__("NO_PROXY", "*")),
+    (check_agent_tier_proxy_env, "NO_PROXY=*", lambda s: _svc("litellm")(s)["environment"].__setitem__("NO_PROXY", "*")),
     (check_agent_tier_proxy_env, "no NO_PROXY", lambda s: _svc("litellm")(s)["environment"].pop("NO_PROXY")),
     (check_agent_tier_proxy_env, "proxy on another port (file)", _gate_file("proxy", "listen", ["172.30.0.53:8080"])),
+    (check_compose_routed_agent, "agent in allowlist mode", lambda s: s.gate_config["dns"]["modes"].__setitem__("agent", "allowlist")),
+    (check_compose_routed_agent, "agent gets HTTPS_PROXY", lambda s: _svc("agent")(s)["environment"].__setitem__("HTTPS_PROXY", "http://portcullis:3128")),
+    (check_compose_routed_agent, "agent gets a lower-case all_proxy", lambda s: _svc("agent")(s)["environment"].__setitem__("all_proxy", "http://portcullis:3128")),
+    (check_compose_routed_agent, "no routed TLS listener", lambda s: s.gate_config["routed"].pop("tls_listen")),
+    (check_compose_routed_agent, "routed TLS on 8443 only", _gate_file("routed", "tls_listen", ["172.30.0.53:8443"])),
+    (check_compose_routed_agent, "routed TLS on every address", _gate_file("routed", "tls_listen", ["0.0.0.0:443"])),
+    (check_compose_routed_agent, "routed HTTP on the ops network too", _gate_file("routed", "http_listen", ["172.30.0.53:80", "172.30.2.53:80"])),
+    (check_compose_routed_agent, "routed answers carry the egress address", lambda s: s.gate_config["dns"]["routed_addresses"].__setitem__("agent", ["172.30.1.53"])),
+    (check_compose_routed_agent, "no routed_addresses, DNS on every address", lambda s: [s.gate_config["dns"].pop("routed_addresses"), s.gate_config["dns"].__setitem__("listen", ["0.0.0.0:53"])]),
+    (check_compose_routed_agent, "port floor 1024", lambda s: _svc(GATE)(s)["sysctls"].__setitem__("net.ipv4.ip_unprivileged_port_start", 1024)),
     (check_published_ports, "agent publishes 8080", _set(_svc("agent"), "ports", ["8080:8080"])),
     (check_published_ports, "admin on all interfaces", _set(_svc(GATE), "ports", ["9953:9953"])),
     (check_published_ports, "DNS published on loopback", _set(_svc(GATE), "ports", ["127.0.0.1:53:53/udp"])),
@@ -1502,6 +1677,17 @@ MUTATIONS = [
     (check_k8s_ports, "cache off the emptyDir", _cm_replace('cache_dir = "/var/cache/portcullis/lists"', 'cache_dir = "/tmp/lists"')),
     (check_k8s_ports, "admin Service as LoadBalancer", lambda s: _k8s("Service", "portcullis-admin")(s)["spec"].__setitem__("type", "LoadBalancer")),
     (check_k8s_ports, "DNS Service only UDP", lambda s: _k8s("Service", "portcullis-dns")(s)["spec"]["ports"].pop()),
+    (check_k8s_routed, "agents in allowlist mode", _cm_replace('modes = { agent = "routed"', 'modes = { agent = "allowlist"')),
+    (check_k8s_routed, "no routed_addresses", _cm_replace('routed_addresses = { agent = ["10.96.0.53"] }', "")),
+    (check_k8s_routed, "routed_addresses not the Service's", _cm_replace('routed_addresses = { agent = ["10.96.0.53"] }', 'routed_addresses = { agent = ["10.96.0.54"] }')),
+    (check_k8s_routed, "routed Service without a fixed clusterIP", lambda s: _k8s("Service", "portcullis-routed")(s)["spec"].pop("clusterIP")),
+    (check_k8s_routed, "443 mapped to the proxy port", lambda s: _k8s("Service", "portcullis-routed")(s)["spec"]["ports"][0].__setitem__("targetPort", "proxy")),
+    (check_k8s_routed, "no routed HTTP port", lambda s: _k8s("Service", "portcullis-routed")(s)["spec"]["ports"].pop()),
+    (check_k8s_routed, "the gate listens on 8443", _cm_replace('tls_listen = ["0.0.0.0:443"]', 'tls_listen = ["0.0.0.0:8443"]')),
+    (check_k8s_routed, "no pod sysctl for port 80", lambda s: _pod(s)["securityContext"].pop("sysctls")),
+    (check_k8s_routed, "agents may not reach 443", lambda s: _agents_egress_rule(s).__setitem__("ports", [p for p in _agents_egress_rule(s)["ports"] if p["port"] != 443])),
+    (check_k8s_routed, "the gate does not admit 80", lambda s: _gate_policy(s)["ingress"][0].__setitem__("ports", [p for p in _gate_policy(s)["ingress"][0]["ports"] if p["port"] != 80])),
+    (check_k8s_agents_reach_only_gate, "agents to the gate on 8443", lambda s: _agents_egress_rule(s)["ports"].append({"protocol": "TCP", "port": 8443})),
     (check_k8s_pdb_and_namespace, "no PDB", lambda s: s.k8s.__setitem__(slice(None), [(f, d) for f, d in s.k8s if d["kind"] != "PodDisruptionBudget"])),
     (check_k8s_pdb_and_namespace, "namespace not restricted", lambda s: _k8s("Namespace", GATE)(s)["metadata"]["labels"].__setitem__("pod-security.kubernetes.io/enforce", "baseline")),
     (check_k8s_agents_reach_only_gate, "agents to kube-dns", lambda s: _agents_egress_rule(s)["to"].append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}})),
