@@ -3,8 +3,9 @@
 //! carries its module (`proxy::the_body_limit_answers_413`); scripts/test.sh reruns the
 //! ignored ones by those names.
 //!
-//! The root-only tests (`container`, `netns`, `tunnel`) and those that read ../shared are
-//! `#[ignore]`d with their reason; `cargo test --test it -- --ignored` runs them.
+//! The root-only tests (`container`, `netns`, `routed_netns`, `tunnel`) and those that read
+//! ../shared are `#[ignore]`d with their reason; `cargo test --test it -- --ignored` runs
+//! them.
 
 mod support;
 
@@ -22,5 +23,6 @@ mod monitoring;
 mod netns;
 mod proxy;
 mod reload;
+mod routed_netns;
 mod tunnel;
 mod upstream;
