@@ -18,8 +18,8 @@ use tokio_util::task::TaskTracker;
 use super::budget::ConnBudget;
 use super::check::Door;
 use super::conn::{Received, log_refusal, refuse};
-use super::forward::Form;
 use super::error::{ProxyError, refusal_response};
+use super::forward::Form;
 use super::http::read_request_head;
 use super::{ProxyState, connect, forward};
 use crate::listen::{LimitHit, accept_loop};
@@ -206,7 +206,15 @@ pub(crate) async fn serve_http(
         }
         Front::Proxy => {
             asker.door = Door::Forward;
-            forward::handle(state, stream, &asker, received, Form::Absolute, &stop.tunnels).await;
+            forward::handle(
+                state,
+                stream,
+                &asker,
+                received,
+                Form::Absolute,
+                &stop.tunnels,
+            )
+            .await;
         }
         Front::RoutedHttp { port } => {
             let form = Form::Origin { port };

@@ -277,9 +277,7 @@ fn routed_target(head: &RequestHead, port: u16) -> Result<(Target, String), Prox
     };
     let with_port = match parse_authority(host) {
         Ok(target) => target,
-        Err(TargetError::MissingPort) => {
-            parse_authority(&format!("{host}:{port}")).map_err(bad)?
-        }
+        Err(TargetError::MissingPort) => parse_authority(&format!("{host}:{port}")).map_err(bad)?,
         Err(error) => return Err(bad(error)),
     };
     if with_port.port != port {
@@ -289,12 +287,13 @@ fn routed_target(head: &RequestHead, port: u16) -> Result<(Target, String), Prox
         )));
     }
     // The path gets the URL's checks; the host was checked above.
-    let (_, path) = parse_http_url(&format!("http://{with_port}{}", head.target)).map_err(
-        |error| ProxyError::BadTarget {
-            target: head.target.clone(),
-            error,
-        },
-    )?;
+    let (_, path) =
+        parse_http_url(&format!("http://{with_port}{}", head.target)).map_err(|error| {
+            ProxyError::BadTarget {
+                target: head.target.clone(),
+                error,
+            }
+        })?;
     Ok((with_port, path))
 }
 
@@ -404,4 +403,80 @@ async fn read_more<R: AsyncRead + Unpin>(
     let n = src.read(&mut buf[start..]).await;
     buf.truncate(start + *n.as_ref().unwrap_or(&0));
     n.map_err(|e| ProxyError::BadRequest(format!("reading the body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::http::parse_request_head;
+
+    fn head(text: &str) -> RequestHead {
+        parse_request_head(text.as_bytes(), 100).unwrap().unwrap().0
+    }
+
+    /// A routed request: the destination is `Host` on the port it came in on.
+    #[test]
+    fn a_routed_request_is_routed_by_host_on_the_local_port() {
+        let routed = |text: &str| {
+            check_head(&head(text), Form::Origin { port: 80 })
+                .map(|(t, path)| format!("{t} {path}"))
+                .map_err(|e| e.code())
+        };
+        for (text, want) in [
+            (
+                "GET /a?b=c HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Ok("api.example.com:80 /a?b=c"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: API.example.com:80\r\n\r\n",
+                Ok("api.example.com:80 /"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: [2001:db8::1]\r\n\r\n",
+                Ok("[2001:db8::1]:80 /"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: api.example.com:8080\r\n\r\n",
+                Err("bad_request"),
+            ),
+            ("GET / HTTP/1.0\r\n\r\n", Err("bad_request")),
+            (
+                "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+                Err("bad_request"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: u@api.example.com\r\n\r\n",
+                Err("bad_target"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: api.example.com/x\r\n\r\n",
+                Err("bad_target"),
+            ),
+            ("GET / HTTP/1.1\r\nHost: 127.1\r\n\r\n", Err("bad_target")),
+            (
+                "GET /a\\b HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Err("bad_target"),
+            ),
+            (
+                "GET http://api.example.com/ HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Err("bad_request"),
+            ),
+            (
+                "CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Err("bad_request"),
+            ),
+            (
+                "TRACE / HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Err("bad_request"),
+            ),
+        ] {
+            assert_eq!(routed(text), want.map(str::to_owned), "{text:?}");
+        }
+        // The proxy's own door still wants absolute form.
+        let proxied = check_head(
+            &head("GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n"),
+            Form::Absolute,
+        );
+        assert_eq!(proxied.unwrap_err().code(), "bad_request");
+    }
 }
