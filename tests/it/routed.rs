@@ -280,6 +280,16 @@ async fn an_allowed_sni_is_relayed_end_to_end() {
     h.stop().await;
 }
 
+/// A refusal case: what, where, sent, the answer, reason_code, answer ids in the line.
+type Refusal = (
+    &'static str,
+    SocketAddr,
+    Vec<u8>,
+    Vec<u8>,
+    &'static str,
+    bool,
+);
+
 /// Each refusal: its alert (none for a client that does not speak TLS), one decision
 /// line with its code, and no dial.
 #[tokio::test]
@@ -290,7 +300,7 @@ async fn every_refusal_gets_its_alert_and_dials_nothing() {
     let unrecognized = alert(alerts::UNRECOGNIZED_NAME).to_vec();
     let denied = alert(alerts::ACCESS_DENIED).to_vec();
     #[rustfmt::skip]
-    let cases: Vec<(&str, SocketAddr, Vec<u8>, Vec<u8>, &str, bool)> = vec![
+    let cases: Vec<Refusal> = vec![
         // what, where, sent, the answer, reason_code, answer ids in the line
         ("no SNI", h.tls(), hello(None), unrecognized.clone(), "sni_missing", false),
         ("an IP-literal SNI", h.tls(), hello(Some("10.0.0.1")), unrecognized.clone(), "ip_literal", false),
