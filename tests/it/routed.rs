@@ -458,3 +458,41 @@ async fn routed_http_goes_by_host() {
     assert_eq!(refused[1]["request"], "http://notallowed.test/");
     h.stop().await;
 }
+
+/// openssl's own ClientHello: the allowed name's certificate verifies through the routed
+/// port; a name no rule allows gets the `unrecognized_name` alert.
+#[tokio::test]
+async fn openssl_s_client_through_the_routed_port() {
+    let h = Harness::start().await;
+    let (to, ca) = (h.tls(), h.https.ca_file.clone().unwrap());
+    let s_client = move |name: &'static str| {
+        let ca = ca.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new("openssl")
+                .args(["s_client", "-connect", &to.to_string(), "-servername", name])
+                .args(["-verify_return_error", "-CAfile"])
+                .arg(&ca)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("openssl runs (apt-get install openssl)");
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            // End of input: s_client closes once the exchange is done.
+            drop(stdin);
+            let out = child.wait_with_output().unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let allowed = s_client("origin.test").await.unwrap();
+    assert!(allowed.contains("Verify return code: 0 (ok)"), "{allowed}");
+    let refused = s_client("notallowed.test").await.unwrap();
+    assert!(refused.contains("unrecognized name"), "{refused}");
+    assert_eq!(h.dials(), vec![SocketAddr::new(ORIGIN.into(), h.tls_port)]);
+    h.stop().await;
+}
