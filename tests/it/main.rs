@@ -21,5 +21,6 @@ mod monitoring;
 mod netns;
 mod proxy;
 mod reload;
+mod routed;
 mod tunnel;
 mod upstream;
