@@ -73,5 +73,68 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, build);
+/// The DNS door's per-query extras: the registered domain (Public Suffix List), the
+/// tunnel guard and the rate limiter.
+fn dns_guard(c: &mut Criterion) {
+    use portcullis::dns::limit::RateLimiter;
+    use portcullis::dns::tunnel::{GuardSettings, TunnelGuard};
+    use portcullis::policy::dns::{GuardAction, Rate};
+    use portcullis::policy::suffix::Suffixes;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let suffixes = Suffixes::builtin();
+    let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+    let settings = GuardSettings::default();
+    let mut group = c.benchmark_group("dns guard");
+    group.bench_function("registered domain of objects.githubusercontent.com", |b| {
+        b.iter(|| black_box(suffixes.split(black_box("objects.githubusercontent.com"))))
+    });
+    group.bench_function("registered domain of a.b.c.example.co.uk", |b| {
+        b.iter(|| black_box(suffixes.split(black_box("a.b.c.example.co.uk"))))
+    });
+    let guard = TunnelGuard::new();
+    group.bench_function("observe a repeated name", |b| {
+        let name = "api.example.com";
+        let (domain, prefix) = suffixes.split(name);
+        b.iter(|| {
+            black_box(guard.observe(
+                &settings,
+                GuardAction::Log,
+                client,
+                name,
+                domain,
+                prefix,
+                true,
+            ))
+        })
+    });
+    group.bench_function("observe a fresh 32-character label (log)", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let name = format!("{i:032x}.tunnel.example");
+            let (domain, prefix) = suffixes.split(&name);
+            black_box(guard.observe(
+                &settings,
+                GuardAction::Log,
+                client,
+                &name,
+                domain,
+                prefix,
+                true,
+            ))
+        })
+    });
+    let limiter = RateLimiter::new();
+    let rate = Rate {
+        queries: u32::MAX,
+        per_secs: 1,
+    };
+    group.bench_function("rate limiter admit", |b| {
+        b.iter(|| black_box(limiter.admit(black_box(client), rate, 65_536)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions, build, dns_guard);
 criterion_main!(benches);

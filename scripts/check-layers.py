@@ -8,7 +8,7 @@
      host, listen,       the host's addresses; accept-loop limits; the forwarding check
      forwarding
   4  lists, dns, proxy,  the list refresher and the front doors (may use each other)
-     admin
+     routed, admin
   5  app                 build, serve, reload
      main.rs             the CLI (imports the library as `portcullis::`, not `crate::`)
 
@@ -24,7 +24,7 @@ LAYERS = {
     "policy": 1,
     "config": 2,
     "telemetry": 3, "live": 3, "host": 3, "listen": 3, "forwarding": 3,
-    "lists": 4, "dns": 4, "proxy": 4, "admin": 4,
+    "lists": 4, "dns": 4, "proxy": 4, "routed": 4, "admin": 4,
     "app": 5,
 }
 PATH = re.compile(r"\bcrate::([a-z_]+)\b(?!!)")

@@ -95,6 +95,237 @@ pub fn tune_allocator() {
     }
 }
 
+/// Asks the kernel to report, with every datagram `fd` receives, the local address it
+/// was sent to (IP_PKTINFO, IPV6_RECVPKTINFO): a socket bound to `0.0.0.0` or `::` then
+/// knows which of the host's addresses a client used. `v6`: the socket is IPv6
+/// (dual-stack sockets get IPv4 datagrams' addresses as `::ffff:a.b.c.d`).
+pub fn enable_pktinfo(fd: std::os::fd::RawFd, v6: bool) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    // SAFETY: `fd` is an open socket owned by the caller; the option value is a c_int
+    // that lives for the call, and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// One datagram from `fd` (non-blocking: `WouldBlock` when none is queued) into `buf`:
+/// its length, its source, and the local address it was sent to when the socket has
+/// [`enable_pktinfo`] on.
+pub fn recv_with_destination(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddr, Option<std::net::IpAddr>)> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    // SAFETY: every pointer handed to recvmsg points into a local that outlives the call
+    // (the caller's buffer, the address storage, the control buffer), with its true size;
+    // the control messages are read only through the CMSG_* macros within the length the
+    // kernel reported, and their payloads are copied out unaligned.
+    unsafe {
+        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // Room for one in6_pktinfo (the larger of the two) with its header, aligned.
+        let mut control = [0u64; 8];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let source = match i32::from(addr.ss_family) {
+            libc::AF_INET => {
+                let a: libc::sockaddr_in =
+                    std::ptr::read_unaligned((&addr as *const libc::sockaddr_storage).cast());
+                SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                ))
+            }
+            libc::AF_INET6 => {
+                let a: libc::sockaddr_in6 =
+                    std::ptr::read_unaligned((&addr as *const libc::sockaddr_storage).cast());
+                SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                ))
+            }
+            family => {
+                return Err(std::io::Error::other(format!(
+                    "recvmsg: unexpected address family {family}"
+                )));
+            }
+        };
+        let mut local = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    info.ipi_addr.s_addr,
+                ))));
+            } else if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                let v6 = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                local = Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n as usize, source, local))
+    }
+}
+
+/// The local address the kernel would send from to reach `peer` (a UDP socket connected
+/// to it: no packet is sent). What a listener bound to `0.0.0.0` answers from.
+pub fn local_address_towards(peer: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    let bind: std::net::SocketAddr = match peer {
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect((peer, 9)).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
+/// Sends `bytes` to `peer` from the local address `from` (IP_PKTINFO / IPV6_PKTINFO), so
+/// that a socket bound to a wildcard answers from the address the client asked (a client
+/// drops an answer from another address). Non-blocking: `WouldBlock` when the socket's
+/// buffer is full. `v6`: the socket is IPv6.
+pub fn send_from(
+    fd: std::os::fd::RawFd,
+    bytes: &[u8],
+    peer: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    v6: bool,
+) -> std::io::Result<usize> {
+    use std::net::{IpAddr, SocketAddr};
+    // SAFETY: as in `recv_with_destination`: every pointer points into a local or the
+    // caller's slice, alive for the call and with its true size; the control message is
+    // written through the CMSG_* macros into a buffer sized by CMSG_SPACE.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let addr_len = match (peer, v6) {
+            (SocketAddr::V4(p), false) => {
+                let a = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: p.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*p.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                std::ptr::write_unaligned((&mut storage as *mut libc::sockaddr_storage).cast(), a);
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            (peer, true) => {
+                let ip = match peer.ip() {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                };
+                let (flowinfo, scope) = match peer {
+                    SocketAddr::V6(p) => (p.flowinfo(), p.scope_id()),
+                    SocketAddr::V4(_) => (0, 0),
+                };
+                let a = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: peer.port().to_be(),
+                    sin6_flowinfo: flowinfo,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    sin6_scope_id: scope,
+                };
+                std::ptr::write_unaligned((&mut storage as *mut libc::sockaddr_storage).cast(), a);
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+            (SocketAddr::V6(_), false) => {
+                return Err(std::io::Error::other("an IPv6 peer on an IPv4 socket"));
+            }
+        };
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        let mut control = [0u64; 8];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = addr_len as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        let cmsg_len = if v6 {
+            libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32)
+        } else {
+            libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32)
+        };
+        msg.msg_controllen = cmsg_len as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if v6 {
+            (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+            (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in6_pktinfo>() as u32) as _;
+            let src = match from {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            let info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: src.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+        } else {
+            let IpAddr::V4(src) = from else {
+                return Err(std::io::Error::other("an IPv6 source on an IPv4 socket"));
+            };
+            (*cmsg).cmsg_level = libc::IPPROTO_IP;
+            (*cmsg).cmsg_type = libc::IP_PKTINFO;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(src).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+        }
+        let n = libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT);
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,6 +110,9 @@ pub fn log_loaded(loaded: &Loaded) {
 pub struct Listeners {
     pub dns: DnsSockets,
     pub proxy: Vec<TcpListener>,
+    /// `[routed] tls_listen` (with `tls_ports`) and `http_listen`.
+    pub routed_tls: Vec<TcpListener>,
+    pub routed_http: Vec<TcpListener>,
     pub admin: Vec<TcpListener>,
 }
 
@@ -119,11 +122,13 @@ pub struct Bound {
     /// DNS over UDP and TCP (one port serves both).
     pub dns: Vec<SocketAddr>,
     pub proxy: Vec<SocketAddr>,
+    pub routed_tls: Vec<SocketAddr>,
+    pub routed_http: Vec<SocketAddr>,
     pub admin: Vec<SocketAddr>,
 }
 
 impl Listeners {
-    /// Binds `[dns] listen`, `[proxy] listen` and `[admin] listen`.
+    /// Binds `[dns] listen`, `[proxy] listen`, the `[routed]` listeners and `[admin] listen`.
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
         let dns = DnsSockets::bind(&config.dns.listen)
             .await
@@ -131,10 +136,24 @@ impl Listeners {
         let proxy = crate::proxy::bind(&config.proxy.listen)
             .await
             .with_context(|| format!("binding the proxy on {:?}", config.proxy.listen))?;
+        let tls = config.routed.tls_addrs();
+        let routed_tls = crate::routed::bind(&tls)
+            .await
+            .with_context(|| format!("binding the routed TLS listeners on {tls:?}"))?;
+        let http = &config.routed.http_listen;
+        let routed_http = crate::routed::bind(http)
+            .await
+            .with_context(|| format!("binding the routed HTTP listeners on {http:?}"))?;
         let admin = crate::admin::bind(&config.admin.listen)
             .await
             .with_context(|| format!("binding the admin listener on {:?}", config.admin.listen))?;
-        Ok(Listeners { dns, proxy, admin })
+        Ok(Listeners {
+            dns,
+            proxy,
+            routed_tls,
+            routed_http,
+            admin,
+        })
     }
 
     pub fn addrs(&self) -> Bound {
@@ -142,6 +161,8 @@ impl Listeners {
         Bound {
             dns: self.dns.local_addrs(),
             proxy: tcp(&self.proxy),
+            routed_tls: tcp(&self.routed_tls),
+            routed_http: tcp(&self.routed_http),
             admin: tcp(&self.admin),
         }
     }
@@ -241,11 +262,17 @@ impl Gate {
         let _refresher = self.lists.spawn();
         let bound = listeners.addrs();
         // The gate's own listeners are never a destination (the admin API least of all).
-        let own = [&bound.dns, &bound.proxy, &bound.admin]
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
+        let own = [
+            &bound.dns,
+            &bound.proxy,
+            &bound.routed_tls,
+            &bound.routed_http,
+            &bound.admin,
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
         let proxy_state = Arc::new(ProxyState::new(
             config.proxy.clone(),
             self.shared.policy().clone(),
@@ -284,7 +311,7 @@ impl Gate {
                 tracing::info!("stopping: finishing in-flight queries and tunnels");
             }
         };
-        let (dns, proxy, admin) = tokio::join!(
+        let (dns, proxy, routed, admin) = tokio::join!(
             server::serve(
                 listeners.dns,
                 self.filter.clone(),
@@ -292,12 +319,23 @@ impl Gate {
                 config.log.allowed_queries,
                 dns_stop,
             ),
-            crate::proxy::serve(listeners.proxy, proxy_state, stopped(stop_rx.clone())),
+            crate::proxy::serve(
+                listeners.proxy,
+                proxy_state.clone(),
+                stopped(stop_rx.clone())
+            ),
+            crate::routed::serve(
+                listeners.routed_tls,
+                listeners.routed_http,
+                proxy_state,
+                stopped(stop_rx.clone()),
+            ),
             crate::admin::serve(listeners.admin, admin_state, stopped(stop_rx)),
         );
         reload.abort();
         dns?;
         proxy?;
+        routed?;
         admin?;
         tracing::info!("stopped");
         Ok(())

@@ -77,6 +77,11 @@ pub struct DnsConfig {
     pub qtype_answer: QtypeAnswer,
     pub guard: GuardConfig,
     pub rate_limit: RateLimitConfig,
+    /// TTL of `routed` answers (the gate's own address), seconds.
+    pub routed_ttl: u32,
+    /// Group name → the addresses `routed` answers carry (default: the local address
+    /// the query arrived on).
+    pub routed_addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 impl Default for DnsConfig {
@@ -97,6 +102,8 @@ impl Default for DnsConfig {
             qtype_answer: QtypeAnswer::Refused,
             guard: GuardConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            routed_ttl: crate::policy::dns::DEFAULT_ROUTED_TTL,
+            routed_addresses: BTreeMap::new(),
         }
     }
 }
@@ -215,6 +222,27 @@ impl DnsConfig {
         for group in self.rate_limit.groups.keys() {
             known("dns.rate_limit.groups", group)?;
         }
+        for (group, addrs) in &self.routed_addresses {
+            known("dns.routed_addresses", group)?;
+            if addrs.is_empty() {
+                return Err((
+                    "dns.routed_addresses",
+                    format!("group `{group}`: name at least one address, or leave the group out"),
+                ));
+            }
+            if let Some(bad) = addrs
+                .iter()
+                .find(|a| a.is_unspecified() || a.is_multicast())
+            {
+                return Err((
+                    "dns.routed_addresses",
+                    format!("group `{group}`: {bad} is not an address a client can connect to"),
+                ));
+            }
+        }
+        if self.routed_ttl == 0 {
+            return Err(("dns.routed_ttl", "must be at least 1".into()));
+        }
         let g = &self.guard;
         for (key, value) in [
             ("dns.guard.budget_bytes", g.budget_bytes),
@@ -282,10 +310,13 @@ impl DnsConfig {
                         queries,
                         per_secs: self.rate_limit.per_secs,
                     }),
+                    routed_addresses: self.routed_addresses.get(name).cloned().unwrap_or_default(),
                 }
             })
             .collect();
-        DnsPolicy::new(settings, self.not_allowed, self.qtype_answer)
+        let mut policy = DnsPolicy::new(settings, self.not_allowed, self.qtype_answer);
+        policy.routed_ttl = self.routed_ttl;
+        policy
     }
 }
 

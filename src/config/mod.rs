@@ -11,6 +11,7 @@ pub mod lists;
 use lists::RawListConfig;
 pub mod locate;
 pub mod proxy;
+pub mod routed;
 pub mod upstream;
 pub mod watch;
 
@@ -20,6 +21,7 @@ pub use lists::{
     Format, ListConfig, ListSource, MAX_LIST_NAME_BYTES, MIN_KEYWORD_LEN, SourcesConfig,
 };
 pub use proxy::{ProxyConfig, ProxyMode};
+pub use routed::RoutedConfig;
 pub use upstream::{Strategy, UpstreamConfig, UpstreamSpec};
 
 use std::collections::BTreeMap;
@@ -129,6 +131,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub proxy: ProxyConfig,
+    pub routed: RoutedConfig,
     pub admin: AdminConfig,
     /// Group name → client networks.
     pub groups: BTreeMap<String, Vec<Spanned<ipnet::IpNet>>>,
@@ -379,6 +382,9 @@ impl Config {
         self.proxy
             .validate(&group_names)
             .map_err(|(key, message)| invalid_full(key, message))?;
+        self.routed
+            .validate()
+            .map_err(|(key, message)| invalid_full(key, message))?;
         self.dns
             .validate(&group_names)
             .map_err(|(key, message)| invalid(key, message))?;
@@ -472,13 +478,14 @@ impl Config {
 
     /// Resolves a path from the config against the config file's directory.
     /// The settings that differ between `self` (running) and `new` but are read only at
-    /// start: listeners, upstreams, cache, logging and the proxy. A reload applies the
-    /// rest (allowlist, lists, groups, DNS answer settings, admin token) at once.
+    /// start: listeners, upstreams, cache, logging, the proxy and the routed listeners. A
+    /// reload applies the rest (allowlist, lists, groups, DNS answer settings, admin token)
+    /// at once.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
         let mut keys = Vec::new();
-        let checks: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 8] = [
+        let checks: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 9] = [
             ("dns.listen", &self.dns.listen, &new.dns.listen),
             (
                 "dns.max_inflight",
@@ -494,6 +501,7 @@ impl Config {
             ("cache", &self.cache, &new.cache),
             ("log", &self.log, &new.log),
             ("proxy", &self.proxy, &new.proxy),
+            ("routed", &self.routed, &new.routed),
             ("admin.listen", &self.admin.listen, &new.admin.listen),
         ];
         for (key, old, new) in checks {
@@ -574,6 +582,14 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with("portcullis.toml:5: key `proxy.connect_timeout_ms`: "),
+            "{err}"
+        );
+        // `[routed]` keys too.
+        let err = parse("[routed]\ntls_listen = [\"127.0.0.1:443\"]\n\ntls_ports = [0]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("portcullis.toml:4: key `routed.tls_ports`: port 0 is not a port"),
             "{err}"
         );
         // The second list's keywords, not the first `keywords` of the file.

@@ -28,6 +28,8 @@ pub(crate) struct Decision<'a> {
     pub would_refuse: Option<DnsRefusal>,
     /// The DNS policy's refusal, if it refused.
     pub refusal: Option<DnsRefusal>,
+    /// `routed` mode: the gate's address answered instead of the real ones.
+    pub routed_to: Option<std::net::IpAddr>,
 }
 
 /// Counts a query in the metrics and writes its decision line (allowed queries only
@@ -59,6 +61,7 @@ pub(crate) fn log_decision(
             group: reply.group.as_deref(),
             would_refuse: reply.would_refuse,
             refusal: reply.refusal,
+            routed_to: reply.routed_to,
         },
         log_allowed,
     );
@@ -94,6 +97,7 @@ pub(crate) fn log(d: &Decision, log_allowed: bool) {
         group = d.group,
         refusal = d.refusal.map(DnsRefusal::as_str),
         would_refuse = d.would_refuse.map(DnsRefusal::as_str),
+        routed_to = d.routed_to.map(tracing::field::display),
         duration_us = d.started.elapsed().as_micros() as u64,
         "dns decision"
     );

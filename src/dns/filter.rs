@@ -68,6 +68,8 @@ pub struct Reply {
     pub would_refuse: Option<DnsRefusal>,
     /// The client's group, named in the decision line of policy refusals and reports.
     pub group: Option<String>,
+    /// `routed` mode: the gate's address the answer carries instead of the real ones.
+    pub routed_to: Option<IpAddr>,
 }
 
 impl Reply {
@@ -88,6 +90,7 @@ impl Reply {
             refusal: None,
             would_refuse: None,
             group: None,
+            routed_to: None,
         }
     }
 }
@@ -385,6 +388,12 @@ impl Filter {
         crate::telemetry::metrics::dns_groups(policy.groups.names(), &signals);
     }
 
+    /// `routed` mode: rewrites `reply` to carry the gate's own address when `client`'s
+    /// group is routed (see [`super::routed`]). `local`: the address the query came to.
+    pub fn route(&self, client: IpAddr, local: Option<IpAddr>, query: &Query, reply: &mut Reply) {
+        super::routed::route(&self.policy.load(), client, local, query, reply);
+    }
+
     /// Tracked tunnel-guard pairs, guard evictions, rate-limited clients tracked.
     pub fn guard_usage(&self) -> (usize, u64, usize) {
         let (entries, evictions) = self.guard.usage();
@@ -411,8 +420,10 @@ impl Filter {
             .load()
             .as_ref()
             .is_some_and(|w| w.valid_for(policy, settings, pending.group));
-        // Report lines are written on the full path only.
-        if unchanged && !current && pending.would_refuse.is_none() {
+        // Report lines are written, and routed answers rewritten, on the full path only.
+        let full_path_only = pending.would_refuse.is_some()
+            || policy.dns.group(pending.group).mode == crate::policy::dns::DnsMode::Routed;
+        if unchanged && !current && !full_path_only {
             let wire = WireAnswer::build(
                 policy,
                 settings,

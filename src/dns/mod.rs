@@ -6,6 +6,7 @@ pub mod filter;
 mod inspect;
 pub mod limit;
 mod request;
+pub mod routed;
 pub mod server;
 pub mod tunnel;
 pub mod udp;

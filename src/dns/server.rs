@@ -81,17 +81,25 @@ pub async fn serve(
             stop_udp.clone(),
         ));
     }
-    let mut server = Server::new(Handler {
-        filter,
-        log_allowed,
-    });
+    // One hickory server per TCP listener, so that its handler knows the address the
+    // listener is bound to (routed answers carry it).
+    let mut servers = Vec::new();
     for tcp in sockets.tcp {
-        tracing::info!(addr = %tcp.local_addr()?, "listening dns/tcp");
+        let bound = tcp.local_addr()?;
+        tracing::info!(addr = %bound, "listening dns/tcp");
+        let mut server = Server::new(Handler {
+            filter: filter.clone(),
+            log_allowed,
+            local: Some(bound.ip()).filter(|ip| !ip.is_unspecified()),
+        });
         server.register_listener(tcp, tcp_idle, 64);
+        servers.push(server);
     }
     shutdown.await;
     stop_udp.cancel();
-    server.shutdown_gracefully().await?;
+    for mut server in servers {
+        server.shutdown_gracefully().await?;
+    }
     while udp_loops.join_next().await.is_some() {}
     Ok(())
 }
@@ -99,6 +107,8 @@ pub async fn serve(
 struct Handler {
     filter: Arc<Filter>,
     log_allowed: bool,
+    /// The listener's address, unless a wildcard.
+    local: Option<std::net::IpAddr>,
 }
 
 #[async_trait::async_trait]
@@ -147,11 +157,20 @@ impl RequestHandler for Handler {
             }
         };
 
-        let reply = if self.filter.limited(client.ip()) {
+        let mut reply = if self.filter.limited(client.ip()) {
             self.filter.rate_refusal(client.ip(), &query)
         } else {
             self.filter.resolve(client.ip(), &query).await
         };
+        if reply.outcome != super::filter::Outcome::Refused
+            && self.filter.policy.load().dns.any_routed()
+        {
+            // A wildcard listener answers the address it reaches the client from.
+            let local = self
+                .local
+                .or_else(|| crate::sys::local_address_towards(client.ip()));
+            self.filter.route(client.ip(), local, &query, &mut reply);
+        }
 
         metadata.response_code = reply.rcode;
         if let (Some(edns), Some((code, text))) = (response_edns.as_mut(), &reply.ede) {

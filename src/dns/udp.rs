@@ -8,7 +8,8 @@
 //! and spawns a task only for questions that go upstream; those are capped by
 //! the filter's in-flight limit. DNS over TCP stays on hickory-server.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -142,11 +143,26 @@ pub async fn serve_udp(
     log_allowed: bool,
     shutdown: CancellationToken,
 ) {
+    // A socket bound to a wildcard learns each datagram's destination (routed answers
+    // carry it); one bound to an address knows it.
+    let bound = socket.local_addr().ok();
+    let wildcard = bound.is_some_and(|a| a.ip().is_unspecified());
+    let pktinfo = wildcard
+        && match crate::sys::enable_pktinfo(socket.as_raw_fd(), bound.is_some_and(|a| a.is_ipv6()))
+        {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "dns/udp: no IP_PKTINFO: routed answers will carry the address the gate reaches each client from");
+                false
+            }
+        };
     let listener = Listener {
         socket: Arc::new(socket),
         filter,
         log_allowed,
         tasks: TaskTracker::new(),
+        local: bound.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()),
+        pktinfo: pktinfo.then_some(bound.is_some_and(|a| a.is_ipv6())),
     };
     // Larger datagrams arrive cut to this size, which is past MAX_QUERY_LEN: FORMERR.
     let mut buf = vec![0u8; MAX_QUERY_LEN + 1];
@@ -154,8 +170,8 @@ pub async fn serve_udp(
     let mut name = String::with_capacity(wire::MAX_NAME);
     let mut out = Vec::with_capacity(1232);
     loop {
-        let (len, client) = tokio::select! {
-            received = listener.socket.recv_from(&mut buf) => match received {
+        let (len, client, local) = tokio::select! {
+            received = listener.receive(&mut buf) => match received {
                 Ok(received) => received,
                 // ICMP errors from earlier sends surface here on Linux: not fatal.
                 Err(error) => {
@@ -167,14 +183,18 @@ pub async fn serve_udp(
         };
         let started = Instant::now();
         let datagram = &buf[..len];
-        if listener.over_limit(datagram, client, started).await {
+        let to = Peer {
+            addr: client,
+            local,
+        };
+        if listener.over_limit(datagram, to, started).await {
             continue;
         }
         if !listener
-            .answer_cached(datagram, client, started, &mut name, &mut out)
+            .answer_cached(datagram, to, started, &mut name, &mut out)
             .await
         {
-            listener.answer_full(datagram, client, started).await;
+            listener.answer_full(datagram, to, started).await;
         }
     }
     listener.tasks.close();
@@ -188,23 +208,52 @@ struct Listener {
     log_allowed: bool,
     /// Questions sent upstream, awaited at shutdown.
     tasks: TaskTracker,
+    /// The address the socket is bound to, unless a wildcard.
+    local: Option<IpAddr>,
+    /// A wildcard socket with IP_PKTINFO on (`Some(true)`: IPv6): each datagram's
+    /// destination is read, and the answer is sent from it.
+    pktinfo: Option<bool>,
+}
+
+/// Who a datagram came from, and the local address it was sent to (wildcard sockets).
+#[derive(Clone, Copy)]
+struct Peer {
+    addr: SocketAddr,
+    local: Option<IpAddr>,
 }
 
 impl Listener {
+    /// The next datagram: its length, source and (with `pktinfo`) destination address.
+    async fn receive(
+        &self,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+        if self.pktinfo.is_none() {
+            let (len, client) = self.socket.recv_from(buf).await?;
+            return Ok((len, client, None));
+        }
+        let fd = self.socket.as_raw_fd();
+        self.socket
+            .async_io(tokio::io::Interest::READABLE, || {
+                crate::sys::recv_with_destination(fd, buf)
+            })
+            .await
+    }
+
     /// The rate limit, before any other work: `true` when the client is over it and was
     /// answered REFUSED (or, for what does not parse, nothing).
-    async fn over_limit(&self, datagram: &[u8], client: SocketAddr, started: Instant) -> bool {
-        if !self.filter.limited(client.ip()) {
+    async fn over_limit(&self, datagram: &[u8], to: Peer, started: Instant) -> bool {
+        if !self.filter.limited(to.addr.ip()) {
             return false;
         }
         let Parsed::Query(request) = parse(datagram) else {
             // Malformed and over the limit: not worth an answer.
             return true;
         };
-        let reply = self.filter.rate_refusal(client.ip(), &request.query);
-        log_decision(&reply, client, &request.query, started, self.log_allowed);
+        let reply = self.filter.rate_refusal(to.addr.ip(), &request.query);
+        log_decision(&reply, to.addr, &request.query, started, self.log_allowed);
         if let Some(bytes) = encode(&request, reply) {
-            send(&self.socket, &bytes, client).await;
+            self.send(&bytes, to).await;
         }
         true
     }
@@ -214,7 +263,7 @@ impl Listener {
     async fn answer_cached(
         &self,
         datagram: &[u8],
-        client: SocketAddr,
+        to: Peer,
         started: Instant,
         name: &mut String,
         out: &mut Vec<u8>,
@@ -222,14 +271,14 @@ impl Listener {
         let Some(fast) = wire::parse(datagram, name) else {
             return false;
         };
-        let Some((cached, encoded)) = self.filter.answer_cached(client.ip(), &fast, name, out)
+        let Some((cached, encoded)) = self.filter.answer_cached(to.addr.ip(), &fast, name, out)
         else {
             return false;
         };
-        send(&self.socket, out, client).await;
+        self.send(out, to).await;
         log(
             &Decision {
-                client,
+                client: to.addr,
                 name,
                 qtype: fast.qtype,
                 outcome: Outcome::Cached,
@@ -244,6 +293,7 @@ impl Listener {
                 group: None,
                 would_refuse: None,
                 refusal: None,
+                routed_to: None,
             },
             self.log_allowed,
         );
@@ -252,7 +302,8 @@ impl Listener {
 
     /// The full path: decode, refuse the malformed, answer inline what needs no
     /// upstream, and spawn a task for the rest.
-    async fn answer_full(&self, datagram: &[u8], client: SocketAddr, started: Instant) {
+    async fn answer_full(&self, datagram: &[u8], to: Peer, started: Instant) {
+        let client = to.addr;
         let request = match parse(datagram) {
             Parsed::Drop => return,
             Parsed::Error {
@@ -262,44 +313,70 @@ impl Listener {
             } => {
                 tracing::debug!(%client, %rcode, "refused a malformed request");
                 if let Some(bytes) = encode_error(&header, rcode, edns) {
-                    send(&self.socket, &bytes, client).await;
+                    self.send(&bytes, to).await;
                 }
                 return;
             }
             Parsed::Query(request) => request,
         };
         let log_allowed = self.log_allowed;
+        let local = to.local.or(self.local);
         match self.filter.begin(client.ip(), &request.query) {
-            Step::Done(reply) => {
+            Step::Done(mut reply) => {
+                self.filter
+                    .route(client.ip(), local, &request.query, &mut reply);
                 log_decision(&reply, client, &request.query, started, log_allowed);
                 if let Some(bytes) = encode(&request, reply) {
-                    send(&self.socket, &bytes, client).await;
+                    self.send(&bytes, to).await;
                 }
             }
             Step::Forward(pending) => {
-                let (filter, socket) = (self.filter.clone(), self.socket.clone());
+                let (filter, socket, pktinfo) =
+                    (self.filter.clone(), self.socket.clone(), self.pktinfo);
                 self.tasks.spawn(async move {
-                    let reply = filter.finish(pending).await;
+                    let mut reply = filter.finish(pending).await;
+                    filter.route(client.ip(), local, &request.query, &mut reply);
                     log_decision(&reply, client, &request.query, started, log_allowed);
                     if let Some(bytes) = encode(&request, reply) {
-                        send(&socket, &bytes, client).await;
+                        send(&socket, pktinfo, &bytes, to).await;
                     }
                 });
             }
         }
     }
+
+    async fn send(&self, bytes: &[u8], to: Peer) {
+        send(&self.socket, self.pktinfo, bytes, to).await;
+    }
 }
 
-async fn send(socket: &UdpSocket, bytes: &[u8], client: SocketAddr) {
-    // Non-blocking first: the common case needs no await.
-    match socket.try_send_to(bytes, client) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            if let Err(error) = socket.send_to(bytes, client).await {
-                tracing::debug!(%error, %client, "dns/udp send failed");
+/// Sends an answer; from a wildcard socket, from the address the question was sent to.
+async fn send(socket: &UdpSocket, pktinfo: Option<bool>, bytes: &[u8], to: Peer) {
+    let client = to.addr;
+    let result = match (pktinfo, to.local) {
+        (Some(v6), Some(from)) => {
+            let fd = socket.as_raw_fd();
+            match crate::sys::send_from(fd, bytes, client, from, v6) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    socket
+                        .async_io(tokio::io::Interest::WRITABLE, || {
+                            crate::sys::send_from(fd, bytes, client, from, v6)
+                        })
+                        .await
+                }
+                other => other,
             }
         }
-        Err(error) => tracing::debug!(%error, %client, "dns/udp send failed"),
+        // Non-blocking first: the common case needs no await.
+        _ => match socket.try_send_to(bytes, client) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                socket.send_to(bytes, client).await
+            }
+            other => other,
+        },
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, %client, "dns/udp send failed");
     }
 }
 

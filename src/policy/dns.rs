@@ -20,6 +20,9 @@ pub enum DnsMode {
     Allowlist,
     /// Like `public`, and every query `allowlist` would refuse is logged with `would_refuse`.
     Report,
+    /// `allowlist`, and the A/AAAA answers of allowed names carry the gate's own address,
+    /// so that clients that ignore HTTPS_PROXY connect to the gate's routed listeners.
+    Routed,
 }
 
 impl DnsMode {
@@ -28,7 +31,13 @@ impl DnsMode {
             DnsMode::Public => "public",
             DnsMode::Allowlist => "allowlist",
             DnsMode::Report => "report",
+            DnsMode::Routed => "routed",
         }
+    }
+
+    /// Only allowed names are forwarded (`allowlist` and `routed`).
+    pub fn closed(self) -> bool {
+        matches!(self, DnsMode::Allowlist | DnsMode::Routed)
     }
 }
 
@@ -36,7 +45,7 @@ impl DnsMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum GuardAction {
-    /// `block` in `allowlist` mode, `log` in `public` and `report`.
+    /// `block` in `allowlist` and `routed` mode, `log` in `public` and `report`.
     #[default]
     Auto,
     Off,
@@ -60,7 +69,7 @@ impl GuardAction {
     /// `Auto` made concrete for a group in `mode`.
     pub fn resolved(self, mode: DnsMode) -> GuardAction {
         match (self, mode) {
-            (GuardAction::Auto, DnsMode::Allowlist) => GuardAction::Block,
+            (GuardAction::Auto, mode) if mode.closed() => GuardAction::Block,
             (GuardAction::Auto, _) => GuardAction::Log,
             (other, _) => other,
         }
@@ -135,6 +144,9 @@ pub struct GroupDns {
     pub qtype_names: Vec<String>,
     pub guard: GuardAction,
     pub rate: Option<Rate>,
+    /// `routed` mode: the addresses answered for allowed names; empty: the local address
+    /// the query arrived on.
+    pub routed_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Default for GroupDns {
@@ -145,6 +157,7 @@ impl Default for GroupDns {
             qtype_names: Vec::new(),
             guard: GuardAction::Log,
             rate: None,
+            routed_addresses: Vec::new(),
         }
     }
 }
@@ -179,6 +192,8 @@ pub struct DnsPolicy {
     groups: Vec<GroupDns>,
     pub not_allowed: NotAllowedAnswer,
     pub qtype_answer: QtypeAnswer,
+    /// TTL of `routed` answers, seconds.
+    pub routed_ttl: u32,
 }
 
 impl Default for DnsPolicy {
@@ -187,9 +202,14 @@ impl Default for DnsPolicy {
             groups: vec![GroupDns::default()],
             not_allowed: NotAllowedAnswer::Nxdomain,
             qtype_answer: QtypeAnswer::Refused,
+            routed_ttl: DEFAULT_ROUTED_TTL,
         }
     }
 }
+
+/// Short: a routed answer names the gate, and a client should ask again soon after the
+/// allowlist changes.
+pub const DEFAULT_ROUTED_TTL: u32 = 30;
 
 static DEFAULT_GROUP: GroupDns = GroupDns {
     mode: DnsMode::Public,
@@ -197,6 +217,7 @@ static DEFAULT_GROUP: GroupDns = GroupDns {
     qtype_names: Vec::new(),
     guard: GuardAction::Log,
     rate: None,
+    routed_addresses: Vec::new(),
 };
 
 impl DnsPolicy {
@@ -212,7 +233,13 @@ impl DnsPolicy {
             groups,
             not_allowed,
             qtype_answer,
+            routed_ttl: DEFAULT_ROUTED_TTL,
         }
+    }
+
+    /// Any group in `routed` mode?
+    pub fn any_routed(&self) -> bool {
+        self.groups.iter().any(|g| g.mode == DnsMode::Routed)
     }
 
     pub fn group(&self, group: GroupId) -> &GroupDns {
@@ -241,7 +268,7 @@ impl DnsPolicy {
             Verdict::Allowed(rule) => DnsAction::Forward {
                 // Under a wildcard the labels left of it are the client's to choose; an
                 // exact name carries nothing. In public and report mode every name counts.
-                guard: if g.mode != DnsMode::Allowlist || rule.host.starts_with("*.") {
+                guard: if !g.mode.closed() || rule.host.starts_with("*.") {
                     g.guard
                 } else {
                     GuardAction::Off
@@ -249,7 +276,7 @@ impl DnsPolicy {
                 would_refuse,
             },
             Verdict::Excepted(_) | Verdict::Pass => match g.mode {
-                DnsMode::Allowlist => DnsAction::Refuse(DnsRefusal::NotAllowed),
+                DnsMode::Allowlist | DnsMode::Routed => DnsAction::Refuse(DnsRefusal::NotAllowed),
                 DnsMode::Public => DnsAction::Forward {
                     guard: g.guard,
                     would_refuse,
@@ -282,7 +309,12 @@ impl DnsPolicy {
         };
         let (code, qname) = qtype.unwrap_or((1, "A"));
         let guard = g.guard.as_str();
-        match self.decide(verdict, group, code) {
+        let routed = if g.mode == DnsMode::Routed && matches!(code, 1 | 28) {
+            "; the answer carries the gate's own address (routed listeners)"
+        } else {
+            ""
+        };
+        let explained = match self.decide(verdict, group, code) {
             DnsAction::Refuse(DnsRefusal::Qtype) => format!(
                 "{mode} mode: query type {qname} is not served to group {group_name} (served: {served}); refused, never forwarded"
             ),
@@ -309,6 +341,10 @@ impl DnsPolicy {
                 "{mode} mode: forwarded {qname}, logged with would_refuse = {}; tunnel guard: {guard}",
                 would.as_str()
             ),
+        };
+        match self.decide(verdict, group, code) {
+            DnsAction::Forward { .. } => format!("{explained}{routed}"),
+            _ => explained,
         }
     }
 }
@@ -342,6 +378,7 @@ mod tests {
                 qtype_names: vec!["A".into(), "AAAA".into()],
                 guard: guard.resolved(mode),
                 rate: None,
+                routed_addresses: Vec::new(),
             }],
             NotAllowedAnswer::Nxdomain,
             QtypeAnswer::Refused,
@@ -351,7 +388,7 @@ mod tests {
     #[test]
     fn the_decision_table() {
         use DnsAction::{Forward, Local, Refuse};
-        use DnsMode::{Allowlist, Public, Report};
+        use DnsMode::{Allowlist, Public, Report, Routed};
         use DnsRefusal::{NotAllowed, Qtype};
         use GuardAction::{Auto, Block, Log, Off};
         let exact = rule("api.example.com");
@@ -389,6 +426,10 @@ mod tests {
                 A,
                 Local,
             ),
+            (Routed, Auto, Verdict::Pass, A, Refuse(NotAllowed)),
+            (Routed, Auto, Verdict::Allowed(&exact), A, fwd(Off, None)),
+            (Routed, Auto, Verdict::Allowed(&wild), A, fwd(Block, None)),
+            (Routed, Auto, Verdict::Allowed(&exact), TXT, Refuse(Qtype)),
             (Public, Auto, Verdict::Pass, A, fwd(Log, None)),
             (Public, Auto, Verdict::Allowed(&exact), A, fwd(Log, None)),
             (Public, Block, Verdict::Pass, A, fwd(Block, None)),

@@ -35,10 +35,51 @@ pub enum Kind {
     Http,
 }
 
+/// The front door a request came in by: the `door` label of
+/// `portcullis_proxy_decisions_total` and the `door` of its decision lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// The proxy listener, before a request head said CONNECT or not (connection
+    /// limits, a late or malformed head).
+    Proxy,
+    /// `CONNECT host:port` on the proxy listener.
+    Connect,
+    /// An absolute-form `http://` request on the proxy listener.
+    Forward,
+    /// A routed TLS listener: the destination is the ClientHello's SNI.
+    RoutedTls,
+    /// A routed HTTP listener: the destination is the `Host` header.
+    RoutedHttp,
+}
+
+impl Door {
+    /// The metric label: a fixed set.
+    pub fn label(self) -> &'static str {
+        match self {
+            Door::Proxy => "proxy",
+            Door::Connect => "connect",
+            Door::Forward => "forward",
+            Door::RoutedTls => "routed_tls",
+            Door::RoutedHttp => "routed_http",
+        }
+    }
+
+    /// The decision line's `door`: `proxy` for both requests of the proxy listener.
+    pub fn log_name(self) -> &'static str {
+        match self {
+            Door::Proxy | Door::Connect | Door::Forward => "proxy",
+            Door::RoutedTls => "routed_tls",
+            Door::RoutedHttp => "routed_http",
+        }
+    }
+}
+
 /// Who asked, for the decision log (filled in before anything can fail).
 #[derive(Debug, Clone)]
 pub struct Asker {
     pub client: SocketAddr,
+    /// The front door; the proxy listener sets `Connect` or `Forward` once the head is read.
+    pub door: Door,
     /// Correlation id of this client connection: on every log line it causes.
     pub conn_id: u64,
     pub group: GroupId,
@@ -61,6 +102,29 @@ pub struct Approval {
     pub ech_ok: bool,
     /// Correlation ids of the DNS answers the addresses came from (see `Reply::answer_id`).
     pub answer_ids: Vec<u64>,
+}
+
+/// Why [`ProxyState::approve`] refused, and the DNS answers it used (none when the
+/// name was refused before any lookup): the decision line's `answer_ids`.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: ProxyError,
+    pub answer_ids: Vec<u64>,
+}
+
+impl From<ProxyError> for Refusal {
+    fn from(error: ProxyError) -> Refusal {
+        Refusal {
+            error,
+            answer_ids: Vec::new(),
+        }
+    }
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> ProxyError {
+        refusal.error
+    }
 }
 
 /// The class of a destination: the operator's `deny_ranges` first, then the host's own
@@ -109,14 +173,15 @@ impl Resolve for Filter {
 }
 
 impl ProxyState {
-    /// The client's group and mode.
-    pub fn asker(&self, client: SocketAddr) -> Asker {
+    /// The client's group and mode, at `door`.
+    pub fn asker(&self, client: SocketAddr, door: Door) -> Asker {
         let policy = self.policy.load();
         let group = policy.groups.of(client.ip());
         let group_name = policy.groups.name(group).to_owned();
         let mode = self.config.mode_of(&group_name);
         Asker {
             client,
+            door,
             conn_id: crate::telemetry::next_id(),
             group,
             group_name,
@@ -124,13 +189,18 @@ impl ProxyState {
         }
     }
 
-    /// Decides, resolves once and classifies. `Ok` carries at least one address.
+    /// Decides, resolves once and classifies. `Ok` carries at least one address; a
+    /// refusal after the lookup carries the ids of the DNS answers it looked at.
+    ///
+    /// Every front door decides here: CONNECT and a routed TLS connection (the SNI and
+    /// the port it came in on) as [`Kind::Connect`], plain HTTP by URL or by `Host` as
+    /// [`Kind::Http`].
     pub async fn approve(
         &self,
         asker: &Asker,
         target: &Target,
         kind: Kind,
-    ) -> Result<Approval, ProxyError> {
+    ) -> Result<Approval, Refusal> {
         let port = target.port;
         let name = match &target.host {
             Host::Ip(ip) => {
@@ -140,12 +210,12 @@ impl ProxyState {
                 };
                 let addr = SocketAddr::new(*ip, port);
                 let approval = Approval::from(&decision);
-                return self.check_addrs(&[addr], &decision, approval, &target.host);
+                return Ok(self.check_addrs(&[addr], &decision, approval, &target.host)?);
             }
             Host::Name(name) => name,
         };
         let decision = match self.decide_name(asker, name, port, kind) {
-            Decision::Refused(err) => return Err(err),
+            Decision::Refused(err) => return Err(err.into()),
             allowed => allowed,
         };
         let mut approval = Approval::from(&decision);
@@ -155,9 +225,15 @@ impl ProxyState {
             self.resolver.lookup(client, name, RecordType::A),
             self.resolver.lookup(client, name, RecordType::AAAA)
         );
-        approval.answer_ids = [&a, &aaaa].iter().filter_map(|r| r.answer_id).collect();
-        let addrs = answer_addrs(name, port, [&a, &aaaa])?;
-        self.check_addrs(&addrs, &decision, approval, &target.host)
+        let answer_ids: Vec<u64> = [&a, &aaaa].iter().filter_map(|r| r.answer_id).collect();
+        approval.answer_ids = answer_ids.clone();
+        let refusal = |error| Refusal { error, answer_ids };
+        match answer_addrs(name, port, [&a, &aaaa]) {
+            Ok(addrs) => self
+                .check_addrs(&addrs, &decision, approval, &target.host)
+                .map_err(refusal),
+            Err(error) => Err(refusal(error)),
+        }
     }
 
     /// The allow rule naming an IP literal (rule host equal to the canonical address).

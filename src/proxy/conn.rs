@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::ProxyState;
 use super::budget::{ConnBudget, Held};
-use super::check::{Approval, Asker};
+use super::check::{Approval, Asker, Refusal};
 use super::error::{ProxyError, redact_target, refusal_response};
 use super::http::RequestHead;
 use super::relay::Relayed;
@@ -35,9 +35,13 @@ pub(crate) async fn refuse(
     asker: &Asker,
     method: &str,
     target: &str,
-    err: ProxyError,
+    err: impl Into<Refusal>,
 ) {
-    log_refusal(asker, method, target, &err);
+    let Refusal {
+        error: err,
+        answer_ids,
+    } = err.into();
+    log_refusal(asker, method, target, &err, &answer_ids);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         stream
             .write_all(&refusal_response(&err, asker.conn_id))
@@ -65,9 +69,26 @@ pub(crate) async fn linger(stream: &mut TcpStream) {
     .await;
 }
 
-/// One decision line for a refusal.
-pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &ProxyError) {
-    crate::telemetry::metrics::proxy_decision("refused", err.code());
+/// The decision line's `answer_ids`: the ids of the DNS answers used, comma-separated.
+fn ids(answer_ids: &[u64]) -> Option<String> {
+    (!answer_ids.is_empty()).then(|| {
+        answer_ids
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+/// One decision line for a refusal; `answer_ids`: the DNS answers it looked at, if any.
+pub(crate) fn log_refusal(
+    asker: &Asker,
+    method: &str,
+    target: &str,
+    err: &ProxyError,
+    answer_ids: &[u64],
+) {
+    crate::telemetry::metrics::proxy_decision(asker.door.label(), "refused", err.code());
     let fault = err.fault();
     if fault != crate::error::Fault::Client {
         crate::telemetry::metrics::error("proxy", fault);
@@ -77,7 +98,7 @@ pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &Proxy
     crate::fault_event!(
         fault,
         target: "portcullis::decision",
-        door = "proxy",
+        door = asker.door.log_name(),
         conn_id = asker.conn_id,
         client = %asker.client.ip(),
         group = %asker.group_name,
@@ -90,6 +111,7 @@ pub(crate) fn log_refusal(asker: &Asker, method: &str, target: &str, err: &Proxy
         reason_code = err.code(),
         reason = %err,
         fault = fault.as_str(),
+        answer_ids = ids(answer_ids),
     );
 }
 
@@ -103,6 +125,7 @@ pub(crate) fn log_allowed(
     sni: Option<&str>,
 ) {
     crate::telemetry::metrics::proxy_decision(
+        asker.door.label(),
         if approval.would_refuse.is_some() {
             "allowed_report"
         } else {
@@ -116,7 +139,7 @@ pub(crate) fn log_allowed(
     );
     tracing::info!(
         target: "portcullis::decision",
-        door = "proxy",
+        door = asker.door.log_name(),
         conn_id = asker.conn_id,
         client = %asker.client.ip(),
         group = %asker.group_name,
@@ -130,9 +153,7 @@ pub(crate) fn log_allowed(
         rule = approval.rule.as_deref(),
         would_refuse = approval.would_refuse.as_deref(),
         skipped = (!approval.skipped.is_empty()).then(|| approval.skipped.join(", ")),
-        answer_ids = (!approval.answer_ids.is_empty()).then(|| {
-            approval.answer_ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-        }),
+        answer_ids = ids(&approval.answer_ids),
         sni,
     );
 }
@@ -149,7 +170,7 @@ pub(crate) fn log_close(
     crate::telemetry::metrics::proxy_closed(relayed.up, relayed.down, started.elapsed());
     tracing::info!(
         target: "portcullis::decision",
-        door = "proxy",
+        door = asker.door.log_name(),
         event = "close",
         conn_id = asker.conn_id,
         client = %asker.client.ip(),

@@ -48,11 +48,12 @@ pub(crate) async fn handle(
     };
     let approval = match state.approve(asker, &target, Kind::Connect).await {
         Ok(a) => a,
-        Err(err) => return refuse(&mut client, asker, "CONNECT", &raw, err).await,
+        Err(refusal) => return refuse(&mut client, asker, "CONNECT", &raw, refusal).await,
     };
     let tunnel = Approved {
         state,
         asker,
+        method: "CONNECT",
         raw,
         target,
         approval,
@@ -76,16 +77,19 @@ fn target_of(head: &RequestHead) -> Result<Target, ProxyError> {
     }
 }
 
-/// A CONNECT the policy approved: who asked, for what, and which addresses may be dialled.
-struct Approved<'a> {
-    state: &'a ProxyState,
-    asker: &'a Asker,
+/// A tunnel the policy approved: who asked, for what, and which addresses may be
+/// dialled. A CONNECT, or a routed TLS connection (`crate::routed`).
+pub(crate) struct Approved<'a> {
+    pub(crate) state: &'a ProxyState,
+    pub(crate) asker: &'a Asker,
+    /// The decision lines' `method`: `CONNECT`, or `-` for a routed connection.
+    pub(crate) method: &'static str,
     /// The request target as sent, for refusal lines.
-    raw: String,
-    target: Target,
-    approval: Approval,
+    pub(crate) raw: String,
+    pub(crate) target: Target,
+    pub(crate) approval: Approval,
     /// The drain deadline passed: close the tunnel.
-    stop: &'a CancellationToken,
+    pub(crate) stop: &'a CancellationToken,
 }
 
 impl Approved<'_> {
@@ -93,7 +97,7 @@ impl Approved<'_> {
     fn log_allowed(&self, dialled: std::net::SocketAddr, sni: Option<&str>) {
         log_allowed(
             self.asker,
-            "CONNECT",
+            self.method,
             &self.target,
             &self.approval,
             dialled,
@@ -105,7 +109,7 @@ impl Approved<'_> {
     async fn opaque(self, mut client: TcpStream, early: Vec<u8>, held: Held<'_>) {
         let (mut origin, dialled) = match dial_checked(self.state, &self.approval.addrs).await {
             Ok(ok) => ok,
-            Err(err) => return refuse(&mut client, self.asker, "CONNECT", &self.raw, err).await,
+            Err(err) => return refuse(&mut client, self.asker, self.method, &self.raw, err).await,
         };
         if client.write_all(ESTABLISHED).await.is_err() {
             return;
@@ -138,26 +142,37 @@ impl Approved<'_> {
                 read_client_hello(&mut client, &mut early, &mut held, head_len),
             ) => hello,
         };
-        let checked = match hello {
-            Err(_) => Err((
-                ProxyError::forbidden(
-                    RefusalCode::ClientHelloTimeout,
-                    "no complete TLS ClientHello in time",
-                ),
-                None,
+        let hello = match hello {
+            Err(_) => Err(ProxyError::forbidden(
+                RefusalCode::ClientHelloTimeout,
+                "no complete TLS ClientHello in time",
             )),
-            Ok(Err(err)) => Err((err, None)),
-            Ok(Ok(hello)) => check_hello(&self.target, &self.approval, &hello).map(|()| hello),
-        };
-        let hello = match checked {
             Ok(hello) => hello,
-            Err((err, alert)) => return self.refuse_after_200(client, &err, alert).await,
         };
+        match hello {
+            Ok(hello) => self.pass(client, early, held, &hello).await,
+            Err(err) => self.refuse_tls(client, &err, None).await,
+        }
+    }
+
+    /// The ClientHello is read (`early` holds its bytes, `held` reserves them): checks it
+    /// against the approval, dials a checked address, sends it the ClientHello and relays.
+    /// Nothing is dialled for a ClientHello the approval does not admit.
+    pub(crate) async fn pass(
+        self,
+        client: TcpStream,
+        early: Vec<u8>,
+        held: Held<'_>,
+        hello: &ClientHello,
+    ) {
+        if let Err((err, alert)) = check_hello(&self.target, &self.approval, hello) {
+            return self.refuse_tls(client, &err, alert).await;
+        }
         let (mut origin, dialled) = match dial_checked(self.state, &self.approval.addrs).await {
             Ok(ok) => ok,
             Err(err) => {
                 let alert = Some(alerts::INTERNAL_ERROR);
-                return self.refuse_after_200(client, &err, alert).await;
+                return self.refuse_tls(client, &err, alert).await;
             }
         };
         self.log_allowed(dialled, hello.sni.as_deref());
@@ -171,13 +186,10 @@ impl Approved<'_> {
         self.relay(client, origin, dialled, sent).await;
     }
 
-    /// After the `200` the refusal can only be a TLS alert (if any) and a close.
-    async fn refuse_after_200(&self, mut client: TcpStream, err: &ProxyError, alert: Option<u8>) {
-        log_refusal(self.asker, "CONNECT", &self.raw, err);
-        if let Some(alert) = alert {
-            let _ = client.write_all(&sni::alert(alert)).await;
-        }
-        let _ = client.shutdown().await;
+    /// Once the client speaks TLS the refusal can only be a TLS alert (if any) and a close.
+    async fn refuse_tls(&self, client: TcpStream, err: &ProxyError, alert: Option<u8>) {
+        let ids = &self.approval.answer_ids;
+        refuse_tls(client, self.asker, self.method, &self.raw, err, alert, ids).await;
     }
 
     /// Relays until the tunnel ends; `sent`: bytes already written to the origin.
@@ -197,7 +209,7 @@ impl Approved<'_> {
         relayed.up += sent;
         log_close(
             self.asker,
-            "CONNECT",
+            self.method,
             &self.target,
             dialled,
             &relayed,
@@ -206,9 +218,28 @@ impl Approved<'_> {
     }
 }
 
+/// Logs the refusal of a connection that speaks (or should speak) TLS, sends it `alert`
+/// (none to a client that did not send a ClientHello) and closes.
+pub(crate) async fn refuse_tls(
+    mut client: TcpStream,
+    asker: &Asker,
+    method: &str,
+    raw: &str,
+    err: &ProxyError,
+    alert: Option<u8>,
+    answer_ids: &[u64],
+) {
+    log_refusal(asker, method, raw, err, answer_ids);
+    if let Some(alert) = alert {
+        let _ = client.write_all(&sni::alert(alert)).await;
+    }
+    let _ = client.shutdown().await;
+}
+
 /// Reads until the buffer holds a complete ClientHello (bounded by [`sni::MAX_CLIENT_HELLO`]).
-/// `held` reserves `head_len` plus the buffer's capacity.
-async fn read_client_hello(
+/// `held` reserves `head_len` plus the buffer's capacity. The one reader of a tunnel's
+/// ClientHello: CONNECT's and the routed TLS listener's.
+pub(crate) async fn read_client_hello(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
     held: &mut Held<'_>,

@@ -17,7 +17,7 @@ pub use crate::config::proxy as config;
 
 pub mod budget;
 pub mod check;
-mod conn;
+pub(crate) mod conn;
 pub mod connect;
 mod decide;
 pub mod dial;

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::budget::ConnBudget;
+use super::check::Door;
 use super::conn::{Received, log_refusal, refuse};
 use super::error::{ProxyError, refusal_response};
+use super::forward::Form;
 use super::http::read_request_head;
 use super::{ProxyState, connect, forward};
 use crate::listen::{LimitHit, accept_loop};
@@ -50,6 +52,15 @@ pub async fn serve(
         ));
     }
     shutdown.await;
+    drain(&stop, &tracker, &state).await;
+    Ok(())
+}
+
+/// The graceful stop of a listener's connections: stops accepting (connections that have
+/// not sent a request close), lets open tunnels and requests run for up to `drain_secs`,
+/// closes what is left and waits for every task in `tracker` to end. The proxy's and the
+/// routed listeners' connections stop alike.
+pub(crate) async fn drain(stop: &Stop, tracker: &TaskTracker, state: &ProxyState) {
     stop.accepting.cancel();
     tracker.close();
     let drain = state.config.drain();
@@ -71,20 +82,26 @@ pub async fn serve(
             tracker.wait().await;
         }
     }
-    Ok(())
 }
 
 /// The two steps of a graceful stop.
 #[derive(Clone, Default)]
-struct Stop {
+pub(crate) struct Stop {
     /// Stop accepting; close connections that have not sent a request yet.
-    accepting: CancellationToken,
+    pub(crate) accepting: CancellationToken,
     /// The drain deadline passed: close tunnels and requests in progress.
-    tunnels: CancellationToken,
+    pub(crate) tunnels: CancellationToken,
 }
 
 /// Counts an open client connection in `portcullis_proxy_connections` until dropped.
-struct OpenGauge;
+pub(crate) struct OpenGauge;
+
+impl OpenGauge {
+    pub(crate) fn open() -> OpenGauge {
+        crate::telemetry::metrics::proxy_connection(true);
+        OpenGauge
+    }
+}
 
 impl Drop for OpenGauge {
     fn drop(&mut self) {
@@ -92,23 +109,57 @@ impl Drop for OpenGauge {
     }
 }
 
-async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: SocketAddr, stop: Stop) {
-    crate::telemetry::metrics::proxy_connection(true);
-    let _open = OpenGauge;
-    let slot = state.limits.conns.take(
-        client.ip(),
-        state.config.max_connections,
-        state.config.max_connections_per_client,
-    );
-    let _slot = match slot {
+/// Which listener a plain-HTTP connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Front {
+    /// The proxy: `CONNECT host:port` or an absolute-form `http://` request.
+    Proxy,
+    /// A routed HTTP listener on `port`: an origin-form request routed by `Host`.
+    RoutedHttp { port: u16 },
+}
+
+/// Takes a connection slot of the proxy's limits for `client`, or says which limit refused.
+pub(crate) fn take_slot(
+    state: &ProxyState,
+    client: SocketAddr,
+) -> Result<crate::listen::Slot, ProxyError> {
+    state
+        .limits
+        .conns
+        .take(
+            client.ip(),
+            state.config.max_connections,
+            state.config.max_connections_per_client,
+        )
+        .map_err(|hit| match hit {
+            LimitHit::Total => ProxyError::Overloaded,
+            LimitHit::PerClient => ProxyError::ClientLimit,
+        })
+}
+
+async fn connection(state: Arc<ProxyState>, stream: TcpStream, client: SocketAddr, stop: Stop) {
+    serve_http(&state, stream, client, &stop, Front::Proxy).await;
+}
+
+/// One client connection that starts with an HTTP request head: the connection limits,
+/// the head (bounded in size and time), then CONNECT or forwarding.
+pub(crate) async fn serve_http(
+    state: &ProxyState,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    stop: &Stop,
+    front: Front,
+) {
+    let _open = OpenGauge::open();
+    let door = match front {
+        Front::Proxy => Door::Proxy,
+        Front::RoutedHttp { .. } => Door::RoutedHttp,
+    };
+    let mut asker = state.asker(client, door);
+    let _slot = match take_slot(state, client) {
         Ok(slot) => slot,
-        Err(hit) => {
-            let err = match hit {
-                LimitHit::Total => ProxyError::Overloaded,
-                LimitHit::PerClient => ProxyError::ClientLimit,
-            };
-            let asker = state.asker(client);
-            log_refusal(&asker, "-", "-", &err);
+        Err(err) => {
+            log_refusal(&asker, "-", "-", &err, &[]);
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
                 stream.write_all(&refusal_response(&err, asker.conn_id)),
@@ -117,7 +168,6 @@ async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: Socke
             return;
         }
     };
-    let asker = state.asker(client);
     let conn = ConnBudget::new(&state.limits.buffers, state.config.connection_buffer_cap());
     let Ok(mut held) = conn.hold(0) else { return };
     let mut buf = Vec::new();
@@ -149,9 +199,26 @@ async fn connection(state: Arc<ProxyState>, mut stream: TcpStream, client: Socke
         held,
         conn: &conn,
     };
-    if connect {
-        connect::handle(&state, stream, &asker, received, &stop.tunnels).await;
-    } else {
-        forward::handle(&state, stream, &asker, received, &stop.tunnels).await;
+    match front {
+        Front::Proxy if connect => {
+            asker.door = Door::Connect;
+            connect::handle(state, stream, &asker, received, &stop.tunnels).await;
+        }
+        Front::Proxy => {
+            asker.door = Door::Forward;
+            forward::handle(
+                state,
+                stream,
+                &asker,
+                received,
+                Form::Absolute,
+                &stop.tunnels,
+            )
+            .await;
+        }
+        Front::RoutedHttp { port } => {
+            let form = Form::Origin { port };
+            forward::handle(state, stream, &asker, received, form, &stop.tunnels).await;
+        }
     }
 }

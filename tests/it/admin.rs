@@ -322,7 +322,7 @@ fn proxy_decisions_are_counted_by_reason_code() {
             sample(
                 &metrics,
                 &format!(
-                    r#"portcullis_proxy_decisions_total{{decision="refused",reason="{code}"}}"#
+                    r#"portcullis_proxy_decisions_total{{door="connect",decision="refused",reason="{code}"}}"#
                 )
             ),
             Some(want),

@@ -430,3 +430,83 @@ async fn with_the_guard_off_the_secret_leaves_and_with_log_it_is_reported() {
         Some("encoded_label")
     );
 }
+
+fn routed_gate(doh: &DohServer, listen: &str, dns: &str) -> Gate {
+    let config = format!(
+        r#"
+allowlist = "allowlist.toml"
+
+[dns]
+listen = ["{listen}"]
+modes = {{ agent = "routed" }}
+{dns}
+
+[groups]
+agent = ["127.0.0.2/32", "127.0.0.3/32"]
+
+{upstream}
+"#,
+        upstream = doh.upstream_toml(),
+    );
+    Gate::start_full(&config, &[("allowlist.toml", ALLOWLIST)], &[])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routed_mode_answers_allowed_names_with_the_address_the_query_arrived_on() {
+    let doh = DohServer::start(zone()).await;
+    // A wildcard socket: each datagram's destination is read with IP_PKTINFO.
+    let gate = routed_gate(&doh, "0.0.0.0:0", "");
+    let port = gate.dns.port();
+    for local in ["127.0.0.1", "127.0.0.5"] {
+        let at: std::net::SocketAddr = format!("{local}:{port}").parse().unwrap();
+        let r = dig(at, "api.allowed.example", "A", &["-b", AGENT]).await;
+        assert_eq!(r.status, "NOERROR", "{}", r.raw);
+        assert_eq!(r.addresses(), vec![local.to_owned()], "{}", r.raw);
+        assert_eq!(r.ttls(), vec![30], "{}", r.raw);
+    }
+    let at: std::net::SocketAddr = format!("127.0.0.5:{port}").parse().unwrap();
+    // The CNAME chain is not passed on: one record, the gate.
+    let chain = dig(at, "chain.allowed.example", "A", &["-b", AGENT]).await;
+    assert_eq!(chain.answers.len(), 1, "{}", chain.raw);
+    assert!(!chain.raw.contains("cdn-target"), "{}", chain.raw);
+    // HTTPS records (their hints are real addresses) and AAAA on an IPv4 address: no data.
+    for qtype in ["HTTPS", "AAAA", "CNAME"] {
+        let r = dig(at, "api.allowed.example", qtype, &["-b", AGENT]).await;
+        assert_eq!(r.status, "NOERROR", "{qtype}: {}", r.raw);
+        assert!(r.answers.is_empty(), "{qtype}: {}", r.raw);
+    }
+    // Names that are not allowed: as in allowlist mode, never asked upstream.
+    let no = dig(at, "unlisted.example", "A", &["-b", AGENT]).await;
+    assert_eq!(no.status, "NXDOMAIN", "{}", no.raw);
+    assert!(!asked(&doh, "unlisted.example"));
+    // The default group gets the real answer.
+    let real = dig(at, "api.allowed.example", "A", &[]).await;
+    assert_eq!(real.addresses(), vec![PUBLIC.to_string()], "{}", real.raw);
+    // Over TCP on the wildcard listener: the address the gate reaches the client from.
+    let tcp = dig(at, "api.allowed.example", "A", &["-b", AGENT, "+tcp"]).await;
+    assert_eq!(tcp.status, "NOERROR", "{}", tcp.raw);
+    assert_eq!(tcp.addresses().len(), 1, "{}", tcp.raw);
+    assert!(tcp.addresses()[0].starts_with("127."), "{}", tcp.raw);
+    // The decision line says where the answer points.
+    let line = dns_decision(&gate, "api.allowed.example").expect("a decision line");
+    assert!(line.contains("\"routed_to\":"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routed_addresses_and_ttl_can_be_set_per_group() {
+    let doh = DohServer::start(zone()).await;
+    let gate = routed_gate(
+        &doh,
+        "127.0.0.1:0",
+        "routed_ttl = 5\nrouted_addresses = { agent = [\"10.77.0.1\", \"fd00::53\"] }",
+    );
+    let a = dig(gate.dns, "api.allowed.example", "A", &["-b", AGENT]).await;
+    assert_eq!(a.addresses(), vec!["10.77.0.1".to_owned()], "{}", a.raw);
+    assert_eq!(a.ttls(), vec![5]);
+    let aaaa = dig(gate.dns, "api.allowed.example", "AAAA", &["-b", AGENT]).await;
+    // The zone has no AAAA for the name: no data, whatever the gate's addresses.
+    assert!(aaaa.answers.is_empty(), "{}", aaaa.raw);
+    // The cache keeps the real answer: the default group still gets it.
+    let real = dig(gate.dns, "api.allowed.example", "A", &[]).await;
+    assert_eq!(real.addresses(), vec![PUBLIC.to_string()], "{}", real.raw);
+}

@@ -23,6 +23,7 @@ mod monitoring;
 mod netns;
 mod proxy;
 mod reload;
+mod routed;
 mod routed_netns;
 mod tunnel;
 mod upstream;

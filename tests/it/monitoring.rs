@@ -543,7 +543,7 @@ tests:
         values: '10x5 950x20'
       - series: 'process_max_fds{job="portcullis", instance="gate:9953"}'
         values: '1024x25'
-      - series: 'portcullis_proxy_decisions_total{job="portcullis", instance="gate:9953", decision="refused", reason="overloaded"}'
+      - series: 'portcullis_proxy_decisions_total{job="portcullis", instance="gate:9953", door="proxy", decision="refused", reason="overloaded"}'
         values: '0x5 1+1x20'
     alert_rule_test:
       - eval_time: 10m

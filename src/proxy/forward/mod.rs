@@ -1,4 +1,5 @@
-//! Absolute-form plain-HTTP forwarding: `GET http://host/path HTTP/1.1`.
+//! Plain-HTTP forwarding: absolute form on the proxy (`GET http://host/path HTTP/1.1`),
+//! origin form routed by `Host` on a routed HTTP listener ([`Form`]).
 //!
 //! One request per client connection. The head is checked and approved before the
 //! origin is dialled, and re-written in origin form with hop-by-hop and `Proxy-*`
@@ -38,23 +39,45 @@ use super::conn::{Received, dial_checked, linger, log_allowed, log_close, log_re
 use super::error::ProxyError;
 use super::http::{BodyFraming, ChunkedDecoder, RequestHead, connection_tokens, is_hop_by_hop};
 use super::relay::{CloseReason, Relayed};
-use super::target::{Target, parse_http_url};
+use super::target::{Target, TargetError, parse_authority, parse_http_url};
 use exchange::exchange;
 use timed::Counter;
+
+/// How a request names its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The proxy's absolute form: `GET http://host[:port]/path`.
+    Absolute,
+    /// A routed HTTP listener's origin form: `GET /path` with `Host: host`; the
+    /// destination port is `port`, the one the connection came in on.
+    Origin { port: u16 },
+}
 
 pub(crate) async fn handle(
     state: &ProxyState,
     mut client: TcpStream,
     asker: &Asker,
     received: Received<'_>,
+    form: Form,
     stop: &CancellationToken,
 ) {
     let method = received.head.method.clone();
-    let raw = received.head.target.clone();
+    // The request as the log names it: routed requests with their Host, as a URL.
+    let raw = match form {
+        Form::Absolute => received.head.target.clone(),
+        Form::Origin { .. } => {
+            let host = received.head.header("host").next().unwrap_or_default();
+            format!(
+                "http://{}{}",
+                String::from_utf8_lossy(host),
+                received.head.target
+            )
+        }
+    };
     let conn = received.conn;
     let prepared = tokio::select! {
         _ = stop.cancelled() => return,
-        prepared = prepare(state, &mut client, asker, received) => prepared,
+        prepared = prepare(state, &mut client, asker, received, form) => prepared,
     };
     let prepared = match prepared {
         Ok(p) => p,
@@ -87,7 +110,7 @@ pub(crate) async fn handle(
         Err((reason, err)) => {
             if let Some(err) = err {
                 // Nothing was sent to the client yet: it gets a readable answer.
-                log_refusal(asker, &method, &raw, &err);
+                log_refusal(asker, &method, &raw, &err, &[]);
                 let _ = client
                     .write_all(&super::error::refusal_response(&err, asker.conn_id))
                     .await;
@@ -138,6 +161,7 @@ async fn prepare<'c>(
     client: &mut TcpStream,
     asker: &Asker,
     received: Received<'c>,
+    form: Form,
 ) -> Result<Prepared<'c>, ProxyError> {
     let Received {
         head,
@@ -146,7 +170,7 @@ async fn prepare<'c>(
         mut held,
         ..
     } = received;
-    let (target, path) = check_head(&head)?;
+    let (target, path) = check_head(&head, form)?;
     let framing = head.framing()?;
     let approval = state.approve(asker, &target, Kind::Http).await?;
 
@@ -197,15 +221,10 @@ async fn prepare<'c>(
     })
 }
 
-/// What a head must be to be forwarded: absolute form, a plain method other than TRACE,
-/// an `http://` URL, at most one `Host`. The target and the origin-form path.
-fn check_head(head: &RequestHead) -> Result<(Target, String), ProxyError> {
-    if head.target.starts_with('/') {
-        return Err(ProxyError::BadRequest(
-            "origin-form request: this is a proxy; send absolute-form http:// URLs (or CONNECT)"
-                .into(),
-        ));
-    }
+/// What a head must be to be forwarded: a plain method other than TRACE, at most one
+/// `Host`, and the form of its door: an absolute `http://` URL on the proxy, origin form
+/// with a `Host` on a routed listener. The target and the origin-form path.
+fn check_head(head: &RequestHead, form: Form) -> Result<(Target, String), ProxyError> {
     if !head.method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(ProxyError::BadRequest(format!(
             "bad method {:?}",
@@ -215,14 +234,67 @@ fn check_head(head: &RequestHead) -> Result<(Target, String), ProxyError> {
     if head.method == "TRACE" {
         return Err(ProxyError::BadRequest("TRACE is not forwarded".into()));
     }
-    let (target, path) = parse_http_url(&head.target).map_err(|error| ProxyError::BadTarget {
-        target: head.target.clone(),
-        error,
-    })?;
     if head.header("host").count() > 1 {
         return Err(ProxyError::BadRequest("more than one Host header".into()));
     }
-    Ok((target, path))
+    match form {
+        Form::Absolute => {
+            if head.target.starts_with('/') {
+                return Err(ProxyError::BadRequest(
+                    "origin-form request: this is a proxy; send absolute-form http:// URLs (or CONNECT)"
+                        .into(),
+                ));
+            }
+            parse_http_url(&head.target).map_err(|error| ProxyError::BadTarget {
+                target: head.target.clone(),
+                error,
+            })
+        }
+        Form::Origin { port } => routed_target(head, port),
+    }
+}
+
+/// The destination of an origin-form request on a routed listener: the `Host` header's
+/// host, on the port the connection came in on. The host is checked as strictly as a
+/// CONNECT authority and the path as strictly as a forwarded URL's.
+fn routed_target(head: &RequestHead, port: u16) -> Result<(Target, String), ProxyError> {
+    if !head.target.starts_with('/') {
+        return Err(ProxyError::BadRequest(
+            "a routed HTTP listener takes origin-form requests (`GET /path` with Host)".into(),
+        ));
+    }
+    let Some(value) = head.header("host").next() else {
+        return Err(ProxyError::BadRequest(
+            "no Host header: a routed request is routed by it".into(),
+        ));
+    };
+    let Ok(host) = std::str::from_utf8(value) else {
+        return Err(ProxyError::BadRequest("Host is not ASCII".into()));
+    };
+    let bad = |error| ProxyError::BadTarget {
+        target: host.to_owned(),
+        error,
+    };
+    let with_port = match parse_authority(host) {
+        Ok(target) => target,
+        Err(TargetError::MissingPort) => parse_authority(&format!("{host}:{port}")).map_err(bad)?,
+        Err(error) => return Err(bad(error)),
+    };
+    if with_port.port != port {
+        return Err(ProxyError::BadRequest(format!(
+            "Host names port {} but the request came in on port {port}",
+            with_port.port
+        )));
+    }
+    // The path gets the URL's checks; the host was checked above.
+    let (_, path) =
+        parse_http_url(&format!("http://{with_port}{}", head.target)).map_err(|error| {
+            ProxyError::BadTarget {
+                target: head.target.clone(),
+                error,
+            }
+        })?;
+    Ok((with_port, path))
 }
 
 /// The upstream head's framing field: `Content-Length` for a body sent whole or with its
@@ -331,4 +403,80 @@ async fn read_more<R: AsyncRead + Unpin>(
     let n = src.read(&mut buf[start..]).await;
     buf.truncate(start + *n.as_ref().unwrap_or(&0));
     n.map_err(|e| ProxyError::BadRequest(format!("reading the body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::http::parse_request_head;
+
+    fn head(text: &str) -> RequestHead {
+        parse_request_head(text.as_bytes(), 100).unwrap().unwrap().0
+    }
+
+    /// A routed request: the destination is `Host` on the port it came in on.
+    #[test]
+    fn a_routed_request_is_routed_by_host_on_the_local_port() {
+        let routed = |text: &str| {
+            check_head(&head(text), Form::Origin { port: 80 })
+                .map(|(t, path)| format!("{t} {path}"))
+                .map_err(|e| e.code())
+        };
+        for (text, want) in [
+            (
+                "GET /a?b=c HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Ok("api.example.com:80 /a?b=c"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: API.example.com:80\r\n\r\n",
+                Ok("api.example.com:80 /"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: [2001:db8::1]\r\n\r\n",
+                Ok("[2001:db8::1]:80 /"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: api.example.com:8080\r\n\r\n",
+                Err("bad_request"),
+            ),
+            ("GET / HTTP/1.0\r\n\r\n", Err("bad_request")),
+            (
+                "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+                Err("bad_request"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: u@api.example.com\r\n\r\n",
+                Err("bad_target"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: api.example.com/x\r\n\r\n",
+                Err("bad_target"),
+            ),
+            ("GET / HTTP/1.1\r\nHost: 127.1\r\n\r\n", Err("bad_target")),
+            (
+                "GET /a\\b HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Err("bad_target"),
+            ),
+            (
+                "GET http://api.example.com/ HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Err("bad_request"),
+            ),
+            (
+                "CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Err("bad_request"),
+            ),
+            (
+                "TRACE / HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                Err("bad_request"),
+            ),
+        ] {
+            assert_eq!(routed(text), want.map(str::to_owned), "{text:?}");
+        }
+        // The proxy's own door still wants absolute form.
+        let proxied = check_head(
+            &head("GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n"),
+            Form::Absolute,
+        );
+        assert_eq!(proxied.unwrap_err().code(), "bad_request");
+    }
 }

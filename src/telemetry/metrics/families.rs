@@ -285,7 +285,7 @@ impl ProxyTraffic {
         let decisions = Family::<DecisionLabels, Counter>::default();
         r.register(
             "proxy_decisions",
-            "Egress proxy decisions, by decision and reason code",
+            "Egress proxy decisions, by front door, decision and reason code",
             decisions.clone(),
         );
         let active_tunnels = Gauge::default();

@@ -114,6 +114,7 @@ pub(super) struct UpstreamLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct DecisionLabels {
+    pub door: &'static str,
     pub decision: &'static str,
     pub reason: &'static str,
 }

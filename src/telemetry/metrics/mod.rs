@@ -201,13 +201,18 @@ pub fn upstream_request(upstream: &str, took: Duration, ok: bool) {
     }
 }
 
-/// One proxy decision: `reason` is a bounded code, never a host or a client.
+/// One proxy decision: `door` is the front door's fixed label (`connect`, `forward`,
+/// `routed_tls`, `routed_http`, `proxy`), `reason` a bounded code, never a host or a client.
 #[inline]
-pub fn proxy_decision(decision: &'static str, reason: &'static str) {
+pub fn proxy_decision(door: &'static str, decision: &'static str, reason: &'static str) {
     if let Some(m) = get() {
         m.proxy
             .decisions
-            .get_or_create(&DecisionLabels { decision, reason })
+            .get_or_create(&DecisionLabels {
+                door,
+                decision,
+                reason,
+            })
             .inc();
     }
 }
