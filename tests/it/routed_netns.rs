@@ -778,6 +778,11 @@ fetch(process.argv[1], { signal: AbortSignal.timeout(10000) })
 /// A row: what was tried, what the spec says, what happened, whether it held.
 type Row = (String, String, String, bool);
 
+/// A refusal at the routed TLS listener: what is tried, the gate's port, the bytes sent,
+/// the refusal codes the decision line may carry, and whether the answer is a TLS alert
+/// (else a close without one).
+type TlsCase<'a> = (&'a str, u16, Vec<Vec<u8>>, &'a [&'a str], bool);
+
 /// Where nothing may ever arrive: the origin (per case), the NAS and the gate's loopback.
 struct Watch<'a> {
     topo: &'a Topology,
@@ -961,7 +966,7 @@ fn routed_clients_reach_allowed_names_only() {
     // one refused decision line (door routed_tls) with the reason, nothing dialled.
     let hello = |sni: Option<&str>| vec![build_client_hello(sni, false, 200)];
     let no_wait = Duration::from_millis(0);
-    let cases: Vec<(&str, u16, Vec<Vec<u8>>, &[&str], bool)> = vec![
+    let cases: Vec<TlsCase> = vec![
         ("SNI absent", TLS_PORT, hello(None), &["sni_missing"], true),
         (
             "SNI 52.20.0.2 (IP literal)",
