@@ -110,6 +110,30 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Kubernetes: manifests derived from the configuration.
+    K8s {
+        #[command(subcommand)]
+        command: K8sCommand,
+    },
+    /// Sleep SECS seconds, then exit 0: a preStop hook for clusters before Kubernetes 1.30
+    /// (no `sleep` action there, and the image has no shell nor sleep binary).
+    Sleep { secs: u64 },
+}
+
+#[derive(Subcommand)]
+enum K8sCommand {
+    /// Print the gate's NetworkPolicy (ingress from the listeners, egress to every port the
+    /// configuration dials); with --policy, check a policy file against them instead.
+    Networkpolicy {
+        /// Read portcullis.toml and the allowlist it names from this ConfigMap manifest
+        /// (as the pod that mounts it does) instead of --config.
+        #[arg(long, value_name = "FILE")]
+        configmap: Option<PathBuf>,
+        /// Print no policy: name every port the configuration dials that this NetworkPolicy
+        /// manifest does not let the gate out on, with the rules that need it; exit 1 if any.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -159,6 +183,17 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(file.as_deref().or(cli.config.as_deref())),
+        Command::K8s {
+            command: K8sCommand::Networkpolicy { configmap, policy },
+        } => k8s_networkpolicy(
+            cli.config.as_deref(),
+            configmap.as_deref(),
+            policy.as_deref(),
+        ),
+        Command::Sleep { secs } => {
+            std::thread::sleep(Duration::from_secs(secs));
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -272,6 +307,71 @@ fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn k8s_networkpolicy(
+    path: Option<&Path>,
+    configmap: Option<&Path>,
+    policy: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    use portcullis::app::k8s;
+    // The file alone: the Deployment sets no PORTCULLIS_* variable, and the token is
+    // no business of a network policy.
+    let (config, rules) = match (configmap, path) {
+        (Some(configmap), _) => k8s::from_configmap(configmap)?,
+        (None, path) => {
+            let config = match path {
+                Some(path) => Config::load(path)?,
+                None => Config::builtin()?,
+            };
+            let rules = k8s::allow_rules(&config)?;
+            (config, rules)
+        }
+    };
+    let ports = k8s::gate_ports(&config, &rules)?;
+    for warning in &ports.warnings {
+        eprintln!("portcullis: warning: {warning}");
+    }
+    let Some(policy) = policy else {
+        out!("{}", k8s::render(&ports));
+        return Ok(ExitCode::SUCCESS);
+    };
+    let file = policy.display().to_string();
+    let text = std::fs::read_to_string(policy).with_context(|| format!("{file}: cannot read"))?;
+    match k8s::check_policy(&ports, &text, &file)? {
+        None => {
+            outln!(
+                "{file}: no NetworkPolicy restricts the gate's egress (namespace {}, pods {}={}): every port is open",
+                k8s::NAMESPACE,
+                k8s::APP_LABEL,
+                k8s::APP
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(missing) if missing.is_empty() => {
+            outln!(
+                "{file}: opens all {} egress ports the configuration dials",
+                ports.egress.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(missing) => {
+            for m in &missing {
+                eprintln!(
+                    "portcullis: {file} does not let the gate out on {} {} to {}, which these need:",
+                    m.egress.protocol, m.egress.port, m.egress.to
+                );
+                for reason in &m.reasons {
+                    eprintln!("  {}", reason.detail);
+                }
+            }
+            eprintln!(
+                "portcullis: {} egress port(s) shut: regenerate the policy (`portcullis k8s networkpolicy`)",
+                missing.len()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn lists_status(path: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@
 //! harnesses all start the gate this way. The reload loop is in [`reload`].
 
 pub mod env;
+pub mod k8s;
 pub mod reload;
 
 use std::future::Future;
