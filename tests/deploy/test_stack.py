@@ -6,7 +6,9 @@ Kubernetes manifests in deploy/k8s/, and the final stage of ./Dockerfile, and ch
 the deployment promises: the gate is the agents' only way out, every service is hardened,
 the mounted configuration file is the single source of the gate's settings (no
 PORTCULLIS_* variable overrides it, neither in the image nor in the stack), and the
-configuration the stack ships is one the real binary accepts.
+configuration the stack ships is one the real binary accepts, and the gate's Kubernetes
+NetworkPolicy is the one the binary derives from the shipped ConfigMap (its allowlist's
+ports, its upstreams', its listeners').
 
 Each property is a `check_*` function that returns the problems it finds (an empty list
 when the property holds). `StackTests` asserts every check passes on the files;
@@ -70,13 +72,18 @@ CONFIG_MOUNT = "/etc/portcullis"
 IMAGE_ENV = {"PORTCULLIS_CONFIG": f"{CONFIG_MOUNT}/portcullis.toml"}
 CACHE_MOUNT = "/var/cache/portcullis"
 # `[proxy] drain_secs` when the file does not set it, and the least time a grace period
-# must leave after it for the gate to close the rest and exit.
+# must leave after it (and after a preStop hook) for the gate to close the rest and exit.
 DEFAULT_DRAIN_SECS = 20
 GRACE_MARGIN_SECS = 5
 # Compose's stop_grace_period and Kubernetes' terminationGracePeriodSeconds when unset.
 COMPOSE_DEFAULT_GRACE = 10
 K8S_DEFAULT_GRACE = 30
 SECRETS_DIR = "/run/secrets"
+# The gate's own NetworkPolicy: generated from the ConfigMap by the binary, never edited.
+GATE_POLICY_FILE = "networkpolicy-gate.yaml"
+# The least preStop delay that lets the endpoints controller and kube-proxy drop a pod
+# from the Services before the gate stops accepting.
+MIN_PRESTOP_SECS = 5
 
 
 def binary():
@@ -119,6 +126,8 @@ class Stack:
                 continue
             with open(path, encoding="utf-8") as f:
                 self.k8s.extend((name, d) for d in yaml.safe_load_all(f) if d)
+        # The generated policy's text, compared byte for byte with the binary's output.
+        self.gate_policy_text = read_text(K8S_DIR / GATE_POLICY_FILE)
 
     @property
     def image_env(self):
@@ -995,16 +1004,40 @@ def check_k8s_admin_token(stack):
     return [f"token_file {token} is not on a Secret volume mount"]
 
 
+def prestop_secs(container):
+    """Seconds of the container's preStop delay: the `sleep` action, or the exec of
+    `portcullis sleep N` (clusters before 1.30); None without one we can read."""
+    pre = ((container.get("lifecycle") or {}).get("preStop")) or {}
+    if "sleep" in pre:
+        seconds = (pre["sleep"] or {}).get("seconds")
+        return seconds if isinstance(seconds, int) else None
+    command = [str(c) for c in ((pre.get("exec") or {}).get("command") or [])]
+    if len(command) == 3 and PurePosixPath(command[0]).name == "portcullis" and command[1] == "sleep" and command[2].isdigit():
+        return int(command[2])
+    return None
+
+
 def check_k8s_termination_grace(stack):
-    """The kubelet waits longer than `[proxy] drain_secs` before it kills the gate."""
+    """A stopping pod first sleeps in preStop (the Services drop it meanwhile), then drains
+    for `[proxy] drain_secs`; the kubelet's grace period, counted from the preStop hook,
+    covers both and a margin before it kills the gate."""
     cm = k8s_gate_config(stack)
     if not cm:
         return ["no ConfigMap with portcullis.toml"]
     drain = drain_secs(tomllib.loads(cm["data"]["portcullis.toml"]))
     grace = pod_spec(stack).get("terminationGracePeriodSeconds", K8S_DEFAULT_GRACE)
-    if grace < drain + GRACE_MARGIN_SECS:
-        return [f"terminationGracePeriodSeconds {grace} is not at least drain_secs {drain} + {GRACE_MARGIN_SECS}"]
-    return []
+    pre = prestop_secs(gate_container(stack))
+    problems = []
+    if pre is None:
+        problems.append("no preStop sleep: a terminating gate stops accepting while the Services still send it queries")
+        pre = 0
+    elif pre < MIN_PRESTOP_SECS:
+        problems.append(f"preStop sleeps {pre} s, less than {MIN_PRESTOP_SECS} s for the Services to drop the pod")
+    if grace < pre + drain + GRACE_MARGIN_SECS:
+        problems.append(
+            f"terminationGracePeriodSeconds {grace} is not at least preStop {pre} + drain_secs {drain} + {GRACE_MARGIN_SECS}"
+        )
+    return problems
 
 
 def check_k8s_ports(stack):
@@ -1194,7 +1227,10 @@ def check_k8s_agents_reach_only_gate(stack):
     return problems
 
 
-def check_k8s_gate_egress_443_853(stack):
+def check_k8s_gate_egress_public_only(stack):
+    """The gate's egress: some ports (which ones: the generated policy, checked against the
+    binary below), to addresses outside private space, or to one private address that the
+    configuration names by IP; never to cluster peers, never on every port."""
     problems = []
     gate_ns = deployment(stack).get("metadata", {}).get("namespace")
     gate_policies = [
@@ -1211,8 +1247,8 @@ def check_k8s_gate_egress_443_853(stack):
             if not ports:
                 problems.append(f"{p['metadata']['name']}: gate egress on every port")
             for port in ports or []:
-                if (port.get("protocol", "TCP"), port.get("port")) not in {("TCP", 443), ("TCP", 853)} or port.get("endPort"):
-                    problems.append(f"{p['metadata']['name']}: gate egress port {port}")
+                if not isinstance(port.get("port"), int) or port.get("endPort"):
+                    problems.append(f"{p['metadata']['name']}: gate egress port {port}: not one numbered port")
             peers = rule.get("to")
             if not peers:
                 problems.append(f"{p['metadata']['name']}: gate egress to anywhere")
@@ -1223,6 +1259,8 @@ def check_k8s_gate_egress_443_853(stack):
                     continue
                 cidr = ipaddress.ip_network(block["cidr"])
                 excepted = [ipaddress.ip_network(e) for e in block.get("except") or []]
+                if cidr.num_addresses == 1:
+                    continue  # one address the configuration names (an upstream, a private rule)
                 if cidr.version == 4:
                     for private in PRIVATE_V4:
                         if private.subnet_of(cidr) and not any(private.subnet_of(e) for e in excepted):
@@ -1272,6 +1310,46 @@ def check_k8s_gate_ingress(stack):
 
 # --------------------------------------------------------------------------------------
 # The real binary
+
+
+def generate_gate_policy(cm):
+    """`portcullis k8s networkpolicy` of the ConfigMap's files, written out as the pod sees
+    them: (ok, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = write_configmap(cm, tmp)
+        result = subprocess.run(
+            [str(binary()), "k8s", "networkpolicy", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, env=env, check=False,
+        )
+    return result.returncode == 0, result.stdout, result.stderr
+
+
+def check_k8s_gate_policy_generated(stack):
+    """The gate's NetworkPolicy is exactly what the binary derives from the ConfigMap's
+    portcullis.toml and allowlist.toml: a port an allow rule, an upstream, a list or a
+    listener needs is open, and nothing else (needs the binary)."""
+    cm = k8s_gate_config(stack)
+    if not cm:
+        return ["no ConfigMap with portcullis.toml"]
+    if stack.gate_policy_text is None:
+        return [f"no deploy/k8s/{GATE_POLICY_FILE}"]
+    if GATE_POLICY_FILE not in stack.kustomization.get("resources", []):
+        return [f"kustomization.yaml does not apply {GATE_POLICY_FILE}"]
+    ok, generated, err = generate_gate_policy(cm)
+    if not ok:
+        return [f"portcullis k8s networkpolicy failed: {err.strip()}"]
+    if generated == stack.gate_policy_text:
+        return []
+    import difflib
+    diff = "".join(difflib.unified_diff(
+        stack.gate_policy_text.splitlines(True), generated.splitlines(True),
+        f"deploy/k8s/{GATE_POLICY_FILE}", "generated from deploy/k8s/configmap.yaml",
+    ))
+    return [
+        f"deploy/k8s/{GATE_POLICY_FILE} is not what the ConfigMap needs; regenerate it:\n"
+        f"  portcullis k8s networkpolicy --configmap deploy/k8s/configmap.yaml > deploy/k8s/{GATE_POLICY_FILE}\n{diff}"
+    ]
 
 
 def config_check(config_path, extra_env=None):
@@ -1336,7 +1414,7 @@ CHECKS = [
     check_k8s_routed,
     check_k8s_pdb_and_namespace,
     check_k8s_agents_reach_only_gate,
-    check_k8s_gate_egress_443_853,
+    check_k8s_gate_egress_public_only,
     check_k8s_gate_ingress,
 ]
 
@@ -1446,6 +1524,66 @@ class ConfigCheckTests(unittest.TestCase):
         self.assertIn("nobody", out)
 
 
+class GeneratedPolicyTests(unittest.TestCase):
+    """The gate's NetworkPolicy is the binary's derivation of the shipped ConfigMap, and a
+    configuration that needs another port fails the check until it is regenerated."""
+
+    def setUp(self):
+        if binary() is None:
+            where = os.environ.get("PORTCULLIS_BIN", "target/debug/portcullis")
+            self.skipTest(f"no portcullis binary at {where} (cargo build, or set PORTCULLIS_BIN)")
+        self.stack = Stack()
+
+    def test_shipped_policy_is_generated(self):
+        problems = check_k8s_gate_policy_generated(self.stack)
+        self.assertEqual([], problems, "\n".join(problems))
+
+    def test_the_regeneration_command_gives_the_same_file(self):
+        """The command the file's header and README give, reading the ConfigMap itself."""
+        result = subprocess.run(
+            [str(binary()), "k8s", "networkpolicy", "--configmap", str(K8S_DIR / "configmap.yaml")],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")},
+        )
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertEqual(self.stack.gate_policy_text, result.stdout)
+
+    def test_mutations_are_caught(self):
+        for what, mutate in GENERATED_POLICY_MUTATIONS:
+            with self.subTest(broken=what):
+                broken = copy.deepcopy(self.stack)
+                mutate(broken)
+                self.assertNotEqual([], check_k8s_gate_policy_generated(broken), f"missed: {what}")
+
+    def test_unused_settings_open_nothing(self):
+        """public_connect_ports of a configuration with no group in public or report mode,
+        and allow rules' groups, change nothing: the policy follows what is dialled."""
+        changed = copy.deepcopy(self.stack)
+        _cm_replace("public_connect_ports = [443]", "public_connect_ports = [443, 8443]")(changed)
+        self.assertEqual([], check_k8s_gate_policy_generated(changed))
+
+    def test_policy_flag_names_the_rule_that_needs_a_port(self):
+        """`--policy` against the shipped policy: quiet on the shipped ConfigMap; on one with
+        an 8443 rule, exit 1 naming the port and the rule's file and line."""
+        def run(stack):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+            with tempfile.TemporaryDirectory() as tmp:
+                config = write_configmap(k8s_gate_config(stack), tmp)
+                return subprocess.run(
+                    [str(binary()), "k8s", "networkpolicy", "--config", str(config),
+                     "--policy", str(K8S_DIR / GATE_POLICY_FILE)],
+                    capture_output=True, text=True, timeout=120, env=env, check=False,
+                )
+        shipped = run(self.stack)
+        self.assertEqual(0, shipped.returncode, shipped.stdout + shipped.stderr)
+        broken = copy.deepcopy(self.stack)
+        _cm_allow(ALT_PORT_RULE)(broken)
+        result = run(broken)
+        self.assertEqual(1, result.returncode, result.stdout + result.stderr)
+        self.assertIn("TCP 8443", result.stderr)
+        self.assertRegex(result.stderr, r"allowlist\.toml:\d+: allow rule `alt-port\.example` \(ports \[8443\]\)")
+
+
 def _svc(name):
     return lambda s: s.compose["services"][name]
 
@@ -1516,6 +1654,23 @@ def _cm_replace(old, new):
         data = _k8s("ConfigMap")(stack)["data"]
         assert old in data["portcullis.toml"], old
         data["portcullis.toml"] = data["portcullis.toml"].replace(old, new)
+    return mutate
+
+
+def _cm_allow(text):
+    """Appends allow rules to a copy of the ConfigMap's allowlist.toml."""
+    def mutate(stack):
+        _k8s("ConfigMap")(stack)["data"]["allowlist.toml"] += text
+    return mutate
+
+
+ALT_PORT_RULE = '\n[[allow]]\nhost = "alt-port.example"\nports = [8443]\n'
+
+
+def _gate_policy_text_replace(old, new):
+    def mutate(stack):
+        assert old in stack.gate_policy_text, old
+        stack.gate_policy_text = stack.gate_policy_text.replace(old, new, 1)
     return mutate
 
 
@@ -1670,6 +1825,12 @@ MUTATIONS = [
     (check_k8s_admin_token, "token_file on an optional Secret", _k8s_token_secret(optional=True)),
     (check_k8s_admin_token, "token file by variable, no Secret", lambda s: _env(s, "PORTCULLIS_ADMIN_TOKEN_FILE", "/run/secrets/portcullis/admin-token")),
     (check_k8s_termination_grace, "grace 15 s", lambda s: _pod(s).__setitem__("terminationGracePeriodSeconds", 15)),
+    (check_k8s_termination_grace, "no preStop", lambda s: _container(s).pop("lifecycle")),
+    (check_k8s_termination_grace, "grace 30 s: preStop 10 + drain 20 leave no margin", lambda s: _pod(s).__setitem__("terminationGracePeriodSeconds", 30)),
+    (check_k8s_termination_grace, "preStop longer than the grace allows", lambda s: _container(s)["lifecycle"]["preStop"]["sleep"].__setitem__("seconds", 20)),
+    (check_k8s_termination_grace, "drain longer than the grace allows", _cm_replace("drain_secs = 20", "drain_secs = 30")),
+    (check_k8s_termination_grace, "preStop of 1 s", lambda s: _container(s)["lifecycle"]["preStop"]["sleep"].__setitem__("seconds", 1)),
+    (check_k8s_termination_grace, "preStop exec of a shell the image lacks", lambda s: _container(s)["lifecycle"].__setitem__("preStop", {"exec": {"command": ["sh", "-c", "sleep 10"]}})),
     (check_k8s_termination_grace, "drain longer than the default grace", lambda s: [_pod(s).pop("terminationGracePeriodSeconds"), _cm_replace("drain_secs = 20", "drain_secs = 30")(s)]),
     (check_k8s_ports, "DNS on 53 in the container (ConfigMap)", _cm_replace('listen = ["0.0.0.0:5353"]', 'listen = ["0.0.0.0:53"]')),
     (check_k8s_ports, "DNS on 53 by a variable", lambda s: _env(s, "PORTCULLIS_DNS_LISTEN", "0.0.0.0:53")),
@@ -1695,12 +1856,27 @@ MUTATIONS = [
     (check_k8s_agents_reach_only_gate, "agents on every port", lambda s: _agents_egress_rule(s).pop("ports")),
     (check_k8s_agents_reach_only_gate, "agents to the admin port", lambda s: _agents_egress_rule(s)["ports"].append({"protocol": "TCP", "port": 9953})),
     (check_k8s_agents_reach_only_gate, "no default deny", lambda s: s.k8s.__setitem__(slice(None), [(f, d) for f, d in s.k8s if not (d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "agents" and d["metadata"]["name"] == "default-deny")])),
-    (check_k8s_gate_egress_443_853, "gate egress on 80", lambda s: _gate_policy(s)["egress"][0]["ports"].append({"protocol": "TCP", "port": 80})),
-    (check_k8s_gate_egress_443_853, "gate egress to the node network", lambda s: _gate_policy(s)["egress"][0]["to"][0]["ipBlock"]["except"].remove("10.0.0.0/8")),
-    (check_k8s_gate_egress_443_853, "gate egress to kube-system", lambda s: _gate_policy(s)["egress"][0]["to"].append({"namespaceSelector": {}})),
-    (check_k8s_gate_egress_443_853, "gate egress not restricted", lambda s: _gate_policy(s).__setitem__("policyTypes", ["Ingress"]) or _gate_policy(s).pop("egress")),
+    (check_k8s_gate_egress_public_only, "gate egress on every port", lambda s: _gate_policy(s)["egress"][0].pop("ports")),
+    (check_k8s_gate_egress_public_only, "gate egress on a port range", lambda s: _gate_policy(s)["egress"][0]["ports"][0].__setitem__("endPort", 65535)),
+    (check_k8s_gate_egress_public_only, "gate egress to the node network", lambda s: _gate_policy(s)["egress"][0]["to"][0]["ipBlock"]["except"].remove("10.0.0.0/8")),
+    (check_k8s_gate_egress_public_only, "gate egress to a private range", lambda s: _gate_policy(s)["egress"].append({"to": [{"ipBlock": {"cidr": "10.96.0.0/12"}}], "ports": [{"protocol": "UDP", "port": 53}]})),
+    (check_k8s_gate_egress_public_only, "gate egress to kube-system", lambda s: _gate_policy(s)["egress"][0]["to"].append({"namespaceSelector": {}})),
+    (check_k8s_gate_egress_public_only, "gate egress not restricted", lambda s: _gate_policy(s).__setitem__("policyTypes", ["Ingress"]) or _gate_policy(s).pop("egress")),
     (check_k8s_gate_ingress, "agents reach admin", lambda s: _gate_policy(s)["ingress"][0]["ports"].append({"protocol": "TCP", "port": 9953})),
     (check_k8s_gate_ingress, "ingress from anywhere", lambda s: _gate_policy(s)["ingress"].append({})),
+]
+
+# What check_k8s_gate_policy_generated (GeneratedPolicyTests, with the binary) must notice.
+GENERATED_POLICY_MUTATIONS = [
+    ("an allow rule on port 8443", _cm_allow(ALT_PORT_RULE)),
+    ("an allow rule on port 80, for one group", _cm_allow('\n[[allow]]\nhost = "plain.example"\nports = [80, 8080]\ngroups = ["agent"]\n')),
+    ("a udp:// upstream", _cm_replace('[[upstream.servers]]\nurl = "https://9.9.9.9/dns-query"', '[[upstream.servers]]\nurl = "udp://9.9.9.9:53"\n\n[[upstream.servers]]\nurl = "https://9.9.9.9/dns-query"')),
+    ("a tls:// upstream on 8853", _cm_replace('url = "https://149.112.112.112/dns-query"', 'url = "tls://149.112.112.112:8853"')),
+    ("a routed TLS port", _cm_replace('tls_listen = ["0.0.0.0:443"]', 'tls_listen = ["0.0.0.0:443"]\ntls_ports = [8443]')),
+    ("report mode opens the public ports", lambda s: [_cm_replace('mode = "allowlist"\n# Used only', 'mode = "report"\n# Used only')(s), _cm_replace("public_connect_ports = [443]", "public_connect_ports = [443, 8443]")(s)]),
+    ("the policy edited by hand: port 80 shut", _gate_policy_text_replace("        - protocol: TCP\n          port: 80\n  ", "  ")),
+    ("the policy edited by hand: an extra port", _gate_policy_text_replace("          port: 443\n", "          port: 443\n        - protocol: TCP\n          port: 22\n")),
+    ("the policy not applied", lambda s: s.kustomization["resources"].remove(GATE_POLICY_FILE)),
 ]
 
 # Changes the checks must NOT flag: the documented ways to do things right.
@@ -1710,6 +1886,8 @@ ACCEPTED = [
     (check_compose_config_directory, "long volume syntax, read-only", _gate_volumes([{"type": "bind", "source": "./portcullis", "target": "/etc/portcullis", "read_only": True}, CACHE_VOLUME])),
     (check_image_env, "ENV in the build stage only", lambda s: setattr(s, "dockerfile", s.dockerfile.replace("WORKDIR /src\n", "WORKDIR /src\nENV PORTCULLIS_DNS_LISTEN=0.0.0.0:53\n", 1))),
     (check_gate_stop_grace, "grace in minutes", _set(_svc(GATE), "stop_grace_period", "1m")),
+    (check_k8s_termination_grace, "preStop before Kubernetes 1.30: exec portcullis sleep", lambda s: _container(s)["lifecycle"].__setitem__("preStop", {"exec": {"command": ["/usr/local/bin/portcullis", "sleep", "10"]}})),
+    (check_k8s_gate_egress_public_only, "one private upstream address of the configuration's", lambda s: _gate_policy(s)["egress"].append({"to": [{"ipBlock": {"cidr": "10.96.0.10/32"}}], "ports": [{"protocol": "UDP", "port": 53}]})),
 ]
 
 
