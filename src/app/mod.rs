@@ -188,10 +188,13 @@ impl Gate {
     pub async fn build(config: Config, path: Option<PathBuf>) -> anyhow::Result<Gate> {
         // What the running configuration is built from, taken before the allowlist and
         // the lists are read: an edit from here on is a change to reload.
-        let loaded_from = crate::config::watch::loaded_fingerprint(path.as_deref(), &config);
-        let loaded = tokio::task::spawn_blocking({
+        let (loaded_from, loaded) = tokio::task::spawn_blocking({
             let config = config.clone();
-            move || build_policy(&config)
+            let path = path.clone();
+            move || {
+                let from = crate::config::watch::loaded_fingerprint(path.as_deref(), &config);
+                build_policy(&config).map(|loaded| (from, loaded))
+            }
         })
         .await??;
         log_loaded(&loaded);
