@@ -12,6 +12,7 @@ mod admin;
 mod app;
 mod cli;
 mod container;
+mod decision_log;
 mod dns;
 mod dns_modes;
 mod dns_paths;
