@@ -6,14 +6,15 @@
 //! "Decision log (issue 15)"). The serving path here formats a line by hand into a
 //! reused buffer ([`JsonLine`]) and appends it to the queue ([`LineWriter::push`]):
 //! a short lock and a copy. The writer thread takes everything queued at once and
-//! writes it with one `write_all` (one `write(2)` unless the sink takes less).
+//! writes it in one go: one `write(2)` to stderr per batch of up to 64 KiB of whole
+//! lines (2 ms of lines at 100k a second; [`Stderr`]).
 //!
 //! The queue is bounded in bytes. When the sink is slower than the queries (a pipe read
 //! slowly, a full disk), lines that do not fit are dropped and counted
 //! (`portcullis_log_lines_dropped_total`): queries never wait for the log. Lines whose
 //! write failed are counted there too.
 //!
-//! The writer to stderr takes std's stderr lock for each batch, as tracing's writer does
+//! The writer to stderr takes std's stderr lock for each write, as tracing's writer does
 //! for each of its lines, so the two never interleave inside a line: lines from both
 //! reach stderr whole, in no strict order between them.
 
@@ -87,18 +88,24 @@ impl LineWriter {
             s.count_dropped(1);
             return false;
         }
-        let was_empty = q.buf.is_empty();
+        let first = q.buf.is_empty();
         q.buf.extend_from_slice(line);
         q.lines += 1;
         // Wake the writer only on the two transitions it may be waiting for: the
         // first line (it sleeps on an empty queue) and a quarter full (it gathers).
-        let wake = was_empty || (!q.woken_full && q.buf.len() >= s.capacity / 4);
-        if !was_empty && wake {
+        let behind = !q.woken_full && q.buf.len() >= s.capacity / 4;
+        if behind {
             q.woken_full = true;
         }
         drop(q);
-        if wake {
+        if first || behind {
             s.wake.notify_all();
+        }
+        if behind {
+            // The writer is behind. When it shares this thread's core (a process pinned
+            // to one core, SCHED_FIFO under benches/dnsperf.sh RT=1) it only runs when
+            // this thread gives the core up: once per batch, so that it can.
+            std::thread::yield_now();
         }
         true
     }
@@ -178,21 +185,46 @@ impl Shared {
     }
 }
 
-/// Stderr as one batch's sink: std's stderr lock is held for the whole batch, so a
-/// tracing line (which takes the same lock) never lands inside one of its lines.
+/// Stderr as the writer's sink. std's stderr lock is held for each write, as tracing's
+/// writer holds it for each of its lines, so a tracing line never lands inside one of
+/// ours. A batch goes out in writes of at most [`STDERR_CHUNK`] bytes cut after a
+/// newline, the lock taken for each: a tracing line waits for one chunk at most.
 pub struct Stderr;
+
+/// About 200 decision lines: a batch of 2 ms at 100k lines/s is one or two writes.
+pub const STDERR_CHUNK: usize = 64 * 1024;
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         std::io::stderr().lock().write(buf)
     }
 
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        std::io::stderr().lock().write_all(buf)
+    fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            let (chunk, rest) = buf.split_at(chunk_end(buf, STDERR_CHUNK));
+            std::io::stderr().lock().write_all(chunk)?;
+            buf = rest;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Where the first write of `buf` ends: after the last newline within `max` bytes (after
+/// the first newline, or at the end, when a line is longer than that).
+fn chunk_end(buf: &[u8], max: usize) -> usize {
+    if buf.len() <= max {
+        return buf.len();
+    }
+    match buf[..max].iter().rposition(|&b| b == b'\n') {
+        Some(at) => at + 1,
+        None => buf[max..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(buf.len(), |at| max + at + 1),
     }
 }
 
@@ -385,6 +417,17 @@ mod tests {
         assert_eq!(escaped("a\nb\u{1}\u{1f}\t"), r#"a\nb\u0001\u001f\t"#);
         assert_eq!(escaped("bücher.例"), "bücher.例");
         assert_eq!(escaped(""), "");
+    }
+
+    #[test]
+    fn stderr_writes_are_cut_after_whole_lines() {
+        assert_eq!(chunk_end(b"ab\ncd\n", 10), 6);
+        assert_eq!(chunk_end(b"ab\ncd\nef\n", 7), 6);
+        assert_eq!(chunk_end(b"ab\ncd\nef\n", 6), 6);
+        assert_eq!(chunk_end(b"ab\ncd\nef\n", 5), 3);
+        // A line longer than a chunk goes out whole.
+        assert_eq!(chunk_end(b"abcdefgh\nij\n", 4), 9);
+        assert_eq!(chunk_end(b"abcdefgh", 4), 8);
     }
 
     #[test]
