@@ -526,7 +526,8 @@ for ((g = 0; g < ${#G_NAME[@]}; g++)); do
         start_gate info "$WORK/decision-log.txt" "$g"
         measure 1 "${G_NAME[g]}-decision-log-file" "$GATE_PID" "${G_PORT[g]}" blocked "$WORK/q-blocked.txt"
         stop "$GATE_PID"
-        DLOG_NOTES+=("${G_NAME[g]}-decision-log-file: $(grep -c '"dns decision"' "$WORK/decision-log.txt" || true) decision lines in the file ($(du -m "$WORK/decision-log.txt" | cut -f1) MiB)")
+        completed=$(awk -F'\t' -v s="${G_NAME[g]}-decision-log-file" '$3 == s { print $13 }' "$OUT/runs.tsv")
+        DLOG_NOTES+=("${G_NAME[g]}-decision-log-file: $(grep -c '"dns decision"' "$WORK/decision-log.txt" || true) decision lines in the file ($(du -m "$WORK/decision-log.txt" | cut -f1) MiB) for $completed queries dnsperf counted as answered")
         rm -f "$WORK/decision-log.txt"
         # To a pipe read slowly (a log collector that cannot keep up): lines are
         # dropped (portcullis_log_lines_dropped_total), queries must not wait.
