@@ -7,12 +7,14 @@
 //! proxy_load bulk    --origin PORT [--proxy PORT --target HOST:PORT] --mib N     [--pid PID] [--tls CA.pem]
 //! proxy_load tunnels --origin PORT [--proxy PORT --target HOST:PORT] --secs S    [--pid PID] [--tls CA.pem]
 //! proxy_load idle    --origin PORT  --proxy PORT --target HOST:PORT  --count N    --pid PID
+//!   (bulk, tunnels and idle take --routed IP:PORT instead of --proxy: the gate's routed TLS listener)
 //! proxy_load report RUNS.tsv                    medians and ranges as a Markdown table
 //! ```
 //!
-//! Every tunnel speaks the same protocol, direct or through a proxy: (`CONNECT
-//! target`, wait for `200`), a TLS ClientHello naming `bench.test` (the proxy checks
-//! the SNI on TLS ports), then one command line: `BULK n` (the origin sends `n` bytes
+//! Every tunnel speaks the same protocol, direct, through a proxy or through the gate's
+//! routed TLS listener: (`CONNECT target`, wait for `200`: the proxy only), a TLS
+//! ClientHello naming `bench.test` (the proxy checks the SNI on TLS ports; the routed
+//! listener is routed by it), then one command line: `BULK n` (the origin sends `n` bytes
 //! and half-closes), `PING` (the origin answers `PONG` and closes; the client closes
 //! when it has read it) or `HOLD` (the origin waits for the client to close).
 //!
@@ -104,7 +106,7 @@ const ORIGIN_IP: [u8; 4] = [127, 0, 0, 2];
 
 #[derive(Args, Clone)]
 struct Via {
-    /// Name of the row (direct, portcullis, squid).
+    /// Name of the row (direct, portcullis, routed, squid).
     #[arg(long)]
     label: String,
     /// The origin's port on 127.0.0.2.
@@ -116,6 +118,10 @@ struct Via {
     /// The CONNECT target (default bench.test:ORIGIN).
     #[arg(long)]
     target: Option<String>,
+    /// A routed TLS listener of the gate (IP:PORT, PORT = the origin's): the tunnel
+    /// connects straight to it, with no CONNECT; the ClientHello's SNI routes it.
+    #[arg(long, conflicts_with = "proxy")]
+    routed: Option<SocketAddr>,
     /// The proxy's process id, for CPU time and RSS.
     #[arg(long)]
     pid: Option<u32>,
@@ -135,9 +141,10 @@ impl Via {
     }
 
     fn addr(&self) -> SocketAddr {
-        match self.proxy {
-            Some(proxy) => SocketAddr::from(([127, 0, 0, 1], proxy)),
-            None => SocketAddr::from((ORIGIN_IP, self.origin)),
+        match (self.proxy, self.routed) {
+            (Some(proxy), _) => SocketAddr::from(([127, 0, 0, 1], proxy)),
+            (None, Some(routed)) => routed,
+            (None, None) => SocketAddr::from((ORIGIN_IP, self.origin)),
         }
     }
 }
@@ -671,9 +678,15 @@ fn report(file: &str) {
                 .push(v);
         }
     }
-    let labels = ["direct", "portcullis", "squid"];
+    let labels = ["direct", "routed", "portcullis", "squid"];
+    // Ratios of the medians (throughput and tunnels/s): (numerator, denominator).
+    let ratios = [
+        ("portcullis", "direct"),
+        ("routed", "direct"),
+        ("routed", "portcullis"),
+    ];
     let metrics = [
-        ("bulk_MBps", "bulk CONNECT, MB/s", 0),
+        ("bulk_MBps", "bulk, one tunnel, MB/s", 0),
         ("tunnels_per_s", "tunnels/s, one PING/PONG each", 0),
         ("p50_ms", "p50 set-up + exchange, ms", 2),
         ("p99_ms", "p99 set-up + exchange, ms", 2),
@@ -684,21 +697,38 @@ fn report(file: &str) {
     ];
     let pins: Vec<String> = {
         let mut p: Vec<String> = values.keys().map(|k| k.0.clone()).collect();
-        p.dedup();
         p.sort();
         p.dedup();
         p
     };
     for pin in &pins {
+        // The columns this pin and mode measured (routed: TLS mode only).
+        let present: Vec<&str> = labels
+            .into_iter()
+            .filter(|l| values.keys().any(|k| &k.0 == pin && k.2 == *l))
+            .collect();
+        let shown: Vec<(&str, &str)> = ratios
+            .into_iter()
+            .filter(|(a, b)| present.contains(a) && present.contains(b))
+            .collect();
         println!("\n### {pin}\n");
         println!("median [min-max] of the rounds\n");
-        println!("| | direct | portcullis | squid | portcullis / direct |");
-        println!("|---|---:|---:|---:|---:|");
+        let mut head = String::from("|");
+        let mut rule = String::from("|---");
+        for label in &present {
+            head += &format!(" | {label}");
+            rule += "|---:";
+        }
+        for (a, b) in &shown {
+            head += &format!(" | {a} / {b}");
+            rule += "|---:";
+        }
+        println!("{head} |\n{rule}|");
         for (metric, title, prec) in metrics {
             let mut cells = Vec::new();
             let mut medians = BTreeMap::new();
             let mut any = false;
-            for label in labels {
+            for &label in &present {
                 match values.get(&(pin.clone(), metric.into(), label.into())) {
                     Some(v) if !v.is_empty() => {
                         any = true;
@@ -723,15 +753,17 @@ fn report(file: &str) {
             if !any {
                 continue;
             }
-            let ratio = match (medians.get("portcullis"), medians.get("direct")) {
-                (Some(p), Some(d))
-                    if *d > 0.0 && matches!(metric, "bulk_MBps" | "tunnels_per_s") =>
-                {
-                    format!("{:.0}%", p / d * 100.0)
-                }
-                _ => String::new(),
-            };
-            println!("| {title} | {} | {ratio} |", cells.join(" | "));
+            for (a, b) in &shown {
+                cells.push(match (medians.get(a), medians.get(b)) {
+                    (Some(x), Some(y))
+                        if *y > 0.0 && matches!(metric, "bulk_MBps" | "tunnels_per_s") =>
+                    {
+                        format!("{:.0}%", x / y * 100.0)
+                    }
+                    _ => String::new(),
+                });
+            }
+            println!("| {title} | {} |", cells.join(" | "));
         }
     }
 }

@@ -3,7 +3,7 @@
 # need (idempotently), checks formatting and lints, builds once, runs every test.
 #
 # Tests that need what this script cannot provide are #[ignore]d with the reason: root
-# (network namespaces: tests/it/netns.rs, tests/it/tunnel.rs, tests/it/container.rs) and the real lists in
+# (network namespaces: tests/it/netns.rs, tests/it/routed_netns.rs, tests/it/tunnel.rs, tests/it/container.rs) and the real lists in
 # ../shared/data/blocklists. They run here too when that precondition holds, and always
 # under CI=true, where one that cannot run fails (each asserts its precondition).
 set -euo pipefail
@@ -21,6 +21,9 @@ command -v setpriv >/dev/null 2>&1 || need_pkgs+=(util-linux)
 # tests/it/netns.rs: sysctl in the gate's namespace, ping from the agent's.
 command -v sysctl >/dev/null 2>&1 || need_pkgs+=(procps)
 command -v ping >/dev/null 2>&1 || need_pkgs+=(iputils-ping)
+# tests/it/routed_netns.rs: clients that ignore proxy settings (Node's built-in fetch),
+# and openssl s_client (openssl above).
+command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 # tests/it/tunnel.rs: a real DNS tunnel (iodine in the agent's namespace, iodined upstream).
 [ -x /usr/sbin/iodine ] && [ -x /usr/sbin/iodined ] || need_pkgs+=(iodine)
 # validate-deploy.sh: a Python venv for hadolint, kubernetes-validate, check-jsonschema

@@ -11,8 +11,10 @@
 #     PORTCULLIS_* variable); the config directory mount, the admin-token secret and the stop
 #     grace periods; and `portcullis config check` of the configurations the stack ships
 #     (deploy/compose/portcullis/ and the ConfigMap, with a temporary token file standing in
-#     for the secret; $PORTCULLIS_BIN or target/debug/portcullis, skipped with a message
-#     when it is not built, failed under CI=true)
+#     for the secret); and that deploy/k8s/networkpolicy-gate.yaml is exactly what
+#     `portcullis k8s networkpolicy` derives from the ConfigMap (mutations: a rule on port
+#     8443, new upstream ports, a hand edit) ($PORTCULLIS_BIN or target/debug/portcullis;
+#     those are skipped with a message when it is not built, failed under CI=true)
 #
 # Idempotent: tools go to a venv in target/deploy-venv, installed once per pin set; the
 # schema is fetched once and checked against its pinned digest. Needs python3 (with venv),

@@ -1,4 +1,5 @@
-//! The `portcullis` binary: run the gate, check a name, validate a config.
+//! The `portcullis` binary: run the gate, check a name, validate a config, print a
+//! client's proxy variables.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use portcullis::app::{Gate, Listeners, load_all, load_config, upstream_pool};
+use portcullis::config::Config;
 use portcullis::lists::refresh::fetch_into_cache;
 use portcullis::sys::tune_allocator;
 
@@ -88,11 +90,57 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// Print the proxy variables a client container needs (HTTPS_PROXY, NO_PROXY,
+    /// JAVA_TOOL_OPTIONS, git's...), from `[proxy] listen` or --proxy.
+    Env {
+        /// The proxy's address as the clients reach it (a name or an IP, and the port);
+        /// needed when the proxy listens on a wildcard address such as 0.0.0.0:3128.
+        #[arg(long, value_name = "HOST:PORT")]
+        proxy: Option<String>,
+        /// More NO_PROXY entries: the client's own tier (comma-separated or repeated).
+        #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+        no_proxy: Vec<String>,
+        /// shell (`export K='V'`), compose (an `environment:` mapping) or kubernetes (an
+        /// `env:` list).
+        #[arg(long, value_enum, default_value_t = EnvFormatArg::Shell)]
+        format: EnvFormatArg,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Kubernetes: manifests derived from the configuration.
+    K8s {
+        #[command(subcommand)]
+        command: K8sCommand,
+    },
+    /// Sleep SECS seconds, then exit 0: a preStop hook for clusters before Kubernetes 1.30
+    /// (no `sleep` action there, and the image has no shell nor sleep binary).
+    Sleep { secs: u64 },
+}
+
+#[derive(Subcommand)]
+enum K8sCommand {
+    /// Print the gate's NetworkPolicy (ingress from the listeners, egress to every port the
+    /// configuration dials); with --policy, check a policy file against them instead.
+    Networkpolicy {
+        /// Read portcullis.toml and the allowlist it names from this ConfigMap manifest
+        /// (as the pod that mounts it does) instead of --config.
+        #[arg(long, value_name = "FILE")]
+        configmap: Option<PathBuf>,
+        /// Print no policy: name every port the configuration dials that this NetworkPolicy
+        /// manifest does not let the gate out on, with the rules that need it; exit 1 if any.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EnvFormatArg {
+    Shell,
+    Compose,
+    Kubernetes,
 }
 
 #[derive(Subcommand)]
@@ -127,9 +175,25 @@ fn main() -> ExitCode {
             json,
         } => lists_fetch(cli.config.as_deref(), json),
         Command::Health { url, timeout } => health(&url, timeout),
+        Command::Env {
+            proxy,
+            no_proxy,
+            format,
+        } => env(cli.config.as_deref(), proxy.as_deref(), &no_proxy, format),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(file.as_deref().or(cli.config.as_deref())),
+        Command::K8s {
+            command: K8sCommand::Networkpolicy { configmap, policy },
+        } => k8s_networkpolicy(
+            cli.config.as_deref(),
+            configmap.as_deref(),
+            policy.as_deref(),
+        ),
+        Command::Sleep { secs } => {
+            std::thread::sleep(Duration::from_secs(secs));
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -165,6 +229,44 @@ fn check(
     } else {
         out!("{explanation}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn env(
+    path: Option<&Path>,
+    proxy: Option<&str>,
+    no_proxy: &[String],
+    format: EnvFormatArg,
+) -> anyhow::Result<ExitCode> {
+    use portcullis::app::env::{self, EnvFormat, ProxyEndpoint};
+    let endpoint = match proxy {
+        Some(text) => ProxyEndpoint::parse(text).map_err(|e| anyhow::anyhow!("--proxy: {e}"))?,
+        None => {
+            // The configuration's `[proxy] listen`, with its PORTCULLIS_* overrides; not the
+            // admin token (a client's environment has nothing to do with it).
+            let mut config = match path {
+                Some(path) => Config::load(path)?,
+                None => Config::builtin()?,
+            };
+            config.apply_env(std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")))?;
+            ProxyEndpoint::from_config(&config).map_err(anyhow::Error::msg)?
+        }
+    };
+    let no_proxy: Vec<String> = no_proxy
+        .iter()
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    for entry in &no_proxy {
+        env::check_no_proxy_entry(entry).map_err(anyhow::Error::msg)?;
+    }
+    let format = match format {
+        EnvFormatArg::Shell => EnvFormat::Shell,
+        EnvFormatArg::Compose => EnvFormat::Compose,
+        EnvFormatArg::Kubernetes => EnvFormat::Kubernetes,
+    };
+    let vars = env::client_env(&endpoint, &no_proxy);
+    out!("{}", env::render(&vars, &endpoint, format));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -205,6 +307,71 @@ fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn k8s_networkpolicy(
+    path: Option<&Path>,
+    configmap: Option<&Path>,
+    policy: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    use portcullis::app::k8s;
+    // The file alone: the Deployment sets no PORTCULLIS_* variable, and the token is
+    // no business of a network policy.
+    let (config, rules) = match (configmap, path) {
+        (Some(configmap), _) => k8s::from_configmap(configmap)?,
+        (None, path) => {
+            let config = match path {
+                Some(path) => Config::load(path)?,
+                None => Config::builtin()?,
+            };
+            let rules = k8s::allow_rules(&config)?;
+            (config, rules)
+        }
+    };
+    let ports = k8s::gate_ports(&config, &rules)?;
+    for warning in &ports.warnings {
+        eprintln!("portcullis: warning: {warning}");
+    }
+    let Some(policy) = policy else {
+        out!("{}", k8s::render(&ports));
+        return Ok(ExitCode::SUCCESS);
+    };
+    let file = policy.display().to_string();
+    let text = std::fs::read_to_string(policy).with_context(|| format!("{file}: cannot read"))?;
+    match k8s::check_policy(&ports, &text, &file)? {
+        None => {
+            outln!(
+                "{file}: no NetworkPolicy restricts the gate's egress (namespace {}, pods {}={}): every port is open",
+                k8s::NAMESPACE,
+                k8s::APP_LABEL,
+                k8s::APP
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(missing) if missing.is_empty() => {
+            outln!(
+                "{file}: opens all {} egress ports the configuration dials",
+                ports.egress.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(missing) => {
+            for m in &missing {
+                eprintln!(
+                    "portcullis: {file} does not let the gate out on {} {} to {}, which these need:",
+                    m.egress.protocol, m.egress.port, m.egress.to
+                );
+                for reason in &m.reasons {
+                    eprintln!("  {}", reason.detail);
+                }
+            }
+            eprintln!(
+                "portcullis: {} egress port(s) shut: regenerate the policy (`portcullis k8s networkpolicy`)",
+                missing.len()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn lists_status(path: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {

@@ -11,7 +11,7 @@
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `ok` while the process serves |
-//! | `GET /readyz` | 200 when the rules are loaded and an upstream is healthy, else 503 and why |
+//! | `GET /readyz` | 200 when the rules are loaded and an upstream is healthy, else 503 and why (503 `draining` from SIGTERM on) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /api/explain?name=N&client=IP&qtype=T` | the decision trail of `portcullis check --json` |
 //! | `GET /api/lists` | every list source's status, as `portcullis lists --json` |
@@ -25,6 +25,7 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,6 +52,9 @@ pub struct AdminState {
     pub shared: Arc<Shared>,
     pub filter: Arc<Filter>,
     pub lists: Lists,
+    /// Set when the gate stops (SIGTERM): from then on /readyz answers 503, while the
+    /// front doors drain and this listener keeps answering until they are done.
+    pub draining: AtomicBool,
 }
 
 impl AdminState {
@@ -106,6 +110,9 @@ impl AdminState {
     /// `None` when ready, else why not.
     fn not_ready(&self) -> Option<String> {
         let mut why = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            why.push("draining: stopping, in-flight queries and tunnels are finishing".to_owned());
+        }
         if !self.lists.ready() {
             let waiting: Vec<String> = self
                 .lists

@@ -6,12 +6,15 @@
 //! those listeners until the shutdown signal, then drains. `main`, the tests and the bench
 //! harnesses all start the gate this way. The reload loop is in [`reload`].
 
+pub mod env;
+pub mod k8s;
 pub mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -185,10 +188,13 @@ impl Gate {
     pub async fn build(config: Config, path: Option<PathBuf>) -> anyhow::Result<Gate> {
         // What the running configuration is built from, taken before the allowlist and
         // the lists are read: an edit from here on is a change to reload.
-        let loaded_from = crate::config::watch::loaded_fingerprint(path.as_deref(), &config);
-        let loaded = tokio::task::spawn_blocking({
+        let (loaded_from, loaded) = tokio::task::spawn_blocking({
             let config = config.clone();
-            move || build_policy(&config)
+            let path = path.clone();
+            move || {
+                let from = crate::config::watch::loaded_fingerprint(path.as_deref(), &config);
+                build_policy(&config).map(|loaded| (from, loaded))
+            }
         })
         .await??;
         log_loaded(&loaded);
@@ -287,6 +293,7 @@ impl Gate {
             shared: self.shared.clone(),
             filter: self.filter.clone(),
             lists: self.lists.clone(),
+            draining: AtomicBool::new(false),
         });
         let reload = tokio::spawn(reload::reload_loop(
             self.path.clone(),
@@ -296,10 +303,17 @@ impl Gate {
         ));
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
+        tokio::spawn({
+            let admin_state = admin_state.clone();
+            async move {
+                shutdown.await;
+                // Not ready from the first moment of the drain (the probe's 503 says why);
+                // the admin listener itself stays up until the front doors are done.
+                admin_state.draining.store(true, Ordering::Relaxed);
+                let _ = stop_tx.send(true);
+            }
         });
+        let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
@@ -310,26 +324,33 @@ impl Gate {
                 tracing::info!("stopping: finishing in-flight queries and tunnels");
             }
         };
-        let (dns, proxy, routed, admin) = tokio::join!(
-            server::serve(
-                listeners.dns,
-                self.filter.clone(),
-                Duration::from_secs(config.dns.tcp_idle_secs),
-                config.log.allowed_queries,
-                dns_stop,
-            ),
-            crate::proxy::serve(
-                listeners.proxy,
-                proxy_state.clone(),
-                stopped(stop_rx.clone())
-            ),
-            crate::routed::serve(
-                listeners.routed_tls,
-                listeners.routed_http,
-                proxy_state,
-                stopped(stop_rx.clone()),
-            ),
-            crate::admin::serve(listeners.admin, admin_state, stopped(stop_rx)),
+        let front_doors = async {
+            let done = tokio::join!(
+                server::serve(
+                    listeners.dns,
+                    self.filter.clone(),
+                    Duration::from_secs(config.dns.tcp_idle_secs),
+                    config.log.allowed_queries,
+                    dns_stop,
+                ),
+                crate::proxy::serve(
+                    listeners.proxy,
+                    proxy_state.clone(),
+                    stopped(stop_rx.clone())
+                ),
+                crate::routed::serve(
+                    listeners.routed_tls,
+                    listeners.routed_http,
+                    proxy_state,
+                    stopped(stop_rx.clone()),
+                ),
+            );
+            let _ = drained_tx.send(true);
+            done
+        };
+        let ((dns, proxy, routed), admin) = tokio::join!(
+            front_doors,
+            crate::admin::serve(listeners.admin, admin_state, stopped(drained_rx)),
         );
         reload.abort();
         dns?;

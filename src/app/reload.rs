@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::config::watch::{ConfigWatcher, Fingerprint, fingerprint, watched_files};
+use crate::config::watch::{ConfigWatcher, Fingerprint, fingerprint_off, watched_files};
 use crate::dns::filter::{Filter, FilterSettings};
 use crate::lists::load::Loaded;
 use crate::lists::refresh::Lists;
@@ -40,7 +40,10 @@ pub async fn reload_loop(
                 None => std::future::pending().await,
             }
         };
-        let missed = watcher.as_ref().and_then(ConfigWatcher::missed_change);
+        let missed = match watcher.as_ref() {
+            Some(watcher) => watcher.missed_change().await,
+            None => None,
+        };
         let changed = async {
             match (missed, watcher.as_mut()) {
                 (Some(now), _) => now,
@@ -52,7 +55,7 @@ pub async fn reload_loop(
         // reload runs is seen as a change next time.
         let trigger = tokio::select! {
             _ = hangup => {
-                loaded = fingerprint(&files);
+                loaded = fingerprint_off(files.clone()).await;
                 "SIGHUP"
             }
             now = changed => {
@@ -70,7 +73,7 @@ pub async fn reload_loop(
                 let now_read = watched_files(path.as_deref(), &config);
                 if now_read != files {
                     files = now_read;
-                    loaded = fingerprint(&files);
+                    loaded = fingerprint_off(files.clone()).await;
                 }
                 put_in_force(&lists, &filter, config, built).await;
                 tracing::info!(trigger, "configuration reloaded");

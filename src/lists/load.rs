@@ -116,7 +116,7 @@ fn suffixes_of(config: &Config) -> Result<Arc<Suffixes>, ConfigError> {
 }
 
 /// The operator's allow rules: the `allowlist` file, or the built-in one when none is named.
-fn allow_rules_of(config: &Config, groups: &Groups) -> Result<Vec<AllowRule>, ConfigError> {
+pub fn allow_rules_of(config: &Config, groups: &Groups) -> Result<Vec<AllowRule>, ConfigError> {
     let (allow_text, allow_file) = match &config.allowlist {
         Some(path) => {
             let path = config.resolve(path);

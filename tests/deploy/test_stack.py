@@ -6,7 +6,9 @@ Kubernetes manifests in deploy/k8s/, and the final stage of ./Dockerfile, and ch
 the deployment promises: the gate is the agents' only way out, every service is hardened,
 the mounted configuration file is the single source of the gate's settings (no
 PORTCULLIS_* variable overrides it, neither in the image nor in the stack), and the
-configuration the stack ships is one the real binary accepts.
+configuration the stack ships is one the real binary accepts, and the gate's Kubernetes
+NetworkPolicy is the one the binary derives from the shipped ConfigMap (its allowlist's
+ports, its upstreams', its listeners').
 
 Each property is a `check_*` function that returns the problems it finds (an empty list
 when the property holds). `StackTests` asserts every check passes on the files;
@@ -53,6 +55,12 @@ GATE = "portcullis"
 AGENT_TIER = ("agent", "litellm")
 ADMIN_PORT = 9953
 PROXY_PORT = 3128
+# Routed mode's listeners: the ports agents dial (the gate dials origins on the same port).
+ROUTED_TLS_PORT = 443
+ROUTED_HTTP_PORT = 80
+# What a client in routed mode must not be given: proxy settings (of any case) send its
+# traffic to the proxy instead, and their absence is what routed mode is for.
+PROXY_ENV = {"https_proxy", "http_proxy", "all_proxy", "no_proxy", "grpc_proxy", "node_use_env_proxy"}
 HEALTHCHECK = ["CMD", "/usr/local/bin/portcullis", "health"]
 TMPFS_FLAGS = {"noexec", "nosuid", "nodev"}
 PRIVATE_V4 = [
@@ -64,13 +72,18 @@ CONFIG_MOUNT = "/etc/portcullis"
 IMAGE_ENV = {"PORTCULLIS_CONFIG": f"{CONFIG_MOUNT}/portcullis.toml"}
 CACHE_MOUNT = "/var/cache/portcullis"
 # `[proxy] drain_secs` when the file does not set it, and the least time a grace period
-# must leave after it for the gate to close the rest and exit.
+# must leave after it (and after a preStop hook) for the gate to close the rest and exit.
 DEFAULT_DRAIN_SECS = 20
 GRACE_MARGIN_SECS = 5
 # Compose's stop_grace_period and Kubernetes' terminationGracePeriodSeconds when unset.
 COMPOSE_DEFAULT_GRACE = 10
 K8S_DEFAULT_GRACE = 30
 SECRETS_DIR = "/run/secrets"
+# The gate's own NetworkPolicy: generated from the ConfigMap by the binary, never edited.
+GATE_POLICY_FILE = "networkpolicy-gate.yaml"
+# The least preStop delay that lets the endpoints controller and kube-proxy drop a pod
+# from the Services before the gate stops accepting.
+MIN_PRESTOP_SECS = 5
 
 
 def binary():
@@ -113,6 +126,8 @@ class Stack:
                 continue
             with open(path, encoding="utf-8") as f:
                 self.k8s.extend((name, d) for d in yaml.safe_load_all(f) if d)
+        # The generated policy's text, compared byte for byte with the binary's output.
+        self.gate_policy_text = read_text(K8S_DIR / GATE_POLICY_FILE)
 
     @property
     def image_env(self):
@@ -381,13 +396,52 @@ def check_agent_tier_dns_is_gate(stack):
     return problems
 
 
+def dns_mode(config, group):
+    """The DNS mode of `group` in a gate configuration (`[dns] modes`, else `mode`)."""
+    dns = config.get("dns") or {}
+    return (dns.get("modes") or {}).get(group, dns.get("mode", "public"))
+
+
+def group_of(groups, networks):
+    """The group whose CIDRs hold every one of `networks` with the longest prefix, as the
+    gate picks a client's group (longest prefix wins), or `default`."""
+    best, best_len = "default", -1
+    for name, cidrs in (groups or {}).items():
+        for cidr in cidrs:
+            net = ipaddress.ip_network(cidr)
+            if networks and all(n.version == net.version and n.subnet_of(net) for n in networks):
+                if net.prefixlen > best_len:
+                    best, best_len = name, net.prefixlen
+    return best
+
+
+def service_group(stack, svc):
+    """The client group of an agent-tier service: by its static address on the gate's
+    network, else by the network's dynamic range (where Docker puts it)."""
+    net = gate_agent_network(stack)
+    settings = service_networks(stack.services().get(svc, {})).get(net, {})
+    if settings.get("ipv4_address"):
+        nets = [ipaddress.ip_network(f"{settings['ipv4_address']}/32")]
+    else:
+        config = ((stack.networks().get(net) or {}).get("ipam") or {}).get("config", [])
+        nets = [ipaddress.ip_network(c.get("ip_range") or c["subnet"]) for c in config if c.get("subnet")]
+    return group_of(stack.gate_config.get("groups"), nets)
+
+
+def routed_listen(config, key):
+    return listen_ips((config.get("routed") or {}).get(key, []))
+
+
 def check_agent_tier_proxy_env(stack):
+    """Services in a group that is not in routed mode reach the outside through the proxy."""
     problems = []
     net = gate_agent_network(stack)
     gate_hosts = {GATE, gate_static_ip(stack, net)}
     proxy_listen = effective_listen(stack, "proxy")
     proxy_ports = {p for h, p in proxy_listen if h in gate_hosts | {"0.0.0.0"}}
     for svc in AGENT_TIER:
+        if dns_mode(stack.gate_config, service_group(stack, svc)) == "routed":
+            continue
         env = env_of(stack.services().get(svc, {}))
         for var in ("HTTPS_PROXY", "HTTP_PROXY"):
             values = [env.get(var)] + ([env[var.lower()]] if var.lower() in env else [])
@@ -405,6 +459,47 @@ def check_agent_tier_proxy_env(stack):
         others = [s for s in AGENT_TIER if s != svc]
         if not any(o in no_proxy for o in others):
             problems.append(f"{svc}: NO_PROXY {no_proxy} does not name its own tier {others}")
+    return problems
+
+
+def check_compose_routed_agent(stack):
+    """The agent is in routed mode: no proxy variable, the gate's DNS answers its allowed
+    names with the gate's agent-tier address, and the routed listeners serve that address
+    on 443 and 80, and no other network of the gate."""
+    problems = []
+    net = gate_agent_network(stack)
+    ip = gate_static_ip(stack, net)
+    config = stack.gate_config
+    group = service_group(stack, "agent")
+    if dns_mode(config, group) != "routed":
+        problems.append(f"agent: its group {group} is in DNS mode {dns_mode(config, group)!r}, not routed")
+    routed = [s for s in AGENT_TIER if dns_mode(config, service_group(stack, s)) == "routed"]
+    for svc in routed:
+        env = env_of(stack.services().get(svc, {}))
+        for var in sorted(k for k in env if k.lower() in PROXY_ENV):
+            problems.append(f"{svc}: routed mode, yet {var} is set (its clients would use the proxy)")
+        if stack.services().get(svc, {}).get("env_file"):
+            problems.append(f"{svc}: env_file can set proxy variables unseen")
+        addresses = ((config.get("dns") or {}).get("routed_addresses") or {}).get(service_group(stack, svc))
+        if addresses is not None and [str(a) for a in addresses] != [ip]:
+            problems.append(f"{svc}: routed_addresses {addresses} are not the gate's agent-tier address {ip}")
+        if addresses is None and any(h != ip for h, _ in effective_listen(stack, "dns")):
+            problems.append(f"{svc}: no routed_addresses, and DNS listens beyond {ip}: answers could carry another address")
+    if not routed:
+        return problems
+    for key, port in (("tls_listen", ROUTED_TLS_PORT), ("http_listen", ROUTED_HTTP_PORT)):
+        listening = routed_listen(config, key)
+        if (ip, port) not in listening:
+            problems.append(f"[routed] {key} {listening} does not serve {ip}:{port}")
+        for host, p in listening:
+            if host != ip:
+                problems.append(f"[routed] {key} on {host}:{p}: beyond the agent tier's {ip}")
+    sysctls = stack.services().get(GATE, {}).get("sysctls") or {}
+    if isinstance(sysctls, list):
+        sysctls = dict(str(x).split("=", 1) for x in sysctls)
+    floor = sysctls.get("net.ipv4.ip_unprivileged_port_start")
+    if floor is None or int(floor) > ROUTED_HTTP_PORT:
+        problems.append(f"gate: ip_unprivileged_port_start={floor!r}: uid 65534 cannot bind {ROUTED_HTTP_PORT}")
     return problems
 
 
@@ -909,16 +1004,40 @@ def check_k8s_admin_token(stack):
     return [f"token_file {token} is not on a Secret volume mount"]
 
 
+def prestop_secs(container):
+    """Seconds of the container's preStop delay: the `sleep` action, or the exec of
+    `portcullis sleep N` (clusters before 1.30); None without one we can read."""
+    pre = ((container.get("lifecycle") or {}).get("preStop")) or {}
+    if "sleep" in pre:
+        seconds = (pre["sleep"] or {}).get("seconds")
+        return seconds if isinstance(seconds, int) else None
+    command = [str(c) for c in ((pre.get("exec") or {}).get("command") or [])]
+    if len(command) == 3 and PurePosixPath(command[0]).name == "portcullis" and command[1] == "sleep" and command[2].isdigit():
+        return int(command[2])
+    return None
+
+
 def check_k8s_termination_grace(stack):
-    """The kubelet waits longer than `[proxy] drain_secs` before it kills the gate."""
+    """A stopping pod first sleeps in preStop (the Services drop it meanwhile), then drains
+    for `[proxy] drain_secs`; the kubelet's grace period, counted from the preStop hook,
+    covers both and a margin before it kills the gate."""
     cm = k8s_gate_config(stack)
     if not cm:
         return ["no ConfigMap with portcullis.toml"]
     drain = drain_secs(tomllib.loads(cm["data"]["portcullis.toml"]))
     grace = pod_spec(stack).get("terminationGracePeriodSeconds", K8S_DEFAULT_GRACE)
-    if grace < drain + GRACE_MARGIN_SECS:
-        return [f"terminationGracePeriodSeconds {grace} is not at least drain_secs {drain} + {GRACE_MARGIN_SECS}"]
-    return []
+    pre = prestop_secs(gate_container(stack))
+    problems = []
+    if pre is None:
+        problems.append("no preStop sleep: a terminating gate stops accepting while the Services still send it queries")
+        pre = 0
+    elif pre < MIN_PRESTOP_SECS:
+        problems.append(f"preStop sleeps {pre} s, less than {MIN_PRESTOP_SECS} s for the Services to drop the pod")
+    if grace < pre + drain + GRACE_MARGIN_SECS:
+        problems.append(
+            f"terminationGracePeriodSeconds {grace} is not at least preStop {pre} + drain_secs {drain} + {GRACE_MARGIN_SECS}"
+        )
+    return problems
 
 
 def check_k8s_ports(stack):
@@ -957,6 +1076,79 @@ def check_k8s_ports(stack):
     for proto in ("UDP", "TCP"):
         if (proto, [5353]) not in dns_services:
             problems.append(f"no Service maps 53/{proto} to 5353")
+    return problems
+
+
+def service_target_ports(stack, service):
+    """(service port, protocol, container port numbers) of a Service."""
+    out = []
+    for port in (service.get("spec") or {}).get("ports") or []:
+        target = container_port(stack, port.get("targetPort", port.get("port")))
+        out.append((port.get("port"), port.get("protocol", "TCP"), [p for p, _ in target]))
+    return out
+
+
+def check_k8s_routed(stack):
+    """Agents in routed mode: routed_addresses is the fixed clusterIP of a Service that maps
+    443 and 80 to the same ports of the pods (the gate dials the origin on the port a
+    connection came in on), the gate listens there and may bind them, and the agents'
+    NetworkPolicies let them reach those ports of the gate, and only the gate's."""
+    cm = k8s_gate_config(stack)
+    if not cm:
+        return ["no ConfigMap with portcullis.toml"]
+    config = tomllib.loads(cm["data"]["portcullis.toml"])
+    problems = []
+    if dns_mode(config, "agent") != "routed":
+        problems.append(f"group agent is in DNS mode {dns_mode(config, 'agent')!r}, not routed")
+    addresses = ((config.get("dns") or {}).get("routed_addresses") or {}).get("agent")
+    if not addresses:
+        problems.append("no routed_addresses for agent: behind a Service a query arrives on the pod's address")
+    routed_services = []
+    for svc in stack.k8s_kind("Service"):
+        ports = {(p, proto) for p, proto, _ in service_target_ports(stack, svc)}
+        if (ROUTED_TLS_PORT, "TCP") in ports:
+            routed_services.append(svc)
+    if len(routed_services) != 1:
+        return problems + [f"{len(routed_services)} Services on port {ROUTED_TLS_PORT}, need one"]
+    svc = routed_services[0]
+    name, cluster_ip = svc["metadata"]["name"], (svc.get("spec") or {}).get("clusterIP")
+    if not cluster_ip or cluster_ip == "None":
+        problems.append(f"service {name} has no fixed clusterIP for routed_addresses to name")
+    elif addresses and [str(a) for a in addresses] != [cluster_ip]:
+        problems.append(f"routed_addresses {addresses} are not service {name}'s clusterIP {cluster_ip}")
+    targets = {(p, proto): t for p, proto, t in service_target_ports(stack, svc)}
+    for port in (ROUTED_TLS_PORT, ROUTED_HTTP_PORT):
+        if targets.get((port, "TCP")) != [port]:
+            problems.append(f"service {name} maps {port}/TCP to {targets.get((port, 'TCP'))}, not the pods' {port}")
+    for key, port in (("tls_listen", ROUTED_TLS_PORT), ("http_listen", ROUTED_HTTP_PORT)):
+        if port not in [p for _, p in routed_listen(config, key)]:
+            problems.append(f"[routed] {key} {routed_listen(config, key)} does not serve port {port}")
+    sysctls = {s.get("name"): s.get("value") for s in (pod_spec(stack).get("securityContext") or {}).get("sysctls") or []}
+    floor = sysctls.get("net.ipv4.ip_unprivileged_port_start")
+    if floor is None or int(floor) > ROUTED_HTTP_PORT:
+        problems.append(f"pod sysctl ip_unprivileged_port_start={floor!r}: uid 65534 cannot bind {ROUTED_HTTP_PORT}")
+    reach = set()
+    for p in policies(stack, "agents"):
+        for rule in p["spec"].get("egress") or []:
+            if rule.get("to") and all(selects_gate(peer, stack) for peer in rule["to"]):
+                reach |= {(x.get("protocol", "TCP"), x.get("port")) for x in rule.get("ports") or []}
+    gate_ns = deployment(stack).get("metadata", {}).get("namespace")
+    admitted = set()
+    for p in policies(stack, gate_ns):
+        if not matches(p["spec"].get("podSelector") or {}, pod_labels(stack)):
+            continue
+        for rule in p["spec"].get("ingress") or []:
+            from_agents = any(
+                ((peer.get("namespaceSelector") or {}).get("matchLabels") or {}).get("kubernetes.io/metadata.name") == "agents"
+                for peer in rule.get("from") or []
+            )
+            if from_agents:
+                admitted |= {(x.get("protocol", "TCP"), x.get("port")) for x in rule.get("ports") or []}
+    for port in (ROUTED_TLS_PORT, ROUTED_HTTP_PORT):
+        if ("TCP", port) not in reach:
+            problems.append(f"agents' NetworkPolicy does not let them reach the gate on TCP {port}")
+        if ("TCP", port) not in admitted:
+            problems.append(f"the gate's NetworkPolicy does not admit the agents on TCP {port}")
     return problems
 
 
@@ -1008,7 +1200,10 @@ def check_k8s_agents_reach_only_gate(stack):
     ]
     if not default_deny:
         problems.append("agents: no default-deny policy (podSelector {}, Ingress and Egress, no rules)")
-    allowed = {("UDP", 53), ("TCP", 53), ("UDP", 5353), ("TCP", 5353), ("TCP", PROXY_PORT)}
+    allowed = {
+        ("UDP", 53), ("TCP", 53), ("UDP", 5353), ("TCP", 5353), ("TCP", PROXY_PORT),
+        ("TCP", ROUTED_TLS_PORT), ("TCP", ROUTED_HTTP_PORT),
+    }
     egress_rules = 0
     for p in agents:
         for rule in p["spec"].get("ingress") or []:
@@ -1032,7 +1227,10 @@ def check_k8s_agents_reach_only_gate(stack):
     return problems
 
 
-def check_k8s_gate_egress_443_853(stack):
+def check_k8s_gate_egress_public_only(stack):
+    """The gate's egress: some ports (which ones: the generated policy, checked against the
+    binary below), to addresses outside private space, or to one private address that the
+    configuration names by IP; never to cluster peers, never on every port."""
     problems = []
     gate_ns = deployment(stack).get("metadata", {}).get("namespace")
     gate_policies = [
@@ -1049,8 +1247,8 @@ def check_k8s_gate_egress_443_853(stack):
             if not ports:
                 problems.append(f"{p['metadata']['name']}: gate egress on every port")
             for port in ports or []:
-                if (port.get("protocol", "TCP"), port.get("port")) not in {("TCP", 443), ("TCP", 853)} or port.get("endPort"):
-                    problems.append(f"{p['metadata']['name']}: gate egress port {port}")
+                if not isinstance(port.get("port"), int) or port.get("endPort"):
+                    problems.append(f"{p['metadata']['name']}: gate egress port {port}: not one numbered port")
             peers = rule.get("to")
             if not peers:
                 problems.append(f"{p['metadata']['name']}: gate egress to anywhere")
@@ -1061,6 +1259,8 @@ def check_k8s_gate_egress_443_853(stack):
                     continue
                 cidr = ipaddress.ip_network(block["cidr"])
                 excepted = [ipaddress.ip_network(e) for e in block.get("except") or []]
+                if cidr.num_addresses == 1:
+                    continue  # one address the configuration names (an upstream, a private rule)
                 if cidr.version == 4:
                     for private in PRIVATE_V4:
                         if private.subnet_of(cidr) and not any(private.subnet_of(e) for e in excepted):
@@ -1112,6 +1312,46 @@ def check_k8s_gate_ingress(stack):
 # The real binary
 
 
+def generate_gate_policy(cm):
+    """`portcullis k8s networkpolicy` of the ConfigMap's files, written out as the pod sees
+    them: (ok, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = write_configmap(cm, tmp)
+        result = subprocess.run(
+            [str(binary()), "k8s", "networkpolicy", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, env=env, check=False,
+        )
+    return result.returncode == 0, result.stdout, result.stderr
+
+
+def check_k8s_gate_policy_generated(stack):
+    """The gate's NetworkPolicy is exactly what the binary derives from the ConfigMap's
+    portcullis.toml and allowlist.toml: a port an allow rule, an upstream, a list or a
+    listener needs is open, and nothing else (needs the binary)."""
+    cm = k8s_gate_config(stack)
+    if not cm:
+        return ["no ConfigMap with portcullis.toml"]
+    if stack.gate_policy_text is None:
+        return [f"no deploy/k8s/{GATE_POLICY_FILE}"]
+    if GATE_POLICY_FILE not in stack.kustomization.get("resources", []):
+        return [f"kustomization.yaml does not apply {GATE_POLICY_FILE}"]
+    ok, generated, err = generate_gate_policy(cm)
+    if not ok:
+        return [f"portcullis k8s networkpolicy failed: {err.strip()}"]
+    if generated == stack.gate_policy_text:
+        return []
+    import difflib
+    diff = "".join(difflib.unified_diff(
+        stack.gate_policy_text.splitlines(True), generated.splitlines(True),
+        f"deploy/k8s/{GATE_POLICY_FILE}", "generated from deploy/k8s/configmap.yaml",
+    ))
+    return [
+        f"deploy/k8s/{GATE_POLICY_FILE} is not what the ConfigMap needs; regenerate it:\n"
+        f"  portcullis k8s networkpolicy --configmap deploy/k8s/configmap.yaml > deploy/k8s/{GATE_POLICY_FILE}\n{diff}"
+    ]
+
+
 def config_check(config_path, extra_env=None):
     """(ok, output) of `portcullis config check FILE` (no PORTCULLIS_* from this process)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
@@ -1151,6 +1391,7 @@ CHECKS = [
     check_only_gate_on_egress,
     check_agent_tier_dns_is_gate,
     check_agent_tier_proxy_env,
+    check_compose_routed_agent,
     check_published_ports,
     check_services_hardened,
     check_gate_sysctl_and_healthcheck,
@@ -1170,9 +1411,10 @@ CHECKS = [
     check_k8s_admin_token,
     check_k8s_termination_grace,
     check_k8s_ports,
+    check_k8s_routed,
     check_k8s_pdb_and_namespace,
     check_k8s_agents_reach_only_gate,
-    check_k8s_gate_egress_443_853,
+    check_k8s_gate_egress_public_only,
     check_k8s_gate_ingress,
 ]
 
@@ -1282,6 +1524,66 @@ class ConfigCheckTests(unittest.TestCase):
         self.assertIn("nobody", out)
 
 
+class GeneratedPolicyTests(unittest.TestCase):
+    """The gate's NetworkPolicy is the binary's derivation of the shipped ConfigMap, and a
+    configuration that needs another port fails the check until it is regenerated."""
+
+    def setUp(self):
+        if binary() is None:
+            where = os.environ.get("PORTCULLIS_BIN", "target/debug/portcullis")
+            self.skipTest(f"no portcullis binary at {where} (cargo build, or set PORTCULLIS_BIN)")
+        self.stack = Stack()
+
+    def test_shipped_policy_is_generated(self):
+        problems = check_k8s_gate_policy_generated(self.stack)
+        self.assertEqual([], problems, "\n".join(problems))
+
+    def test_the_regeneration_command_gives_the_same_file(self):
+        """The command the file's header and README give, reading the ConfigMap itself."""
+        result = subprocess.run(
+            [str(binary()), "k8s", "networkpolicy", "--configmap", str(K8S_DIR / "configmap.yaml")],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")},
+        )
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertEqual(self.stack.gate_policy_text, result.stdout)
+
+    def test_mutations_are_caught(self):
+        for what, mutate in GENERATED_POLICY_MUTATIONS:
+            with self.subTest(broken=what):
+                broken = copy.deepcopy(self.stack)
+                mutate(broken)
+                self.assertNotEqual([], check_k8s_gate_policy_generated(broken), f"missed: {what}")
+
+    def test_unused_settings_open_nothing(self):
+        """public_connect_ports of a configuration with no group in public or report mode,
+        and allow rules' groups, change nothing: the policy follows what is dialled."""
+        changed = copy.deepcopy(self.stack)
+        _cm_replace("public_connect_ports = [443]", "public_connect_ports = [443, 8443]")(changed)
+        self.assertEqual([], check_k8s_gate_policy_generated(changed))
+
+    def test_policy_flag_names_the_rule_that_needs_a_port(self):
+        """`--policy` against the shipped policy: quiet on the shipped ConfigMap; on one with
+        an 8443 rule, exit 1 naming the port and the rule's file and line."""
+        def run(stack):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+            with tempfile.TemporaryDirectory() as tmp:
+                config = write_configmap(k8s_gate_config(stack), tmp)
+                return subprocess.run(
+                    [str(binary()), "k8s", "networkpolicy", "--config", str(config),
+                     "--policy", str(K8S_DIR / GATE_POLICY_FILE)],
+                    capture_output=True, text=True, timeout=120, env=env, check=False,
+                )
+        shipped = run(self.stack)
+        self.assertEqual(0, shipped.returncode, shipped.stdout + shipped.stderr)
+        broken = copy.deepcopy(self.stack)
+        _cm_allow(ALT_PORT_RULE)(broken)
+        result = run(broken)
+        self.assertEqual(1, result.returncode, result.stdout + result.stderr)
+        self.assertIn("TCP 8443", result.stderr)
+        self.assertRegex(result.stderr, r"allowlist\.toml:\d+: allow rule `alt-port\.example` \(ports \[8443\]\)")
+
+
 def _svc(name):
     return lambda s: s.compose["services"][name]
 
@@ -1355,6 +1657,23 @@ def _cm_replace(old, new):
     return mutate
 
 
+def _cm_allow(text):
+    """Appends allow rules to a copy of the ConfigMap's allowlist.toml."""
+    def mutate(stack):
+        _k8s("ConfigMap")(stack)["data"]["allowlist.toml"] += text
+    return mutate
+
+
+ALT_PORT_RULE = '\n[[allow]]\nhost = "alt-port.example"\nports = [8443]\n'
+
+
+def _gate_policy_text_replace(old, new):
+    def mutate(stack):
+        assert old in stack.gate_policy_text, old
+        stack.gate_policy_text = stack.gate_policy_text.replace(old, new, 1)
+    return mutate
+
+
 def _gate_volumes(volumes):
     return _set(_svc(GATE), "volumes", volumes)
 
@@ -1392,11 +1711,22 @@ MUTATIONS = [
     (check_agent_tier_dns_is_gate, "litellm without dns", _delete(_svc("litellm"), "dns")),
     (check_agent_tier_dns_is_gate, "DNS listens on loopback only (file)", _gate_file("dns", "listen", ["127.0.0.1:53"])),
     (check_agent_tier_dns_is_gate, "DNS moved by a variable", lambda s: _gate_env(s, "PORTCULLIS_DNS_LISTEN", "172.30.0.53:5353")),
-    (check_agent_tier_proxy_env, "agent without HTTPS_PROXY", lambda s: _svc("agent")(s)["environment"].pop("HTTPS_PROXY")),
+    (check_agent_tier_proxy_env, "agent out of routed mode, no proxy variables", lambda s: s.gate_config["dns"]["modes"].__setitem__("agent", "allowlist")),
+    (check_agent_tier_proxy_env, "litellm without HTTPS_PROXY", lambda s: _svc("litellm")(s)["environment"].pop("HTTPS_PROXY")),
     (check_agent_tier_proxy_env, "litellm HTTP_PROXY elsewhere", lambda s: _svc("litellm")(s)["environment"].__setitem__("HTTP_PROXY", "http://evil.example:3128")),
-    (check_agent_tier_proxy_env, "NO_PROXY=*", lambda s: _svc("agent")(s)["environment"].__setitem__("NO_PROXY", "*")),
+    (check_agent_tier_proxy_env, "NO_PROXY=*", lambda s: _svc("litellm")(s)["environment"].__setitem__("NO_PROXY", "*")),
     (check_agent_tier_proxy_env, "no NO_PROXY", lambda s: _svc("litellm")(s)["environment"].pop("NO_PROXY")),
     (check_agent_tier_proxy_env, "proxy on another port (file)", _gate_file("proxy", "listen", ["172.30.0.53:8080"])),
+    (check_compose_routed_agent, "agent in allowlist mode", lambda s: s.gate_config["dns"]["modes"].__setitem__("agent", "allowlist")),
+    (check_compose_routed_agent, "agent gets HTTPS_PROXY", lambda s: _svc("agent")(s)["environment"].__setitem__("HTTPS_PROXY", "http://portcullis:3128")),
+    (check_compose_routed_agent, "agent gets a lower-case all_proxy", lambda s: _svc("agent")(s)["environment"].__setitem__("all_proxy", "http://portcullis:3128")),
+    (check_compose_routed_agent, "no routed TLS listener", lambda s: s.gate_config["routed"].pop("tls_listen")),
+    (check_compose_routed_agent, "routed TLS on 8443 only", _gate_file("routed", "tls_listen", ["172.30.0.53:8443"])),
+    (check_compose_routed_agent, "routed TLS on every address", _gate_file("routed", "tls_listen", ["0.0.0.0:443"])),
+    (check_compose_routed_agent, "routed HTTP on the ops network too", _gate_file("routed", "http_listen", ["172.30.0.53:80", "172.30.2.53:80"])),
+    (check_compose_routed_agent, "routed answers carry the egress address", lambda s: s.gate_config["dns"]["routed_addresses"].__setitem__("agent", ["172.30.1.53"])),
+    (check_compose_routed_agent, "no routed_addresses, DNS on every address", lambda s: [s.gate_config["dns"].pop("routed_addresses"), s.gate_config["dns"].__setitem__("listen", ["0.0.0.0:53"])]),
+    (check_compose_routed_agent, "port floor 1024", lambda s: _svc(GATE)(s)["sysctls"].__setitem__("net.ipv4.ip_unprivileged_port_start", 1024)),
     (check_published_ports, "agent publishes 8080", _set(_svc("agent"), "ports", ["8080:8080"])),
     (check_published_ports, "admin on all interfaces", _set(_svc(GATE), "ports", ["9953:9953"])),
     (check_published_ports, "DNS published on loopback", _set(_svc(GATE), "ports", ["127.0.0.1:53:53/udp"])),
@@ -1495,6 +1825,12 @@ MUTATIONS = [
     (check_k8s_admin_token, "token_file on an optional Secret", _k8s_token_secret(optional=True)),
     (check_k8s_admin_token, "token file by variable, no Secret", lambda s: _env(s, "PORTCULLIS_ADMIN_TOKEN_FILE", "/run/secrets/portcullis/admin-token")),
     (check_k8s_termination_grace, "grace 15 s", lambda s: _pod(s).__setitem__("terminationGracePeriodSeconds", 15)),
+    (check_k8s_termination_grace, "no preStop", lambda s: _container(s).pop("lifecycle")),
+    (check_k8s_termination_grace, "grace 30 s: preStop 10 + drain 20 leave no margin", lambda s: _pod(s).__setitem__("terminationGracePeriodSeconds", 30)),
+    (check_k8s_termination_grace, "preStop longer than the grace allows", lambda s: _container(s)["lifecycle"]["preStop"]["sleep"].__setitem__("seconds", 20)),
+    (check_k8s_termination_grace, "drain longer than the grace allows", _cm_replace("drain_secs = 20", "drain_secs = 30")),
+    (check_k8s_termination_grace, "preStop of 1 s", lambda s: _container(s)["lifecycle"]["preStop"]["sleep"].__setitem__("seconds", 1)),
+    (check_k8s_termination_grace, "preStop exec of a shell the image lacks", lambda s: _container(s)["lifecycle"].__setitem__("preStop", {"exec": {"command": ["sh", "-c", "sleep 10"]}})),
     (check_k8s_termination_grace, "drain longer than the default grace", lambda s: [_pod(s).pop("terminationGracePeriodSeconds"), _cm_replace("drain_secs = 20", "drain_secs = 30")(s)]),
     (check_k8s_ports, "DNS on 53 in the container (ConfigMap)", _cm_replace('listen = ["0.0.0.0:5353"]', 'listen = ["0.0.0.0:53"]')),
     (check_k8s_ports, "DNS on 53 by a variable", lambda s: _env(s, "PORTCULLIS_DNS_LISTEN", "0.0.0.0:53")),
@@ -1502,6 +1838,17 @@ MUTATIONS = [
     (check_k8s_ports, "cache off the emptyDir", _cm_replace('cache_dir = "/var/cache/portcullis/lists"', 'cache_dir = "/tmp/lists"')),
     (check_k8s_ports, "admin Service as LoadBalancer", lambda s: _k8s("Service", "portcullis-admin")(s)["spec"].__setitem__("type", "LoadBalancer")),
     (check_k8s_ports, "DNS Service only UDP", lambda s: _k8s("Service", "portcullis-dns")(s)["spec"]["ports"].pop()),
+    (check_k8s_routed, "agents in allowlist mode", _cm_replace('modes = { agent = "routed"', 'modes = { agent = "allowlist"')),
+    (check_k8s_routed, "no routed_addresses", _cm_replace('routed_addresses = { agent = ["10.96.0.53"] }', "")),
+    (check_k8s_routed, "routed_addresses not the Service's", _cm_replace('routed_addresses = { agent = ["10.96.0.53"] }', 'routed_addresses = { agent = ["10.96.0.54"] }')),
+    (check_k8s_routed, "routed Service without a fixed clusterIP", lambda s: _k8s("Service", "portcullis-routed")(s)["spec"].pop("clusterIP")),
+    (check_k8s_routed, "443 mapped to the proxy port", lambda s: _k8s("Service", "portcullis-routed")(s)["spec"]["ports"][0].__setitem__("targetPort", "proxy")),
+    (check_k8s_routed, "no routed HTTP port", lambda s: _k8s("Service", "portcullis-routed")(s)["spec"]["ports"].pop()),
+    (check_k8s_routed, "the gate listens on 8443", _cm_replace('tls_listen = ["0.0.0.0:443"]', 'tls_listen = ["0.0.0.0:8443"]')),
+    (check_k8s_routed, "no pod sysctl for port 80", lambda s: _pod(s)["securityContext"].pop("sysctls")),
+    (check_k8s_routed, "agents may not reach 443", lambda s: _agents_egress_rule(s).__setitem__("ports", [p for p in _agents_egress_rule(s)["ports"] if p["port"] != 443])),
+    (check_k8s_routed, "the gate does not admit 80", lambda s: _gate_policy(s)["ingress"][0].__setitem__("ports", [p for p in _gate_policy(s)["ingress"][0]["ports"] if p["port"] != 80])),
+    (check_k8s_agents_reach_only_gate, "agents to the gate on 8443", lambda s: _agents_egress_rule(s)["ports"].append({"protocol": "TCP", "port": 8443})),
     (check_k8s_pdb_and_namespace, "no PDB", lambda s: s.k8s.__setitem__(slice(None), [(f, d) for f, d in s.k8s if d["kind"] != "PodDisruptionBudget"])),
     (check_k8s_pdb_and_namespace, "namespace not restricted", lambda s: _k8s("Namespace", GATE)(s)["metadata"]["labels"].__setitem__("pod-security.kubernetes.io/enforce", "baseline")),
     (check_k8s_agents_reach_only_gate, "agents to kube-dns", lambda s: _agents_egress_rule(s)["to"].append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}})),
@@ -1509,12 +1856,27 @@ MUTATIONS = [
     (check_k8s_agents_reach_only_gate, "agents on every port", lambda s: _agents_egress_rule(s).pop("ports")),
     (check_k8s_agents_reach_only_gate, "agents to the admin port", lambda s: _agents_egress_rule(s)["ports"].append({"protocol": "TCP", "port": 9953})),
     (check_k8s_agents_reach_only_gate, "no default deny", lambda s: s.k8s.__setitem__(slice(None), [(f, d) for f, d in s.k8s if not (d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "agents" and d["metadata"]["name"] == "default-deny")])),
-    (check_k8s_gate_egress_443_853, "gate egress on 80", lambda s: _gate_policy(s)["egress"][0]["ports"].append({"protocol": "TCP", "port": 80})),
-    (check_k8s_gate_egress_443_853, "gate egress to the node network", lambda s: _gate_policy(s)["egress"][0]["to"][0]["ipBlock"]["except"].remove("10.0.0.0/8")),
-    (check_k8s_gate_egress_443_853, "gate egress to kube-system", lambda s: _gate_policy(s)["egress"][0]["to"].append({"namespaceSelector": {}})),
-    (check_k8s_gate_egress_443_853, "gate egress not restricted", lambda s: _gate_policy(s).__setitem__("policyTypes", ["Ingress"]) or _gate_policy(s).pop("egress")),
+    (check_k8s_gate_egress_public_only, "gate egress on every port", lambda s: _gate_policy(s)["egress"][0].pop("ports")),
+    (check_k8s_gate_egress_public_only, "gate egress on a port range", lambda s: _gate_policy(s)["egress"][0]["ports"][0].__setitem__("endPort", 65535)),
+    (check_k8s_gate_egress_public_only, "gate egress to the node network", lambda s: _gate_policy(s)["egress"][0]["to"][0]["ipBlock"]["except"].remove("10.0.0.0/8")),
+    (check_k8s_gate_egress_public_only, "gate egress to a private range", lambda s: _gate_policy(s)["egress"].append({"to": [{"ipBlock": {"cidr": "10.96.0.0/12"}}], "ports": [{"protocol": "UDP", "port": 53}]})),
+    (check_k8s_gate_egress_public_only, "gate egress to kube-system", lambda s: _gate_policy(s)["egress"][0]["to"].append({"namespaceSelector": {}})),
+    (check_k8s_gate_egress_public_only, "gate egress not restricted", lambda s: _gate_policy(s).__setitem__("policyTypes", ["Ingress"]) or _gate_policy(s).pop("egress")),
     (check_k8s_gate_ingress, "agents reach admin", lambda s: _gate_policy(s)["ingress"][0]["ports"].append({"protocol": "TCP", "port": 9953})),
     (check_k8s_gate_ingress, "ingress from anywhere", lambda s: _gate_policy(s)["ingress"].append({})),
+]
+
+# What check_k8s_gate_policy_generated (GeneratedPolicyTests, with the binary) must notice.
+GENERATED_POLICY_MUTATIONS = [
+    ("an allow rule on port 8443", _cm_allow(ALT_PORT_RULE)),
+    ("an allow rule on port 80, for one group", _cm_allow('\n[[allow]]\nhost = "plain.example"\nports = [80, 8080]\ngroups = ["agent"]\n')),
+    ("a udp:// upstream", _cm_replace('[[upstream.servers]]\nurl = "https://9.9.9.9/dns-query"', '[[upstream.servers]]\nurl = "udp://9.9.9.9:53"\n\n[[upstream.servers]]\nurl = "https://9.9.9.9/dns-query"')),
+    ("a tls:// upstream on 8853", _cm_replace('url = "https://149.112.112.112/dns-query"', 'url = "tls://149.112.112.112:8853"')),
+    ("a routed TLS port", _cm_replace('tls_listen = ["0.0.0.0:443"]', 'tls_listen = ["0.0.0.0:443"]\ntls_ports = [8443]')),
+    ("report mode opens the public ports", lambda s: [_cm_replace('mode = "allowlist"\n# Used only', 'mode = "report"\n# Used only')(s), _cm_replace("public_connect_ports = [443]", "public_connect_ports = [443, 8443]")(s)]),
+    ("the policy edited by hand: port 80 shut", _gate_policy_text_replace("        - protocol: TCP\n          port: 80\n  ", "  ")),
+    ("the policy edited by hand: an extra port", _gate_policy_text_replace("          port: 443\n", "          port: 443\n        - protocol: TCP\n          port: 22\n")),
+    ("the policy not applied", lambda s: s.kustomization["resources"].remove(GATE_POLICY_FILE)),
 ]
 
 # Changes the checks must NOT flag: the documented ways to do things right.
@@ -1524,6 +1886,8 @@ ACCEPTED = [
     (check_compose_config_directory, "long volume syntax, read-only", _gate_volumes([{"type": "bind", "source": "./portcullis", "target": "/etc/portcullis", "read_only": True}, CACHE_VOLUME])),
     (check_image_env, "ENV in the build stage only", lambda s: setattr(s, "dockerfile", s.dockerfile.replace("WORKDIR /src\n", "WORKDIR /src\nENV PORTCULLIS_DNS_LISTEN=0.0.0.0:53\n", 1))),
     (check_gate_stop_grace, "grace in minutes", _set(_svc(GATE), "stop_grace_period", "1m")),
+    (check_k8s_termination_grace, "preStop before Kubernetes 1.30: exec portcullis sleep", lambda s: _container(s)["lifecycle"].__setitem__("preStop", {"exec": {"command": ["/usr/local/bin/portcullis", "sleep", "10"]}})),
+    (check_k8s_gate_egress_public_only, "one private upstream address of the configuration's", lambda s: _gate_policy(s)["egress"].append({"to": [{"ipBlock": {"cidr": "10.96.0.10/32"}}], "ports": [{"protocol": "UDP", "port": 53}]})),
 ]
 
 

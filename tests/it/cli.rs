@@ -328,6 +328,18 @@ fn sigterm_stops_cleanly() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// The preStop hook of clusters before Kubernetes 1.30 (deploy/k8s/deployment.yaml): the
+/// image has no shell, so the gate sleeps itself.
+#[test]
+fn sleep_waits_then_exits_zero() {
+    let started = std::time::Instant::now();
+    let (ok, _, err) = run(&["sleep", "1"]);
+    assert!(ok, "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let (ok, _, err) = run(&["sleep", "ten"]);
+    assert!(!ok && err.contains("ten"), "{err}");
+}
+
 #[test]
 fn every_bound_address_is_logged() {
     let gate = Gate::start_full(CONFIG, &[("threats.txt", THREATS)], &[]);

@@ -3,14 +3,16 @@
 //! carries its module (`proxy::the_body_limit_answers_413`); scripts/test.sh reruns the
 //! ignored ones by those names.
 //!
-//! The root-only tests (`container`, `netns`, `tunnel`) and those that read ../shared are
-//! `#[ignore]`d with their reason; `cargo test --test it -- --ignored` runs them.
+//! The root-only tests (`container`, `netns`, `routed_netns`, `tunnel`) and those that read
+//! ../shared are `#[ignore]`d with their reason; `cargo test --test it -- --ignored` runs
+//! them.
 
 mod support;
 
 mod admin;
 mod app;
 mod cli;
+mod client_env;
 mod container;
 mod decision_log;
 mod dns;
@@ -23,5 +25,6 @@ mod netns;
 mod proxy;
 mod reload;
 mod routed;
+mod routed_netns;
 mod tunnel;
 mod upstream;

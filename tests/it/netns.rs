@@ -17,7 +17,8 @@
 //! Needs root, iproute2, util-linux, procps, dig, curl and ping: `#[ignore]`d for a plain
 //! `cargo test`; scripts/test.sh runs them (always under CI=true), and when they do run, a
 //! missing precondition fails them. tests/it/tunnel.rs runs a real DNS tunnel (iodine and
-//! iodined, the Debian package `iodine`) through the gate in the same kind of topology.
+//! iodined, the Debian package `iodine`) through the gate in the same kind of topology;
+//! tests/it/routed_netns.rs runs routed mode in it, with clients that ignore proxy settings.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Output;
@@ -109,16 +110,16 @@ fn internet(ns: &Netns, dir: &std::path::Path) -> Internet {
 /// A TCP listener and a UDP socket on `ip` inside a namespace that record the source of
 /// every connection and datagram they get: the receiving side of "nothing got through".
 /// Stopped and joined on drop.
-struct Sink {
-    tcp: SocketAddr,
-    udp: SocketAddr,
+pub(crate) struct Sink {
+    pub(crate) tcp: SocketAddr,
+    pub(crate) udp: SocketAddr,
     heard: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sink {
-    fn start(ns: &Netns, ip: Ipv4Addr) -> Sink {
+    pub(crate) fn start(ns: &Netns, ip: Ipv4Addr) -> Sink {
         let name = ns.name.clone();
         let heard = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -158,7 +159,7 @@ impl Sink {
         }
     }
 
-    fn heard(&self) -> Vec<String> {
+    pub(crate) fn heard(&self) -> Vec<String> {
         self.heard.lock().unwrap().clone()
     }
 
@@ -167,7 +168,7 @@ impl Sink {
     }
 
     /// Waits up to `limit` for the sink to hear anything.
-    fn wait_heard(&self, limit: Duration) -> Vec<String> {
+    pub(crate) fn wait_heard(&self, limit: Duration) -> Vec<String> {
         let deadline = Instant::now() + limit;
         while self.heard().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -187,7 +188,7 @@ impl Drop for Sink {
 
 /// ICMP echo requests the namespace's kernel has received (`Icmp: InEchos` of its
 /// /proc/net/snmp, which is per namespace).
-fn echoes_received(ns: &Netns) -> u64 {
+pub(crate) fn echoes_received(ns: &Netns) -> u64 {
     let out = ns.command("cat").arg("/proc/net/snmp").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut icmp = text.lines().filter(|l| l.starts_with("Icmp: "));
@@ -206,7 +207,7 @@ fn echoes_received(ns: &Netns) -> u64 {
 
 /// Opens a TCP connection to and sends UDP datagrams to each sink from inside `ns`
 /// (source `from`), without any proxy: what the client saw, for the failure message.
-fn direct_probes(ns: &Netns, from: Ipv4Addr, sinks: &[&Sink]) -> Vec<String> {
+pub(crate) fn direct_probes(ns: &Netns, from: Ipv4Addr, sinks: &[&Sink]) -> Vec<String> {
     let name = ns.name.clone();
     let targets: Vec<(SocketAddr, SocketAddr)> = sinks.iter().map(|s| (s.tcp, s.udp)).collect();
     std::thread::spawn(move || {
@@ -227,7 +228,7 @@ fn direct_probes(ns: &Netns, from: Ipv4Addr, sinks: &[&Sink]) -> Vec<String> {
     .unwrap()
 }
 
-fn ping(ns: &Netns, to: Ipv4Addr) -> bool {
+pub(crate) fn ping(ns: &Netns, to: Ipv4Addr) -> bool {
     ns.command("ping")
         .args(["-c", "1", "-W", "2", &to.to_string()])
         .output()
@@ -236,7 +237,7 @@ fn ping(ns: &Netns, to: Ipv4Addr) -> bool {
         .success()
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -438,7 +439,7 @@ fn log_lines_with(gate: &mut RunningGate, field: &str, value: &str) -> Vec<serde
         .collect()
 }
 
-fn print_table(table: &[(String, String, String, bool)]) {
+pub(crate) fn print_table(table: &[(String, String, String, bool)]) {
     println!("\n{:<62} {:<46} {:<28} result", "tried", "expected", "got");
     for (what, expected, got, ok) in table {
         println!(

@@ -1,7 +1,7 @@
 //! Live reload and graceful stop of the real binary: a file change (replaced by rename,
 //! as editors and Kubernetes ConfigMaps do) is applied while queries keep flowing, a bad
 //! one is refused with the old rules intact, and SIGTERM lets an open tunnel run until
-//! the drain deadline.
+//! the drain deadline (the readiness probe failing with `draining` meanwhile).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::config_head;
 use crate::support::gate::{self, Gate, dig};
+use crate::support::http::http;
 
 const CONFIG: &str = concat!(
     config_head!(),
@@ -205,7 +206,7 @@ fn sigterm_lets_an_open_tunnel_run_until_the_drain_deadline() {
     let port = origin.port();
     let config = format!(
         "allowlist = \"allow.toml\"\n{CONFIG}\n[proxy]\nlisten = [\"127.0.0.1:0\"]\n\
-         opaque_ports = [{port}]\ndrain_secs = 3\n"
+         opaque_ports = [{port}]\ndrain_secs = 3\n[admin]\nlisten = [\"127.0.0.1:0\"]\n"
     );
     let allow = format!("[[allow]]\nhost = \"127.0.0.2\"\nports = [{port}]\nprivate = true\n");
     let mut gate = Gate::start_full(&config, &[("allow.toml", &allow), ("threats.txt", "")], &[]);
@@ -241,6 +242,12 @@ fn sigterm_lets_an_open_tunnel_run_until_the_drain_deadline() {
         TcpStream::connect(&proxy).is_err(),
         "still accepting after SIGTERM"
     );
+    // Not ready from the start of the drain, and saying why; still alive.
+    let admin = gate.admin_addr();
+    let (status, body) = http(&admin, "GET", "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(http(&admin, "GET", "/healthz").0, 200);
     assert!(gate.is_running());
 
     // At the deadline the tunnel is closed and the gate exits 0.

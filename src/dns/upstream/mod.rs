@@ -35,6 +35,17 @@ use crate::sys::lock;
 pub use health::{HealthPolicy, UpstreamHealth};
 use resolver::Upstream;
 
+/// Where an upstream URL's queries go, for what must let them out (`portcullis k8s
+/// networkpolicy`): its address, and whether UDP is used (`udp://`, which also opens TCP
+/// for truncated answers) or TCP only (`https://`, `tls://`, `tcp://`).
+pub fn dial_target(url_text: &str) -> Result<(std::net::SocketAddr, bool), UpstreamError> {
+    let parsed = url::parse_url(url_text).map_err(|reason| UpstreamError::BadSpec {
+        url: url_text.to_owned(),
+        reason,
+    })?;
+    Ok((parsed.addr, parsed.scheme == url::Scheme::Udp))
+}
+
 /// Why a query could not be answered, or why the pool could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

@@ -311,8 +311,19 @@ pub async fn dig_async(addr: SocketAddr, name: &str, qtype: &str, extra: &[&str]
 
 /// The last `dns decision` log line for `name`.
 pub fn dns_decision(gate: &Gate, name: &str) -> Option<String> {
-    gate.logs()
-        .into_iter()
-        .rev()
-        .find(|l| l.contains("dns decision") && json_field(l, "name").as_deref() == Some(name))
+    // The line reaches the test through the binary's stderr and a reader thread, which
+    // may lag behind the answer under load: wait for a line, then let the reader settle
+    // so that the latest of several lines for the name is the one returned.
+    let last = || {
+        gate.logs()
+            .into_iter()
+            .rev()
+            .find(|l| l.contains("dns decision") && json_field(l, "name").as_deref() == Some(name))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while last().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    last()
 }
