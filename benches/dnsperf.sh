@@ -21,8 +21,11 @@
 # Knobs (environment): PORTCULLIS_BIN (skip the build), LISTS_DIR, OUT,
 # DURATION (s per run, 20), ROUNDS (1), CLIENTS (10), OUTSTANDING (-q, 200),
 # THREADS (-T, 1), N_CACHED (10000), N_BLOCKED (100000), SYNTHETIC_NAMES
-# (750000), RT (0), DECISION_LOG=1 (one more gate run with the per-blocked-query
-# log line on, written to /dev/null), KEEP_WORK=1 (keep the temp dir).
+# (750000), RT (0), DECISION_LOG=1 (after the runs, the blocked workload once more
+# for each gate with the per-blocked-query log line on, twice: stderr to a file, and
+# stderr to a pipe whose reader takes SLOW_READER_BPS bytes/s (262144, about 800
+# lines/s), so the gate's log writer must drop lines; the report says how many lines
+# reached the file and the reader), KEEP_WORK=1 (keep the temp dir).
 #
 # Two (or more) gate binaries in one run, e.g. old vs new code:
 #   GATES="old=/path/to/a/portcullis new=/path/to/b/portcullis" benches/dnsperf.sh
@@ -58,6 +61,7 @@ SYNTHETIC_NAMES=${SYNTHETIC_NAMES:-750000}
 RT=${RT:-0}
 LAT_QPS=${LAT_QPS:-0}
 LAT_SECS=${LAT_SECS:-5}
+SLOW_READER_BPS=${SLOW_READER_BPS:-262144}
 PRIO=()
 [ "$RT" = 1 ] && PRIO=(chrt -f 10)
 GATE_PORT=5354   # the gate (the first one with GATES)
@@ -476,6 +480,22 @@ latency() {
     rm -f "$raw"
 }
 
+# DECISION_LOG's slow pipe reader: reads stdin at argv[1] bytes/s on average, writes
+# "LINES BYTES" to argv[2] at EOF.
+SLOW_READER='
+import os, sys, time
+rate, out = int(sys.argv[1]), sys.argv[2]
+lines = got = 0
+t0 = time.monotonic()
+while chunk := os.read(0, 4096):
+    got += len(chunk); lines += chunk.count(b"\n")
+    ahead = got / rate - (time.monotonic() - t0)
+    if ahead > 0:
+        time.sleep(ahead)
+with open(out, "w") as f:
+    f.write(f"{lines} {got}\n")
+'
+DLOG_NOTES=()
 [ "$LAT_QPS" -gt 0 ] && printf 'round\tworkload\tserver\tanswers\tp50_ms\tp99_ms\tp999_ms\tmax_ms\ttimeouts\n' >"$OUT/lat.tsv"
 # Servers in run order: S_NAME / S_PID / S_PORT (the gates, then unbound).
 S_NAME=("${G_NAME[@]}" unbound); S_PID=("${G_PID[@]}" "$UNB_PID"); S_PORT=("${G_PORT[@]}" "$UNB_PORT")
@@ -501,11 +521,29 @@ for ((g = 0; g < ${#G_NAME[@]}; g++)); do
     stop "${G_PID[g]}"
     if [ "${DECISION_LOG:-0}" = 1 ]; then
         # The same blocked workload with the per-blocked-query JSON line on (the
-        # shipped default), written to /dev/null: formatting + write cost only.
-        echo "${G_NAME[g]} with decision logging (to /dev/null)..." >&2
-        start_gate info /dev/null "$g"
-        measure 1 "${G_NAME[g]}-decision-log" "$GATE_PID" "${G_PORT[g]}" blocked "$WORK/q-blocked.txt"
+        # shipped default). To a file: formatting + queueing + batched writes.
+        echo "${G_NAME[g]} with decision logging (stderr to a file)..." >&2
+        start_gate info "$WORK/decision-log.txt" "$g"
+        measure 1 "${G_NAME[g]}-decision-log-file" "$GATE_PID" "${G_PORT[g]}" blocked "$WORK/q-blocked.txt"
         stop "$GATE_PID"
+        completed=$(awk -F'\t' -v s="${G_NAME[g]}-decision-log-file" '$3 == s { print $13 }' "$OUT/runs.tsv")
+        DLOG_NOTES+=("${G_NAME[g]}-decision-log-file: $(grep -c '"dns decision"' "$WORK/decision-log.txt" || true) decision lines in the file ($(du -m "$WORK/decision-log.txt" | cut -f1) MiB) for $completed queries dnsperf counted as answered")
+        rm -f "$WORK/decision-log.txt"
+        # To a pipe read slowly (a log collector that cannot keep up): lines are
+        # dropped (portcullis_log_lines_dropped_total), queries must not wait.
+        echo "${G_NAME[g]} with decision logging (stderr to a pipe read at $SLOW_READER_BPS bytes/s)..." >&2
+        rm -f "$WORK/log.fifo"; mkfifo "$WORK/log.fifo"
+        taskset -c "$CLIENT_CPU" python3 -c "$SLOW_READER" "$SLOW_READER_BPS" "$WORK/reader.txt" <"$WORK/log.fifo" &
+        READER_PID=$!
+        start_gate info "$WORK/log.fifo" "$g"
+        measure 1 "${G_NAME[g]}-decision-log-pipe" "$GATE_PID" "${G_PORT[g]}" blocked "$WORK/q-blocked.txt"
+        stop "$GATE_PID"
+        # The reader gets EOF once the gate has exited (at stop the gate waits 2 s at most
+        # for the pipe to take what its writer still holds, then drops it).
+        wait "$READER_PID" || true
+        completed=$(awk -F'\t' -v s="${G_NAME[g]}-decision-log-pipe" '$3 == s { print $13 }' "$OUT/runs.tsv")
+        read -r r_lines r_bytes <"$WORK/reader.txt"
+        DLOG_NOTES+=("${G_NAME[g]}-decision-log-pipe: the reader took $r_bytes bytes, $r_lines lines (every line the gate wrote, not only decisions), for $completed answered queries: the rest of the decision lines were dropped")
     fi
 done
 
@@ -513,7 +551,7 @@ done
 awk -F'\t' 'NR > 1 && $4 != "FAILED" { k = $2 SUBSEP $3; if (!(k in best) || $4 + 0 > best[k] + 0) { best[k] = $4; line[k] = $0 }
                if (!(k in order)) { order[k] = ++n; keys[n] = k } }
             END { for (i = 1; i <= n; i++) print line[keys[i]] }' "$OUT/runs.tsv" >"$OUT/best.tsv"
-UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log$/ && $2 == "cached" { s += $15 } END { printf "%.2f", s }' "$OUT/runs.tsv")
+UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log/ && $2 == "cached" { s += $15 } END { printf "%.2f", s }' "$OUT/runs.tsv")
 
 # ---- 7. report ------------------------------------------------------------------------
 {
@@ -551,7 +589,7 @@ UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log$/ && $2 == "cach
                                             return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
             function stat(col, w, s, fmt,   n, i, a, m) { n = 0; for (i = 1; i <= nr; i++) if (W[i] == w && S[i] == s) a[++n] = V[i, col]
                                             if (!n) { M = 0; return "-" }; m = med(a, n); M = m; LO = a[1]; HI = a[n]; return sprintf(fmt " [" fmt "-" fmt "]", m, a[1], a[n]) }
-            NR > 1 && $4 != "FAILED" && $3 !~ /decision-log$/ { nr++; W[nr] = $2; S[nr] = $3; V[nr, 4] = $4; V[nr, 5] = $5; V[nr, 8] = $8 }
+            NR > 1 && $4 != "FAILED" && $3 !~ /decision-log/ { nr++; W[nr] = $2; S[nr] = $3; V[nr, 4] = $4; V[nr, 5] = $5; V[nr, 8] = $8 }
             END { ns = split(servers, sv, " ")
                   split("blocked cached mix", wl, " ")
                   for (x = 1; x <= 3; x++) { w = wl[x]; stat(4, w, ref, "%.0f"); base = M
@@ -580,5 +618,6 @@ UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log$/ && $2 == "cach
                           stat(7, w, s, "%.3f"), stat(8, w, s, "%.2f"), stat(4, w, s, "%.0f"), stat(9, w, s, "%.0f") } }' "$OUT/lat.tsv"
         echo
     fi
+    for note in "${DLOG_NOTES[@]}"; do echo "- decision log: $note"; done
     echo "- every round: \`${OUT#"$ROOT"/}/runs.tsv\`; raw dnsperf outputs, the generated gate config and logs: \`${OUT#"$ROOT"/}/\`"
 } | tee "$OUT/results.md"

@@ -428,11 +428,14 @@ fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let gate = Gate::build(config, path.map(Path::to_owned)).await?;
         let listeners = Listeners::bind(&gate.shared().config()).await?;
         gate.serve(listeners, wait_for_stop()).await
-    })?;
+    });
+    // The decision lines still queued, with a bound: a stuck stderr must not hold up the exit.
+    portcullis::telemetry::flush_logs(std::time::Duration::from_secs(2));
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::filter::{Outcome, Reply};
 use crate::policy::dns::DnsRefusal;
+use crate::telemetry::lines::JsonLine;
 
 /// One decision line's fields.
 pub(crate) struct Decision<'a> {
@@ -80,6 +81,14 @@ pub(crate) fn log(d: &Decision, log_allowed: bool) {
     {
         return;
     }
+    let duration_us = d.started.elapsed().as_micros() as u64;
+    if let Some(writer) = crate::telemetry::decision_lines() {
+        LINE.with_borrow_mut(|line| {
+            format_line(line, d, std::time::SystemTime::now(), duration_us);
+            writer.push(line);
+        });
+        return;
+    }
     tracing::info!(
         target: "portcullis::decision",
         door = "dns",
@@ -98,7 +107,210 @@ pub(crate) fn log(d: &Decision, log_allowed: bool) {
         refusal = d.refusal.map(DnsRefusal::as_str),
         would_refuse = d.would_refuse.map(DnsRefusal::as_str),
         routed_to = d.routed_to.map(tracing::field::display),
-        duration_us = d.started.elapsed().as_micros() as u64,
+        duration_us,
         "dns decision"
     );
+}
+
+thread_local! {
+    /// Each thread's decision line, reused.
+    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+}
+
+/// The decision line as tracing's JSON formatter writes the `tracing::info!` above
+/// (`timestamp`, `level`, `message`, the fields in that order without the empty ones,
+/// `target`), by hand: the serving path's share of a logged query is this and a copy
+/// into the writer's queue.
+fn format_line(buf: &mut Vec<u8>, d: &Decision, now: std::time::SystemTime, duration_us: u64) {
+    let mut line = JsonLine::begin(buf, now, "INFO", "dns decision");
+    line.str("door", "dns");
+    line.display("client", &d.client.ip());
+    line.str("name", d.name);
+    line.display("qtype", &d.qtype);
+    line.str("outcome", d.outcome.as_str());
+    line.display("rcode", &d.rcode);
+    line.str("reason", d.reason);
+    line.opt_str("list", d.list);
+    line.opt_str("rule", d.rule);
+    line.opt_str("upstream", d.upstream);
+    if let Some(id) = d.answer_id {
+        line.u64("answer_id", id);
+    }
+    line.u64("answers", d.answers as u64);
+    line.opt_str("group", d.group);
+    line.opt_str("refusal", d.refusal.map(DnsRefusal::as_str));
+    line.opt_str("would_refuse", d.would_refuse.map(DnsRefusal::as_str));
+    if let Some(to) = d.routed_to {
+        line.display("routed_to", &to);
+    }
+    line.u64("duration_us", duration_us);
+    line.end("portcullis::decision");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
+
+    fn blocked(name: &str) -> Decision<'_> {
+        Decision {
+            client: "127.0.0.1:5300".parse().unwrap(),
+            name,
+            qtype: RecordType::A,
+            outcome: Outcome::Blocked,
+            rcode: ResponseCode::NXDomain,
+            reason: "name_and_subdomains rule evil.example of list threats",
+            list: Some("threats"),
+            rule: Some("evil.example"),
+            upstream: None,
+            answer_id: None,
+            answers: 0,
+            started: Instant::now(),
+            group: None,
+            would_refuse: None,
+            refusal: None,
+            routed_to: None,
+        }
+    }
+
+    fn every_field(name: &str) -> Decision<'_> {
+        Decision {
+            client: "[2001:db8::7]:5300".parse().unwrap(),
+            qtype: RecordType::Unknown(65_280),
+            outcome: Outcome::Forwarded,
+            rcode: ResponseCode::Unknown(3_841),
+            reason: "forwarded",
+            upstream: Some("udp://127.0.0.1:53"),
+            answer_id: Some(u64::MAX),
+            answers: 3,
+            group: Some("agent \"one\""),
+            would_refuse: Some(DnsRefusal::NotAllowed),
+            refusal: Some(DnsRefusal::Qtype),
+            routed_to: Some("10.0.0.1".parse().unwrap()),
+            ..blocked(name)
+        }
+    }
+
+    fn ours(d: &Decision) -> String {
+        let mut buf = Vec::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_178_510_291_298);
+        format_line(&mut buf, d, now, 5183);
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// What tracing-subscriber's JSON formatter, set up as `telemetry::init` sets it up,
+    /// writes for the same decision (the path without the line writer).
+    fn tracings(d: &Decision) -> String {
+        #[derive(Clone)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Shared(Arc::new(Mutex::new(Vec::new())));
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log(d, true));
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// `line` with its timestamp and duration set to those `ours` uses.
+    fn pinned(line: &str) -> String {
+        let mut v = line.to_owned();
+        let t = v.find("\"timestamp\":\"").unwrap() + 13;
+        let end = t + v[t..].find('"').unwrap();
+        v.replace_range(t..end, "2026-12-02T02:28:30.291298Z");
+        let d = v.find("\"duration_us\":").unwrap() + 14;
+        let end = d + v[d..].find(|c: char| !c.is_ascii_digit()).unwrap();
+        v.replace_range(d..end, "5183");
+        v
+    }
+
+    #[test]
+    fn a_blocked_line_is_exactly_todays_line() {
+        assert_eq!(
+            ours(&blocked("a.evil.example")),
+            "{\"timestamp\":\"2026-12-02T02:28:30.291298Z\",\"level\":\"INFO\",\"message\":\"dns decision\",\
+             \"door\":\"dns\",\"client\":\"127.0.0.1\",\"name\":\"a.evil.example\",\"qtype\":\"A\",\
+             \"outcome\":\"blocked\",\"rcode\":\"Non-Existent Domain\",\
+             \"reason\":\"name_and_subdomains rule evil.example of list threats\",\
+             \"list\":\"threats\",\"rule\":\"evil.example\",\"answers\":0,\"duration_us\":5183,\
+             \"target\":\"portcullis::decision\"}\n"
+        );
+    }
+
+    #[test]
+    fn lines_match_tracings_json_byte_for_byte() {
+        // Names as the decision line gets them: hickory's `to_ascii` escapes (`\"`, `\\`,
+        // `\000`), which the malformed-name path logs as they came, and any other
+        // character a `&str` can hold, controls included.
+        let names = [
+            "a.evil.example",
+            r#"we\"ir\\d.evil.example"#,
+            r"nul\000.tab\009.example",
+            "raw\"quote\\back\u{0}\u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f}.example",
+            "bücher.例.example",
+        ];
+        for name in names {
+            for d in [blocked(name), every_field(name)] {
+                let (ours, theirs) = (ours(&d), tracings(&d));
+                assert_eq!(ours, pinned(&theirs), "{name:?}");
+                let v: serde_json::Value = serde_json::from_str(&ours).unwrap();
+                assert_eq!(v["name"], name, "{ours}");
+            }
+        }
+        let all = ours(&every_field("x.example"));
+        let v: serde_json::Value = serde_json::from_str(&all).unwrap();
+        for (field, want) in [
+            ("client", "2001:db8::7"),
+            ("group", "agent \"one\""),
+            ("refusal", "qtype"),
+            ("would_refuse", "not_allowed"),
+            ("routed_to", "10.0.0.1"),
+            ("upstream", "udp://127.0.0.1:53"),
+            ("target", "portcullis::decision"),
+        ] {
+            assert_eq!(v[field], want, "{field} in {all}");
+        }
+        assert_eq!(v["answer_id"], u64::MAX, "{all}");
+    }
+
+    #[test]
+    fn rate_limited_and_quiet_queries_write_no_line() {
+        let mut d = blocked("a.example");
+        d.refusal = Some(DnsRefusal::RateLimited);
+        assert_eq!(tracings(&d), "");
+        let mut d = every_field("a.example");
+        d.would_refuse = None;
+        d.outcome = Outcome::Cached;
+        assert_ne!(tracings(&d), "");
+        let captured = {
+            let out = Arc::new(Mutex::new(0usize));
+            let count = out.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || {
+                    *count.lock().unwrap() += 1;
+                    std::io::sink()
+                })
+                .finish();
+            tracing::subscriber::with_default(subscriber, || log(&d, false));
+            *out.lock().unwrap()
+        };
+        assert_eq!(captured, 0, "an allowed query with log_allowed off");
+    }
 }

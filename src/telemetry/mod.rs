@@ -1,6 +1,8 @@
 //! What the gate tells about itself: the Prometheus counters ([`metrics`]) and the
-//! tracing setup (JSON lines for containers, readable text for terminals).
+//! tracing setup (JSON lines for containers, readable text for terminals), and the
+//! decision log's own line writer ([`lines`]) for JSON lines.
 
+pub mod lines;
 pub mod metrics;
 
 use std::io::IsTerminal;
@@ -24,9 +26,32 @@ pub fn next_id() -> u64 {
     .fetch_add(1, Ordering::Relaxed)
 }
 
+static DECISION_LINES: std::sync::OnceLock<lines::LineWriter> = std::sync::OnceLock::new();
+
+/// The writer of DNS decision lines, when the log is JSON ([`init`] started it).
+/// Without it (text logs, unit tests) decision lines go through tracing.
+#[inline]
+pub fn decision_lines() -> Option<&'static lines::LineWriter> {
+    DECISION_LINES.get()
+}
+
+/// Writes out the decision lines still queued, waiting at most `timeout` for stderr to
+/// take them (a stuck reader must not hold up the exit). Call once, at shutdown.
+pub fn flush_logs(timeout: std::time::Duration) {
+    if let Some(writer) = DECISION_LINES.get()
+        && !writer.close(timeout)
+    {
+        tracing::warn!(
+            timeout_ms = timeout.as_millis() as u64,
+            "decision log: stderr did not take the queued lines in time; they are lost"
+        );
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the configured level.
 /// hickory's own per-request logging is turned down: the gate logs one decision
-/// line per query itself.
+/// line per query itself. With JSON logs, also starts the decision line writer (its
+/// lines keep tracing's shape and obey the same filter: see `dns::decision`).
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
@@ -52,4 +77,13 @@ pub fn init(format: LogFormat, level: &str) {
     } else {
         builder.try_init()
     };
+    if json && DECISION_LINES.get().is_none() {
+        match lines::LineWriter::start(lines::Stderr, lines::QUEUE_BYTES) {
+            Ok(writer) => {
+                let _ = DECISION_LINES.set(writer);
+            }
+            // Decision lines then go through tracing, as with text logs.
+            Err(error) => tracing::warn!(%error, "no decision log writer thread"),
+        }
+    }
 }

@@ -14,6 +14,7 @@ mod app;
 mod cli;
 mod client_env;
 mod container;
+mod decision_log;
 mod dns;
 mod dns_modes;
 mod dns_paths;

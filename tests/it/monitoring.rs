@@ -402,6 +402,7 @@ fn every_alert_has_a_duration_a_severity_and_instructions() {
         "PortcullisPossibleDnsTunnel",
         "PortcullisConfigReloadFailed",
         "PortcullisProxyConnectionLimit",
+        "PortcullisLogLinesDropped",
     ] {
         assert!(names.contains(&name.to_owned()), "no alert {name}");
     }
@@ -577,6 +578,26 @@ tests:
         alertname: PortcullisProxyConnectionLimit
         exp_alerts:
           - exp_labels: {severity: critical, job: portcullis, instance: "gate:9953"}
+
+  - name: decision log lines dropped
+    interval: 1m
+    input_series:
+      - series: 'portcullis_log_lines_dropped_total{job="portcullis", instance="gate:9953"}'
+        values: '0x10 0+600x10 6000x20'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: PortcullisLogLinesDropped
+        exp_alerts: []
+      - eval_time: 13m
+        alertname: PortcullisLogLinesDropped
+        exp_alerts: []
+      - eval_time: 19m
+        alertname: PortcullisLogLinesDropped
+        exp_alerts:
+          - exp_labels: {severity: warning, job: portcullis, instance: "gate:9953"}
+      - eval_time: 32m
+        alertname: PortcullisLogLinesDropped
+        exp_alerts: []
 "#;
 
 #[test]

@@ -435,6 +435,18 @@ pub(super) fn register_errors(r: &mut Registry) -> Family<FaultLabels, Counter> 
     errors
 }
 
+/// `portcullis_log_lines_dropped_total`: decision lines the log writer dropped because
+/// stderr took them slower than they came (or refused them).
+pub(super) fn register_log(r: &mut Registry) -> Counter {
+    let dropped = Counter::default();
+    r.register(
+        "log_lines_dropped",
+        "Decision log lines dropped, not written: the queue to stderr was full (its reader or disk slower than the queries) or the write failed",
+        dropped.clone(),
+    );
+    dropped
+}
+
 /// `portcullis_build_info`: a gauge fixed at 1 rather than an OpenMetrics `info`, which
 /// the Prometheus text format (and `promtool check metrics`) does not know.
 pub(super) fn register_build_info(r: &mut Registry) {

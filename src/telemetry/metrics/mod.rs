@@ -48,6 +48,7 @@ pub struct Metrics {
     config: ConfigMetrics,
     capacity: ProxyCapacity,
     errors: Family<FaultLabels, Counter>,
+    log_lines_dropped: Counter,
     process: ProcessMetrics,
     /// One scrape at a time (scrape-time gauges are cleared and refilled).
     scrape: Mutex<()>,
@@ -99,6 +100,7 @@ impl Metrics {
         let config = ConfigMetrics::register(r);
         let capacity = ProxyCapacity::register(r);
         let errors = families::register_errors(r);
+        let log_lines_dropped = families::register_log(r);
         let process = ProcessMetrics::register(&mut root);
         families::register_build_info(root.sub_registry_with_prefix("portcullis"));
         Metrics {
@@ -111,6 +113,7 @@ impl Metrics {
             config,
             capacity,
             errors,
+            log_lines_dropped,
             process,
             scrape: Mutex::new(()),
         }
@@ -172,6 +175,13 @@ pub fn dns_query(qtype: RecordType, outcome: Outcome, list: Option<&str>) {
                 list: list.to_owned(),
             })
             .inc();
+    }
+}
+
+/// Decision log lines dropped (see `telemetry::lines`).
+pub fn log_lines_dropped(lines: u64) {
+    if let Some(m) = get() {
+        m.log_lines_dropped.inc_by(lines);
     }
 }
 

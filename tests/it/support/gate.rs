@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,8 @@ pub struct Gate {
     child: Child,
     pub dns: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Milliseconds the stderr reader sleeps after each line (0: it reads at once).
+    stderr_delay_ms: Arc<AtomicU64>,
     pub dir: tempfile::TempDir,
 }
 
@@ -51,15 +54,22 @@ impl Gate {
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = logs.clone();
+        let stderr_delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = stderr_delay_ms.clone();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
+                let ms = delay.load(Ordering::Relaxed);
+                if ms > 0 {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
             }
         });
         let mut gate = Gate {
             child,
             dns: SocketAddr::from(([0, 0, 0, 0], 0)),
             logs,
+            stderr_delay_ms,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -115,6 +125,13 @@ impl Gate {
         let logs = self.logs.lock().unwrap();
         let line = logs.iter().find(|l| l.contains(&needle))?;
         json_field(line, "addr")
+    }
+
+    /// Reads the gate's stderr one line per `per_line` from now on (a slow log
+    /// collector: the pipe fills and the gate's writes to it block); zero: at once.
+    pub fn read_stderr_slowly(&self, per_line: Duration) {
+        self.stderr_delay_ms
+            .store(per_line.as_millis() as u64, Ordering::Relaxed);
     }
 
     pub fn logs(&self) -> Vec<String> {

@@ -1,0 +1,632 @@
+//! The decision log's own writer: whole JSON lines, handed over through a bounded
+//! queue to one writer thread that writes them in batches.
+//!
+//! Formatting a decision line with tracing's JSON formatter and writing it with a
+//! locked `write(2)` of its own cost more than deciding the query (BENCHMARKS.md,
+//! "Decision log (issue 15)"). The serving path here formats a line by hand into a
+//! reused buffer ([`JsonLine`]) and appends it to the queue ([`LineWriter::push`]):
+//! a short lock and a copy. The writer thread takes everything queued at once and
+//! writes it in one go: one `write(2)` to stderr per batch of up to 64 KiB of whole
+//! lines (2 ms of lines at 100k a second; [`Stderr`]).
+//!
+//! The queue is bounded in bytes. When the sink is slower than the queries (a pipe read
+//! slowly, a full disk), lines that do not fit are dropped and counted
+//! (`portcullis_log_lines_dropped_total`): queries never wait for the log. Lines whose
+//! write failed are counted there too.
+//!
+//! The writer to stderr takes std's stderr lock for each write, as tracing's writer does
+//! for each of its lines, so the two never interleave inside a line: lines from both
+//! reach stderr whole, in no strict order between them.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::sys::lock;
+
+/// The queue's bound: about 3,000 decision lines (30 ms of blocked queries at full
+/// speed). The writer holds a second buffer of at most this size.
+pub const QUEUE_BYTES: usize = 1 << 20;
+
+/// Under load, how long the writer lets lines gather before writing them.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// The handle the serving path pushes lines to. Cloning shares the queue.
+#[derive(Clone)]
+pub struct LineWriter {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer waits here for lines; [`LineWriter::close`] waits here for the writer.
+    wake: Condvar,
+    capacity: usize,
+    dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    buf: Vec<u8>,
+    lines: u64,
+    /// The writer was woken for the queue passing a quarter of its capacity.
+    woken_full: bool,
+    /// No more lines will come: write what is queued and stop.
+    closing: bool,
+    /// The writer wrote everything and stopped.
+    done: bool,
+}
+
+impl LineWriter {
+    /// Starts a writer thread writing to `sink`; `capacity` bounds the queue in bytes.
+    pub fn start<W: Write + Send + 'static>(
+        sink: W,
+        capacity: usize,
+    ) -> std::io::Result<LineWriter> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            capacity,
+            dropped: AtomicU64::new(0),
+        });
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("portcullis-log".into())
+            .spawn(move || writer.run(sink))?;
+        Ok(LineWriter { shared })
+    }
+
+    /// Queues one whole line (ending in `\n`). `false`: the queue was full, or closed,
+    /// and the line was dropped and counted.
+    pub fn push(&self, line: &[u8]) -> bool {
+        debug_assert!(line.ends_with(b"\n"), "a whole line");
+        let s = &self.shared;
+        let mut q = lock(&s.queue);
+        if q.closing || q.buf.len() + line.len() > s.capacity {
+            drop(q);
+            s.count_dropped(1);
+            return false;
+        }
+        let first = q.buf.is_empty();
+        q.buf.extend_from_slice(line);
+        q.lines += 1;
+        // Wake the writer only on the two transitions it may be waiting for: the
+        // first line (it sleeps on an empty queue) and a quarter full (it gathers).
+        let behind = !q.woken_full && q.buf.len() >= s.capacity / 4;
+        if behind {
+            q.woken_full = true;
+        }
+        drop(q);
+        if first || behind {
+            s.wake.notify_all();
+        }
+        if behind {
+            // The writer is behind. When it shares this thread's core (a process pinned
+            // to one core, SCHED_FIFO under benches/dnsperf.sh RT=1) it only runs when
+            // this thread gives the core up: once per batch, so that it can.
+            std::thread::yield_now();
+        }
+        true
+    }
+
+    /// Lines dropped so far by this writer (queue full, closed, or a failed write).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking lines and waits up to `timeout` for the writer to write what is
+    /// queued. `false`: the sink did not take it in time (the rest is lost at exit).
+    pub fn close(&self, timeout: Duration) -> bool {
+        let s = &self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&s.queue);
+        q.closing = true;
+        s.wake.notify_all();
+        while !q.done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            q = s
+                .wake
+                .wait_timeout(q, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
+impl Shared {
+    fn count_dropped(&self, lines: u64) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        super::metrics::log_lines_dropped(lines);
+    }
+
+    fn run<W: Write>(&self, mut sink: W) {
+        let mut batch = Vec::new();
+        // Lines come one at a time (each batch held one): write each at once. Once they
+        // come faster than that, let GATHER's worth collect into each write.
+        let mut gather = false;
+        loop {
+            let mut q = lock(&self.queue);
+            while q.buf.is_empty() && !q.closing {
+                q = self
+                    .wake
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if gather && !q.closing && q.buf.len() < self.capacity / 4 {
+                q = self
+                    .wake
+                    .wait_timeout_while(q, GATHER, |q| {
+                        !q.closing && q.buf.len() < self.capacity / 4
+                    })
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+            if q.buf.is_empty() && q.closing {
+                q.done = true;
+                drop(q);
+                self.wake.notify_all();
+                return;
+            }
+            std::mem::swap(&mut q.buf, &mut batch);
+            let lines = std::mem::take(&mut q.lines);
+            q.woken_full = false;
+            drop(q);
+            gather = lines > 1;
+            if sink.write_all(&batch).and_then(|()| sink.flush()).is_err() {
+                self.count_dropped(lines);
+            }
+            batch.clear();
+        }
+    }
+}
+
+/// Stderr as the writer's sink. std's stderr lock is held for each write, as tracing's
+/// writer holds it for each of its lines, so a tracing line never lands inside one of
+/// ours. A batch goes out in writes of at most [`STDERR_CHUNK`] bytes cut after a
+/// newline, the lock taken for each: a tracing line waits for one chunk at most.
+pub struct Stderr;
+
+/// About 200 decision lines: a batch of 2 ms at 100k lines/s is one or two writes.
+pub const STDERR_CHUNK: usize = 64 * 1024;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().lock().write(buf)
+    }
+
+    fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            let (chunk, rest) = buf.split_at(chunk_end(buf, STDERR_CHUNK));
+            std::io::stderr().lock().write_all(chunk)?;
+            buf = rest;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the first write of `buf` ends: after the last newline within `max` bytes (after
+/// the first newline, or at the end, when a line is longer than that).
+fn chunk_end(buf: &[u8], max: usize) -> usize {
+    if buf.len() <= max {
+        return buf.len();
+    }
+    match buf[..max].iter().rposition(|&b| b == b'\n') {
+        Some(at) => at + 1,
+        None => buf[max..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(buf.len(), |at| max + at + 1),
+    }
+}
+
+/// One JSON log line written by hand into a reused buffer, in the shape of
+/// tracing-subscriber's flattened JSON lines: `timestamp`, `level`, `message`, the
+/// fields in order, `target` last. Keys are the caller's literals and are not escaped;
+/// every value is.
+pub struct JsonLine<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl<'a> JsonLine<'a> {
+    /// Clears `buf` and starts a line at time `now`.
+    pub fn begin(buf: &'a mut Vec<u8>, now: SystemTime, level: &str, message: &str) -> Self {
+        buf.clear();
+        buf.extend_from_slice(b"{\"timestamp\":\"");
+        timestamp(buf, now);
+        let mut line = JsonLine { buf };
+        line.buf.push(b'"');
+        line.str("level", level);
+        line.str("message", message);
+        line
+    }
+
+    fn key(&mut self, key: &str) {
+        debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        self.buf.extend_from_slice(b",\"");
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.buf.push(b'"');
+        escape(self.buf, value);
+        self.buf.push(b'"');
+    }
+
+    /// Nothing when `None`, as tracing leaves out an empty `Option` field.
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.str(key, value);
+        }
+    }
+
+    /// A value's `Display`, as a JSON string.
+    pub fn display(&mut self, key: &str, value: &dyn std::fmt::Display) {
+        use std::fmt::Write as _;
+        self.key(key);
+        self.buf.push(b'"');
+        // Writing into a Vec cannot fail.
+        let _ = write!(Escaper(self.buf), "{value}");
+        self.buf.push(b'"');
+    }
+
+    pub fn u64(&mut self, key: &str, value: u64) {
+        self.key(key);
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut v = value;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.buf.extend_from_slice(&digits[at..]);
+    }
+
+    /// Ends the line with its target and a newline.
+    pub fn end(mut self, target: &str) {
+        self.str("target", target);
+        self.buf.extend_from_slice(b"}\n");
+    }
+}
+
+/// `Display` output escaped on its way into the buffer.
+struct Escaper<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Escaper<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        escape(self.0, s);
+        Ok(())
+    }
+}
+
+/// Appends `s` as the inside of a JSON string, escaped as serde_json does: `"` and
+/// `\` with a backslash, `\b \f \n \r \t` by name, other control characters as
+/// `\u00XX`; everything else (UTF-8 included) as it is.
+pub fn escape(buf: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0..=0x1f => b'u',
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        buf.push(b'\\');
+        buf.push(short);
+        if short == b'u' {
+            buf.extend_from_slice(b"00");
+            buf.push(HEX[usize::from(b >> 4)]);
+            buf.push(HEX[usize::from(b & 0xf)]);
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+}
+
+/// `2026-12-02T02:28:30.291298Z`: UTC with microseconds, as tracing-subscriber writes it.
+pub fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    let year = year.clamp(0, 9999) as u64;
+    for (value, digits, after) in [
+        (year, 4, b'-'),
+        (u64::from(month), 2, b'-'),
+        (u64::from(day), 2, b'T'),
+        (of_day / 3600, 2, b':'),
+        (of_day / 60 % 60, 2, b':'),
+        (of_day % 60, 2, b'.'),
+    ] {
+        push_digits(buf, value, digits);
+        buf.push(after);
+    }
+    push_digits(buf, u64::from(since.subsec_micros()), 6);
+    buf.push(b'Z');
+}
+
+/// `value` as exactly `digits` decimal digits, zero-padded (the low ones if it has more).
+fn push_digits(buf: &mut Vec<u8>, value: u64, digits: u32) {
+    let mut div = 10u64.pow(digits - 1);
+    while div > 0 {
+        buf.push(b'0' + (value / div % 10) as u8);
+        div /= 10;
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn escaped(s: &str) -> String {
+        let mut buf = Vec::new();
+        escape(&mut buf, s);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn escaping_matches_serde_json_for_every_ascii_byte_and_beyond() {
+        // Every single character up to U+00FF, alone and between letters.
+        for c in (0u32..=0xff).filter_map(char::from_u32) {
+            for s in [c.to_string(), format!("a{c}b")] {
+                let want = serde_json::to_string(&s).unwrap();
+                assert_eq!(format!("\"{}\"", escaped(&s)), want, "{:?}", s);
+            }
+        }
+        assert_eq!(escaped(r#"we\"ir\\d.evil"#), r#"we\\\"ir\\\\d.evil"#);
+        assert_eq!(escaped("a\nb\u{1}\u{1f}\t"), r#"a\nb\u0001\u001f\t"#);
+        assert_eq!(escaped("bücher.例"), "bücher.例");
+        assert_eq!(escaped(""), "");
+    }
+
+    #[test]
+    fn stderr_writes_are_cut_after_whole_lines() {
+        assert_eq!(chunk_end(b"ab\ncd\n", 10), 6);
+        assert_eq!(chunk_end(b"ab\ncd\nef\n", 7), 6);
+        assert_eq!(chunk_end(b"ab\ncd\nef\n", 6), 6);
+        assert_eq!(chunk_end(b"ab\ncd\nef\n", 5), 3);
+        // A line longer than a chunk goes out whole.
+        assert_eq!(chunk_end(b"abcdefgh\nij\n", 4), 9);
+        assert_eq!(chunk_end(b"abcdefgh", 4), 8);
+    }
+
+    #[test]
+    fn timestamps_are_tracings_format() {
+        let at = |secs: u64, micros: u32| {
+            let mut buf = Vec::new();
+            timestamp(
+                &mut buf,
+                SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000 + 999),
+            );
+            String::from_utf8(buf).unwrap()
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        // 2026-12-02T02:28:30.291298Z, a line of the gate before this writer.
+        assert_eq!(at(1_796_178_510, 291_298), "2026-12-02T02:28:30.291298Z");
+        // Leap day, end of a century year that is not a leap year, and after.
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn a_line_is_tracings_flattened_json() {
+        let mut buf = Vec::new();
+        let mut line = JsonLine::begin(
+            &mut buf,
+            SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_178_510_291_298),
+            "INFO",
+            "dns decision",
+        );
+        line.str("door", "dns");
+        line.opt_str("list", None);
+        line.opt_str("rule", Some("a\"b"));
+        line.display("client", &std::net::Ipv4Addr::LOCALHOST);
+        line.u64("zero", 0);
+        line.u64("max", u64::MAX);
+        line.end("portcullis::decision");
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "{\"timestamp\":\"2026-12-02T02:28:30.291298Z\",\"level\":\"INFO\",\"message\":\"dns decision\",\
+             \"door\":\"dns\",\"rule\":\"a\\\"b\",\"client\":\"127.0.0.1\",\"zero\":0,\
+             \"max\":18446744073709551615,\"target\":\"portcullis::decision\"}\n"
+        );
+    }
+
+    /// A sink whose writes wait until the test lets them through.
+    struct Blocking {
+        entered: mpsc::Sender<()>,
+        open: Arc<(Mutex<bool>, Condvar)>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Blocking {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
+            let (open, cv) = &*self.open;
+            let mut open = lock(open);
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            lock(&self.out).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The test's side of a [`Blocking`] sink.
+    struct Valve {
+        /// A message each time the sink starts a write.
+        entered: mpsc::Receiver<()>,
+        open: Arc<(Mutex<bool>, Condvar)>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Valve {
+        fn open(&self) {
+            *lock(&self.open.0) = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    fn blocking() -> (Blocking, Valve) {
+        let (entered, rx) = mpsc::channel();
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Blocking {
+            entered,
+            open: open.clone(),
+            out: out.clone(),
+        };
+        (
+            sink,
+            Valve {
+                entered: rx,
+                open,
+                out,
+            },
+        )
+    }
+
+    #[test]
+    fn a_stuck_sink_drops_and_counts_lines_and_never_holds_up_the_caller() {
+        let metrics = super::super::metrics::init();
+        let (sink, valve) = blocking();
+        let writer = LineWriter::start(sink, 4096).unwrap();
+        let line = format!("{{\"n\":\"{}\"}}\n", "x".repeat(91));
+        assert_eq!(line.len(), 100);
+        assert!(writer.push(line.as_bytes()));
+        // The writer is now stuck in write(2) with the first line.
+        valve.entered.recv_timeout(Duration::from_secs(5)).unwrap();
+        let started = Instant::now();
+        let pushed = (0..10_000).filter(|_| writer.push(line.as_bytes())).count();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "10,000 pushes took {took:?}");
+        // 40 lines of 100 bytes fit in the 4096-byte queue; the rest are dropped.
+        assert_eq!(pushed, 40);
+        assert_eq!(writer.dropped(), 10_000 - 40);
+        let text = metrics.render(&Default::default());
+        let exported: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis_log_lines_dropped_total "))
+            .expect("the family is exported")
+            .parse()
+            .unwrap();
+        assert!(exported >= 9_960.0, "{exported}");
+
+        // Let the sink go: what was queued comes out as whole lines at close.
+        valve.open();
+        assert!(writer.close(Duration::from_secs(5)));
+        let out = lock(&valve.out).clone();
+        assert_eq!(out.len(), 41 * 100);
+        assert!(out.chunks(100).all(|l| l == line.as_bytes()));
+        // Closed: no more lines.
+        assert!(!writer.push(line.as_bytes()));
+    }
+
+    #[test]
+    fn close_gives_up_on_a_sink_that_never_takes_the_lines() {
+        let (sink, valve) = blocking();
+        let writer = LineWriter::start(sink, 4096).unwrap();
+        assert!(writer.push(b"{}\n"));
+        valve.entered.recv_timeout(Duration::from_secs(5)).unwrap();
+        let started = Instant::now();
+        assert!(!writer.close(Duration::from_millis(200)));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn lines_from_many_threads_arrive_whole_in_batches() {
+        struct Counting(Arc<Mutex<(Vec<u8>, usize)>>);
+        impl Write for Counting {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let mut s = lock(&self.0);
+                s.0.extend_from_slice(buf);
+                s.1 += 1;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Arc::new(Mutex::new((Vec::new(), 0)));
+        let writer = LineWriter::start(Counting(out.clone()), QUEUE_BYTES).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        assert!(writer.push(format!("{{\"t\":{t},\"i\":{i}}}\n").as_bytes()));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(writer.close(Duration::from_secs(5)));
+        let (bytes, writes) = lock(&out).clone();
+        let text = String::from_utf8(bytes).unwrap();
+        let mut next = [0u64; 4];
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let t = v["t"].as_u64().unwrap() as usize;
+            assert_eq!(
+                v["i"].as_u64().unwrap(),
+                next[t],
+                "each thread's lines in order"
+            );
+            next[t] += 1;
+        }
+        assert_eq!(next, [5_000; 4]);
+        assert_eq!(writer.dropped(), 0);
+        assert!(writes < 20_000, "{writes} writes for 20,000 lines");
+    }
+}
