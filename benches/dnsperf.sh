@@ -42,6 +42,7 @@
 #   blocked names stay blocked: an allow rule would be needed to forward them anyway).
 # Every gate runs with [dns.rate_limit] off (one client sends every query) unless its
 # GATE_DNS_ lines set rate_limit.*.
+# PIN=0: no core pinning for servers or dnsperf (default 1: servers on core 0, dnsperf on 1).
 # LAT_QPS=N (0: off): after each throughput run, LAT_SECS (5) s more at a fixed
 # N queries/s (dnsperf -Q N -v) to get p50/p99/p99.9 latencies below saturation.
 set -euo pipefail
@@ -81,6 +82,11 @@ if [ -n "${GATES:-}" ]; then
 fi
 SERVER_CPU=0
 CLIENT_CPU=1
+# PIN=0: nothing pinned (servers and dnsperf may run on any core), as users run the gate.
+if [ "${PIN:-1}" = 0 ]; then
+    SERVER_CPU="0-$(($(nproc) - 1))"
+    CLIENT_CPU=$SERVER_CPU
+fi
 CLK_TCK=$(getconf CLK_TCK)
 INVOCATION="$0${*:+ $*}"
 

@@ -5,6 +5,7 @@
   1  policy              names, groups, rules, address classes (no tokio, no hickory)
   2  config              a type for every section
   3  telemetry, live,    counters with fixed labels; the running config and policy;
+     learn,              what report mode saw (the learned allowlist);
      host, listen,       the host's addresses; accept-loop limits; the forwarding check
      forwarding
   4  lists, dns, proxy,  the list refresher and the front doors (may use each other)
@@ -23,7 +24,7 @@ LAYERS = {
     "error": 0, "sys": 0,
     "policy": 1,
     "config": 2,
-    "telemetry": 3, "live": 3, "host": 3, "listen": 3, "forwarding": 3,
+    "telemetry": 3, "live": 3, "host": 3, "listen": 3, "forwarding": 3, "learn": 3,
     "lists": 4, "dns": 4, "proxy": 4, "routed": 4, "admin": 4,
     "app": 5,
 }

@@ -13,6 +13,7 @@ pub mod dns;
 pub mod error;
 pub mod forwarding;
 pub mod host;
+pub mod learn;
 pub mod listen;
 pub mod lists;
 pub mod live;

@@ -118,6 +118,37 @@ enum Command {
     /// Sleep SECS seconds, then exit 0: a preStop hook for clusters before Kubernetes 1.30
     /// (no `sleep` action there, and the image has no shell nor sleep binary).
     Sleep { secs: u64 },
+    /// Learn mode: the allowlist, from what report mode saw.
+    Allowlist {
+        #[command(subcommand)]
+        command: AllowlistCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AllowlistCommand {
+    /// Print the allow rules report mode suggests, as an allowlist.toml fragment (from the
+    /// running gate's admin API, with the admin token of the configuration).
+    Suggest {
+        /// Only this group's rules (default: every group).
+        #[arg(long)]
+        group: Option<String>,
+        /// Only destinations seen in this last while: 30m, 12h, 7d.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Only destinations seen at least this often.
+        #[arg(long, default_value_t = 1)]
+        min_count: u64,
+        /// This many names under one parent become one `*.parent` rule (0: never).
+        #[arg(long, default_value_t = 3)]
+        wildcard_after: u64,
+        /// Print JSON (every field, withheld destinations included) instead.
+        #[arg(long)]
+        json: bool,
+        /// The admin listener (default: from `[admin] listen`).
+        #[arg(long, value_name = "http://HOST:PORT")]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +220,27 @@ fn main() -> ExitCode {
             cli.config.as_deref(),
             configmap.as_deref(),
             policy.as_deref(),
+        ),
+        Command::Allowlist {
+            command:
+                AllowlistCommand::Suggest {
+                    group,
+                    since,
+                    min_count,
+                    wildcard_after,
+                    json,
+                    url,
+                },
+        } => allowlist_suggest(
+            cli.config.as_deref(),
+            Suggest {
+                group,
+                since,
+                min_count,
+                wildcard_after,
+                json,
+                url,
+            },
         ),
         Command::Sleep { secs } => {
             std::thread::sleep(Duration::from_secs(secs));
@@ -282,6 +334,84 @@ fn health(url: &str, timeout: u64) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+struct Suggest {
+    group: Option<String>,
+    since: Option<String>,
+    min_count: u64,
+    wildcard_after: u64,
+    json: bool,
+    url: Option<String>,
+}
+
+/// `portcullis allowlist suggest`: the running gate's `/api/suggestions`, printed.
+fn allowlist_suggest(path: Option<&Path>, args: Suggest) -> anyhow::Result<ExitCode> {
+    let config = load_config(path)?;
+    let token = config.admin.token.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: [admin] token_file is not set: the suggestions API needs the admin token",
+            config.origin.file
+        )
+    })?;
+    let base = match args.url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let addr = config.admin.listen.first().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: [admin] listen is empty: pass --url",
+                    config.origin.file
+                )
+            })?;
+            let ip = match addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+        }
+    };
+    if let Some(since) = &args.since {
+        portcullis::learn::parse_duration(since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    }
+    let mut query = format!(
+        "min_count={}&wildcard_after={}&format={}",
+        args.min_count,
+        args.wildcard_after,
+        if args.json { "json" } else { "toml" }
+    );
+    if let Some(group) = &args.group {
+        query.push_str(&format!("&group={}", percent_encode(group)));
+    }
+    if let Some(since) = &args.since {
+        query.push_str(&format!("&since={}", percent_encode(since)));
+    }
+    let url = format!("{base}/api/suggestions?{query}");
+    let (status, body) = portcullis::admin::get(
+        &url,
+        Duration::from_secs(10),
+        Some(token.secret()),
+        64 << 20,
+    )
+    .with_context(|| format!("asking the gate at {base} (is it running? --url)"))?;
+    if status != 200 {
+        anyhow::bail!("{url}: {status}: {}", body.trim());
+    }
+    out!("{body}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A query-string value: everything but unreserved characters percent-encoded.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {

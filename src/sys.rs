@@ -33,6 +33,40 @@ fn random_unit() -> f64 {
     (random >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Writes a file so that readers see the old content or the new, never a part: `write`
+/// fills a temporary file beside `path`, which is synced, renamed over `path`, and the
+/// directory synced (the rename itself is durable only then).
+pub fn write_atomic_with(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        write(&mut file)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// [`write_atomic_with`] for bytes in memory.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    write_atomic_with(path, |file| file.write_all(bytes))
+}
+
 /// The soft limit on open file descriptors (`RLIMIT_NOFILE`; unlimited is `u64::MAX`), or
 /// `None` when it cannot be read.
 pub fn open_file_limit() -> Option<u64> {

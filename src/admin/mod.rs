@@ -17,9 +17,11 @@
 //! | `GET /api/lists` | every list source's status, as `portcullis lists --json` |
 //! | `POST /api/lists/refresh` | downloads every list now (conditionally); per-list results |
 //! | `POST /api/cache/flush` | empties the DNS answer cache |
+//! | `GET /api/suggestions?group=G&since=D&min_count=N&format=toml\|json` | learn mode: the allow rules report mode suggests (`portcullis allowlist suggest`) |
 //!
-//! The POST endpoints answer 401 without `Authorization: Bearer TOKEN` matching the token
-//! file, and 403 when no token file is configured.
+//! The POST endpoints and `/api/suggestions` (it tells what the agents reach) answer 401
+//! without `Authorization: Bearer TOKEN` matching the token file, and 403 when no token
+//! file is configured.
 
 use std::future::Future;
 use std::io;
@@ -55,6 +57,8 @@ pub struct AdminState {
     /// Set when the gate stops (SIGTERM): from then on /readyz answers 503, while the
     /// front doors drain and this listener keeps answering until they are done.
     pub draining: AtomicBool,
+    /// Learn mode's table (`None`: the gate learns nothing).
+    pub learner: Option<Arc<crate::learn::Learner>>,
 }
 
 impl AdminState {
@@ -80,7 +84,10 @@ impl AdminState {
                     healthy: u.healthy,
                 });
         let (guard_entries, guard_evictions, rate_clients) = self.filter.guard_usage();
+        let (learn_entries, learn_evictions) = self.learner.as_ref().map_or((0, 0), |l| l.usage());
         metrics::Snapshot {
+            learn_entries,
+            learn_evictions,
             cache_entries: self.filter.cache.len(),
             guard_entries,
             guard_evictions,
@@ -319,7 +326,8 @@ pub async fn route(
 ) -> Response {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let allowed = match path {
-        "/healthz" | "/readyz" | "/metrics" | "/api/explain" | "/api/lists" => "GET",
+        "/healthz" | "/readyz" | "/metrics" | "/api/explain" | "/api/lists"
+        | "/api/suggestions" => "GET",
         "/api/lists/refresh" | "/api/cache/flush" => "POST",
         _ => return Response::text(404, "not found\n"),
     };
@@ -329,11 +337,13 @@ pub async fn route(
             ..Response::text(405, "method not allowed\n")
         };
     }
-    if allowed == "POST" {
+    if allowed == "POST" || path == "/api/suggestions" {
         if let Some(refused) = state.unauthorized(authorization) {
             return refused;
         }
-        tracing::info!(endpoint = path, "admin action");
+        if allowed == "POST" {
+            tracing::info!(endpoint = path, "admin action");
+        }
     }
     match path {
         "/healthz" => Response::text(200, "ok\n"),
@@ -348,6 +358,7 @@ pub async fn route(
             allow: "",
         },
         "/api/explain" => explain(state, query),
+        "/api/suggestions" => suggestions(state, query),
         "/api/lists" => Response::json(&state.lists.statuses()),
         "/api/lists/refresh" => refresh_lists(state).await,
         "/api/cache/flush" => {
@@ -383,6 +394,86 @@ async fn refresh_lists(state: &AdminState) -> Response {
         response.status = 500;
     }
     response
+}
+
+/// Learn mode's suggestions, as an `allowlist.toml` fragment (default) or JSON.
+fn suggestions(state: &AdminState, query: &str) -> Response {
+    use crate::learn::suggest::{Options, render_toml, suggest};
+    let mut group = None;
+    let mut opts = Options::default();
+    let mut json = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(value) = percent_decode(value) else {
+            return Response::text(400, format!("`{key}`: bad percent-encoding\n"));
+        };
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|e| Response::text(400, format!("`{key}`: {e}\n")))
+        };
+        match key {
+            "group" => group = Some(value),
+            "since" => match crate::learn::parse_duration(&value) {
+                Ok(secs) => opts.since = Some(crate::learn::now_unix().saturating_sub(secs)),
+                Err(e) => return Response::text(400, format!("`since`: {e}\n")),
+            },
+            "min_count" => match number(&value) {
+                Ok(n) => opts.min_count = n,
+                Err(r) => return r,
+            },
+            "wildcard_after" => match number(&value) {
+                Ok(n) => opts.wildcard_after = n as usize,
+                Err(r) => return r,
+            },
+            "format" => match value.as_str() {
+                "toml" => json = false,
+                "json" => json = true,
+                _ => return Response::text(400, "`format`: toml or json\n"),
+            },
+            _ => {
+                return Response::text(
+                    400,
+                    format!(
+                        "unknown parameter `{key}`: group, since, min_count, wildcard_after, format\n"
+                    ),
+                );
+            }
+        }
+    }
+    let Some(learner) = &state.learner else {
+        return Response::text(404, "learn mode is off\n");
+    };
+    let policy = state.filter.policy.load();
+    if let Some(g) = &group
+        && policy.groups.id(g).is_none()
+    {
+        return Response::text(
+            400,
+            format!(
+                "`group`: no group `{g}` (groups: {})\n",
+                policy.groups.names().join(", ")
+            ),
+        );
+    }
+    let entries = learner.entries(group.as_deref());
+    let found = suggest(
+        &entries,
+        |host, group, ports| crate::learn::judge(&policy, host, group, ports),
+        |name| {
+            let (registered, prefix) = policy.suffixes.split(name);
+            (registered.to_owned(), prefix.unwrap_or("").to_owned())
+        },
+        &opts,
+    );
+    if json {
+        return Response::json(&found);
+    }
+    Response {
+        status: 200,
+        content_type: "application/toml; charset=utf-8",
+        body: render_toml(&found, crate::learn::now_unix()),
+        allow: "",
+    }
 }
 
 fn explain(state: &AdminState, query: &str) -> Response {
@@ -448,6 +539,18 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// `portcullis health`: GET `url` over plain TCP; `Ok(true)` on a 200 answer.
 pub fn probe(url: &str, timeout: Duration) -> io::Result<(bool, String)> {
+    let (status, body) = get(url, timeout, None, 64 * 1024)?;
+    Ok((status == 200, body))
+}
+
+/// GET `url` (`http://` only: the admin listener) with an optional bearer token: the
+/// status and at most `limit` bytes of the body.
+pub fn get(
+    url: &str,
+    timeout: Duration,
+    token: Option<&str>,
+    limit: u64,
+) -> io::Result<(u16, String)> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_owned());
@@ -465,22 +568,24 @@ pub fn probe(url: &str, timeout: Duration) -> io::Result<(bool, String)> {
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
-    stream.take(64 * 1024).read_to_end(&mut response)?;
+    stream.take(limit).read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status_ok = text
+    let status = text
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
-        .is_some_and(|code| code == "200");
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
     let body = text
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_owned());
-    Ok((status_ok, body))
+    Ok((status, body))
 }
 
 #[cfg(test)]

@@ -289,11 +289,21 @@ impl Gate {
         let _host_refresh = proxy_state
             .host
             .spawn_refresh(crate::host::REFRESH, crate::host::HostAddrs::read);
+        let learner = crate::learn::install(Arc::new(crate::learn::Learner::new(
+            config.learn.max_entries,
+            config.learn.persist.then(|| {
+                config
+                    .resolve(&config.sources.cache_dir)
+                    .join(crate::config::learn::LEARNED_FILE)
+            }),
+        )));
+        let saver = tokio::spawn(save_learned(learner.clone()));
         let admin_state = Arc::new(AdminState {
             shared: self.shared.clone(),
             filter: self.filter.clone(),
             lists: self.lists.clone(),
             draining: AtomicBool::new(false),
+            learner: Some(learner.clone()),
         });
         let reload = tokio::spawn(reload::reload_loop(
             self.path.clone(),
@@ -353,12 +363,33 @@ impl Gate {
             crate::admin::serve(listeners.admin, admin_state, stopped(drained_rx)),
         );
         reload.abort();
+        saver.abort();
+        // What the last minute learned, before the exit.
+        let _ = tokio::task::spawn_blocking(move || log_save(learner.save())).await;
         dns?;
         proxy?;
         routed?;
         admin?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Saves learn mode's table once a minute when it changed (off the async workers).
+async fn save_learned(learner: Arc<crate::learn::Learner>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let learner = learner.clone();
+        let _ = tokio::task::spawn_blocking(move || log_save(learner.save())).await;
+    }
+}
+
+fn log_save(result: Result<bool, crate::learn::LearnError>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "learned destinations not saved; kept in memory, retried in a minute");
     }
 }
 

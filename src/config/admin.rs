@@ -90,6 +90,11 @@ impl AdminToken {
         (!token.is_empty()).then(|| AdminToken(token.to_owned()))
     }
 
+    /// The token itself, for a client of the admin API (`portcullis allowlist suggest`).
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
     /// Compares in time independent of where the first difference is.
     pub fn matches(&self, presented: &[u8]) -> bool {
         let expected = self.0.as_bytes();

@@ -9,6 +9,7 @@ pub mod allowlist;
 pub mod dns;
 pub mod lists;
 use lists::RawListConfig;
+pub mod learn;
 pub mod locate;
 pub mod proxy;
 pub mod routed;
@@ -17,6 +18,7 @@ pub mod watch;
 
 pub use admin::{AdminConfig, AdminToken};
 pub use dns::{BareNames, BlockAnswer, DnsConfig, GuardConfig, RateLimitConfig};
+pub use learn::LearnConfig;
 pub use lists::{
     Format, ListConfig, ListSource, MAX_LIST_NAME_BYTES, MIN_KEYWORD_LEN, SourcesConfig,
 };
@@ -133,6 +135,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub routed: RoutedConfig,
     pub admin: AdminConfig,
+    pub learn: LearnConfig,
     /// Group name → client networks.
     pub groups: BTreeMap<String, Vec<Spanned<ipnet::IpNet>>>,
     /// Path of the allowlist; the shipped allowlist (built in) when absent.
@@ -391,6 +394,9 @@ impl Config {
         self.admin
             .validate()
             .map_err(|(key, message)| invalid_full(key, message))?;
+        self.learn
+            .validate()
+            .map_err(|(key, message)| invalid_full(key, message))?;
         Ok(())
     }
 
@@ -485,7 +491,7 @@ impl Config {
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
         let mut keys = Vec::new();
-        let checks: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 9] = [
+        let checks: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 10] = [
             ("dns.listen", &self.dns.listen, &new.dns.listen),
             (
                 "dns.max_inflight",
@@ -503,6 +509,7 @@ impl Config {
             ("proxy", &self.proxy, &new.proxy),
             ("routed", &self.routed, &new.routed),
             ("admin.listen", &self.admin.listen, &new.admin.listen),
+            ("learn", &self.learn, &new.learn),
         ];
         for (key, old, new) in checks {
             if differs(old, new) {
@@ -582,6 +589,14 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with("portcullis.toml:5: key `proxy.connect_timeout_ms`: "),
+            "{err}"
+        );
+        // `[learn]` keys too.
+        let err = parse("[learn]\npersist = false\nmax_entries = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("portcullis.toml:3: key `learn.max_entries`: 0 is out of range"),
             "{err}"
         );
         // `[routed]` keys too.

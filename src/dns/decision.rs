@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::filter::{Outcome, Reply};
+use crate::learn::{Door, Observation, Seen};
 use crate::policy::dns::DnsRefusal;
 use crate::telemetry::lines::JsonLine;
 
@@ -45,6 +46,9 @@ pub(crate) fn log_decision(
     let mut name = query.name().to_ascii();
     name.make_ascii_lowercase();
     let name = name.strip_suffix('.').unwrap_or(&name);
+    if reply.report {
+        learn(reply, client, name, query.query_type());
+    }
     log(
         &Decision {
             client,
@@ -66,6 +70,36 @@ pub(crate) fn log_decision(
         },
         log_allowed,
     );
+}
+
+/// What a reporting group's query tells the learner (see [`crate::learn`]).
+fn learn(reply: &Reply, client: SocketAddr, name: &str, qtype: hickory_proto::rr::RecordType) {
+    let Some(group) = reply.group.as_deref() else {
+        return;
+    };
+    let qtype_name = qtype.to_string();
+    let seen = if reply.outcome == Outcome::Blocked {
+        Seen::Blocked {
+            list: reply.list.as_deref().unwrap_or("-"),
+            rule: reply.rule.as_deref().unwrap_or("-"),
+        }
+    } else if let Some((addr, _)) = reply.denied_address {
+        Seen::Private(Some(addr))
+    } else {
+        match reply.would_refuse {
+            Some(DnsRefusal::Qtype) => Seen::Qtype(&qtype_name),
+            Some(_) => Seen::WouldRefuse,
+            None => return,
+        }
+    };
+    crate::learn::observe(&Observation {
+        group,
+        host: name,
+        port: None,
+        door: Door::Dns,
+        client: client.ip(),
+        seen,
+    });
 }
 
 pub(crate) fn log(d: &Decision, log_allowed: bool) {

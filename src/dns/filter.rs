@@ -70,6 +70,8 @@ pub struct Reply {
     pub group: Option<String>,
     /// `routed` mode: the gate's address the answer carries instead of the real ones.
     pub routed_to: Option<IpAddr>,
+    /// The group is in a reporting mode (`report`, `routed_report`): the learner records it.
+    pub report: bool,
 }
 
 impl Reply {
@@ -91,6 +93,7 @@ impl Reply {
             would_refuse: None,
             group: None,
             routed_to: None,
+            report: false,
         }
     }
 }
@@ -234,7 +237,14 @@ impl Filter {
             DnsAction::Refuse(refusal) => {
                 return Step::Done(refused(&policy, group, query, refusal, None));
             }
-            DnsAction::Local => return Step::Done(local(&policy, &settings, query, verdict)),
+            DnsAction::Local => {
+                let mut reply = local(&policy, &settings, query, verdict);
+                if policy.dns.group(group).mode.reports() {
+                    reply.report = true;
+                    reply.group = Some(policy.groups.name(group).to_owned());
+                }
+                return Step::Done(reply);
+            }
             DnsAction::Forward {
                 guard,
                 would_refuse,
@@ -325,6 +335,17 @@ impl Filter {
                     cooldown_secs = settings.guard.cooldown_secs,
                     "possible DNS tunnel"
                 );
+                if policy.dns.group(group).mode.reports() {
+                    // Nothing under this registered domain is ever suggested as a rule.
+                    crate::learn::observe(&crate::learn::Observation {
+                        group: group_name,
+                        host: domain,
+                        port: None,
+                        door: crate::learn::Door::Dns,
+                        client,
+                        seen: crate::learn::Seen::Suspicious(signal.as_str()),
+                    });
+                }
                 if !blocked {
                     return None;
                 }
@@ -421,8 +442,8 @@ impl Filter {
             .as_ref()
             .is_some_and(|w| w.valid_for(policy, settings, pending.group));
         // Report lines are written, and routed answers rewritten, on the full path only.
-        let full_path_only = pending.would_refuse.is_some()
-            || policy.dns.group(pending.group).mode == crate::policy::dns::DnsMode::Routed;
+        let full_path_only =
+            pending.would_refuse.is_some() || policy.dns.group(pending.group).mode.routed();
         if unchanged && !current && !full_path_only {
             let wire = WireAnswer::build(
                 policy,
@@ -487,6 +508,7 @@ impl Filter {
         }
         if let Some(would) = pending.would_refuse {
             reply.would_refuse = Some(would);
+            reply.report = true;
             reply.group = Some(policy.groups.name(pending.group).to_owned());
             crate::telemetry::metrics::dns_would_refuse(policy.groups.name(pending.group), would);
         }

@@ -24,7 +24,6 @@ use hickory_proto::rr::{RData, Record, RecordType};
 
 use super::filter::{Outcome, Reply};
 use crate::policy::Policy;
-use crate::policy::dns::DnsMode;
 
 /// Rewrites `reply` for `client` if its group is in `routed` mode. `local`: the address
 /// the query arrived on, if known.
@@ -36,7 +35,7 @@ pub fn route(
     reply: &mut Reply,
 ) {
     let group = policy.dns.group(policy.groups.of(client));
-    if group.mode != DnsMode::Routed
+    if !group.mode.routed()
         || !matches!(
             reply.outcome,
             Outcome::Forwarded | Outcome::Cached | Outcome::Stale
@@ -92,7 +91,7 @@ fn unmapped(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::dns::{DnsPolicy, GroupDns, NotAllowedAnswer, QtypeAnswer};
+    use crate::policy::dns::{DnsMode, DnsPolicy, GroupDns, NotAllowedAnswer, QtypeAnswer};
     use hickory_proto::rr::Name;
     use hickory_proto::rr::rdata::CNAME;
     use std::net::{Ipv4Addr, Ipv6Addr};

@@ -23,6 +23,10 @@ pub enum DnsMode {
     /// `allowlist`, and the A/AAAA answers of allowed names carry the gate's own address,
     /// so that clients that ignore HTTPS_PROXY connect to the gate's routed listeners.
     Routed,
+    /// `routed` for every name no threat list names, and every query `routed` would
+    /// refuse is logged with `would_refuse` (learn mode for clients that ignore
+    /// HTTPS_PROXY: with `[proxy]` report mode for the group, the routed listeners pass it).
+    RoutedReport,
 }
 
 impl DnsMode {
@@ -32,7 +36,18 @@ impl DnsMode {
             DnsMode::Allowlist => "allowlist",
             DnsMode::Report => "report",
             DnsMode::Routed => "routed",
+            DnsMode::RoutedReport => "routed_report",
         }
+    }
+
+    /// Allowed names are answered with the gate's own address (`routed`, `routed_report`).
+    pub fn routed(self) -> bool {
+        matches!(self, DnsMode::Routed | DnsMode::RoutedReport)
+    }
+
+    /// What `allowlist` would refuse is forwarded and reported (`report`, `routed_report`).
+    pub fn reports(self) -> bool {
+        matches!(self, DnsMode::Report | DnsMode::RoutedReport)
     }
 
     /// Only allowed names are forwarded (`allowlist` and `routed`).
@@ -239,7 +254,7 @@ impl DnsPolicy {
 
     /// Any group in `routed` mode?
     pub fn any_routed(&self) -> bool {
-        self.groups.iter().any(|g| g.mode == DnsMode::Routed)
+        self.groups.iter().any(|g| g.mode.routed())
     }
 
     pub fn group(&self, group: GroupId) -> &GroupDns {
@@ -255,7 +270,7 @@ impl DnsPolicy {
     /// forwarded with `would_refuse` in `report`.
     pub fn decide(&self, verdict: &Verdict<'_>, group: GroupId, qtype: u16) -> DnsAction {
         let g = self.group(group);
-        let report = g.mode == DnsMode::Report;
+        let report = g.mode.reports();
         let mut would_refuse = None;
         if !g.serves(qtype) {
             if !report {
@@ -281,7 +296,7 @@ impl DnsPolicy {
                     guard: g.guard,
                     would_refuse,
                 },
-                DnsMode::Report => DnsAction::Forward {
+                DnsMode::Report | DnsMode::RoutedReport => DnsAction::Forward {
                     guard: g.guard,
                     would_refuse: would_refuse.or(Some(DnsRefusal::NotAllowed)),
                 },
@@ -309,7 +324,7 @@ impl DnsPolicy {
         };
         let (code, qname) = qtype.unwrap_or((1, "A"));
         let guard = g.guard.as_str();
-        let routed = if g.mode == DnsMode::Routed && matches!(code, 1 | 28) {
+        let routed = if g.mode.routed() && matches!(code, 1 | 28) {
             "; the answer carries the gate's own address (routed listeners)"
         } else {
             ""
@@ -388,7 +403,7 @@ mod tests {
     #[test]
     fn the_decision_table() {
         use DnsAction::{Forward, Local, Refuse};
-        use DnsMode::{Allowlist, Public, Report, Routed};
+        use DnsMode::{Allowlist, Public, Report, Routed, RoutedReport};
         use DnsRefusal::{NotAllowed, Qtype};
         use GuardAction::{Auto, Block, Log, Off};
         let exact = rule("api.example.com");
@@ -430,6 +445,35 @@ mod tests {
             (Routed, Auto, Verdict::Allowed(&exact), A, fwd(Off, None)),
             (Routed, Auto, Verdict::Allowed(&wild), A, fwd(Block, None)),
             (Routed, Auto, Verdict::Allowed(&exact), TXT, Refuse(Qtype)),
+            // routed_report: forwarded (and routed at the listener), reported, guard logs
+            (
+                RoutedReport,
+                Auto,
+                Verdict::Pass,
+                A,
+                fwd(Log, Some(NotAllowed)),
+            ),
+            (
+                RoutedReport,
+                Auto,
+                Verdict::Allowed(&exact),
+                A,
+                fwd(Log, None),
+            ),
+            (
+                RoutedReport,
+                Auto,
+                Verdict::Allowed(&exact),
+                TXT,
+                fwd(Log, Some(Qtype)),
+            ),
+            (
+                RoutedReport,
+                Auto,
+                Verdict::Special(SpecialUse::Localhost),
+                A,
+                Local,
+            ),
             (Public, Auto, Verdict::Pass, A, fwd(Log, None)),
             (Public, Auto, Verdict::Allowed(&exact), A, fwd(Log, None)),
             (Public, Block, Verdict::Pass, A, fwd(Block, None)),

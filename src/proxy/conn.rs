@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::ProxyState;
 use super::budget::{ConnBudget, Held};
-use super::check::{Approval, Asker, Refusal};
+use super::check::{Approval, Asker, Door, Refusal};
 use super::error::{ProxyError, redact_target, refusal_response};
 use super::http::RequestHead;
 use super::relay::Relayed;
@@ -89,6 +89,9 @@ pub(crate) fn log_refusal(
     answer_ids: &[u64],
 ) {
     crate::telemetry::metrics::proxy_decision(asker.door.label(), "refused", err.code());
+    if asker.mode == super::ProxyMode::Report {
+        learn_refusal(asker, target, err);
+    }
     let fault = err.fault();
     if fault != crate::error::Fault::Client {
         crate::telemetry::metrics::error("proxy", fault);
@@ -137,6 +140,9 @@ pub(crate) fn log_allowed(
             "public_destination"
         },
     );
+    if approval.would_refuse.is_some() {
+        learn(asker, target, crate::learn::Seen::WouldRefuse);
+    }
     tracing::info!(
         target: "portcullis::decision",
         door = asker.door.log_name(),
@@ -156,6 +162,54 @@ pub(crate) fn log_allowed(
         answer_ids = ids(&approval.answer_ids),
         sni,
     );
+}
+
+/// Tells the learner what a report-mode request of `asker` reached.
+fn learn(asker: &Asker, target: &Target, seen: crate::learn::Seen) {
+    let host = match &target.host {
+        super::target::Host::Name(name) => name.as_str().to_owned(),
+        super::target::Host::Ip(ip) => ip.to_string(),
+    };
+    crate::learn::observe(&crate::learn::Observation {
+        group: &asker.group_name,
+        host: &host,
+        port: Some(target.port),
+        door: match asker.door {
+            Door::Forward => crate::learn::Door::Forward,
+            Door::RoutedTls => crate::learn::Door::RoutedTls,
+            Door::RoutedHttp => crate::learn::Door::RoutedHttp,
+            Door::Proxy | Door::Connect => crate::learn::Door::Connect,
+        },
+        client: asker.client.ip(),
+        seen,
+    });
+}
+
+/// A report-mode refusal the allowlist could change, or must never: a threat-listed
+/// name, a private answer, a port outside the public ones, an IP literal.
+fn learn_refusal(asker: &Asker, raw: &str, err: &ProxyError) {
+    use super::error::RefusalCode;
+    let Some(code) = err.refusal_code() else {
+        return;
+    };
+    let reason = err.to_string();
+    let seen = match code {
+        RefusalCode::Blocked | RefusalCode::BlockedAnswer => crate::learn::Seen::Blocked {
+            list: "threat list",
+            rule: &reason,
+        },
+        RefusalCode::DeniedAddress => crate::learn::Seen::Private(None),
+        RefusalCode::PortNotAllowed | RefusalCode::IpLiteral | RefusalCode::NotAllowlisted => {
+            crate::learn::Seen::WouldRefuse
+        }
+        _ => return,
+    };
+    let target = super::target::parse_authority(raw)
+        .ok()
+        .or_else(|| super::target::parse_http_url(raw).ok().map(|(t, _)| t));
+    if let Some(target) = target {
+        learn(asker, &target, seen);
+    }
 }
 
 /// One line when a tunnel or forwarded exchange closes.

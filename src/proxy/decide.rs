@@ -122,8 +122,9 @@ fn decide_name(ask: &Ask) -> Decision {
         Verdict::Excepted(_) | Verdict::Pass => ProxyError::forbidden(
             RefusalCode::NotAllowlisted,
             format!(
-                "no allow rule names {name}:{port} for group {} (add it to allowlist.toml)",
-                ask.group
+                "{name}:{port} is not on the allowlist of group {group}; an operator can allow it: {}",
+                add_command(name, port, ask.group),
+                group = ask.group
             ),
         ),
     };
@@ -165,15 +166,22 @@ fn port_refusal(ask: &Ask, first: &AllowRule) -> ProxyError {
             .flat_map(|r| r.ports.iter().map(u16::to_string))
             .collect();
         format!(
-            "rule {} allows ports [{}], not {port}",
+            "rule {} allows ports [{}], not {port}; an operator can allow it: {}",
             rule_ref(first),
-            ports.join(", ")
+            ports.join(", "),
+            add_command(name, port, ask.group)
         )
     };
     ProxyError::forbidden(
         RefusalCode::PortNotAllowed,
         format!("{name}:{port}: {what}"),
     )
+}
+
+/// The operator command that allows `name:port` for `group`: agents (Claude Code and
+/// others) show a refusal's text to the model, which can ask for exactly this.
+fn add_command(name: &str, port: u16, group: &str) -> String {
+    format!("portcullis allowlist add {name} --port {port} --group {group}")
 }
 
 /// May an address of `class` be dialled, `private`: under a rule with `private = true`?

@@ -127,6 +127,14 @@ impl ProxyError {
     }
 
     /// Stable snake_case reason code: the start of `X-Portcullis-Reason` and the log's `reason_code`.
+    /// The refusal's code, for a request refused by policy (403).
+    pub fn refusal_code(&self) -> Option<RefusalCode> {
+        match self {
+            ProxyError::Forbidden { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",

@@ -369,6 +369,18 @@ pub fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
     buf.push(b'Z');
 }
 
+/// `2026-11-22T01:13:59Z` for Unix seconds (UTC), for status output.
+pub fn format_unix(secs: u64) -> String {
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// `value` as exactly `digits` decimal digits, zero-padded (the low ones if it has more).
 fn push_digits(buf: &mut Vec<u8>, value: u64, digits: u32) {
     let mut div = 10u64.pow(digits - 1);

@@ -18,6 +18,7 @@ mod decision_log;
 mod dns;
 mod dns_modes;
 mod dns_paths;
+mod learn;
 mod list_formats;
 mod lists_fetch;
 mod monitoring;

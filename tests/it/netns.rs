@@ -624,7 +624,7 @@ fn the_gate_is_the_only_way_out() {
         format!("{would_refuse:?}"),
         lines.len() == 1
             && would_refuse.len() == 1
-            && would_refuse[0].contains("no allow rule names notallowed.test"),
+            && would_refuse[0].contains("is not on the allowlist of group"),
     );
 
     print_table(&table);

@@ -447,6 +447,34 @@ pub(super) fn register_log(r: &mut Registry) -> Counter {
     dropped
 }
 
+/// Learn mode's table (`portcullis_learn_*`), set at scrape time.
+pub(super) struct LearnMetrics {
+    pub entries: Gauge,
+    pub evictions: Counter,
+    /// The learner's eviction count at the last scrape (the counter follows it).
+    pub evictions_seen: std::sync::atomic::AtomicU64,
+}
+
+pub(super) fn register_learn(r: &mut Registry) -> LearnMetrics {
+    let entries = Gauge::default();
+    r.register(
+        "learn_entries",
+        "Destinations learn mode keeps (group and name pairs report mode saw; bounded by [learn] max_entries)",
+        entries.clone(),
+    );
+    let evictions = Counter::default();
+    r.register(
+        "learn_evictions",
+        "Learned destinations dropped, least recently seen first, to stay within [learn] max_entries",
+        evictions.clone(),
+    );
+    LearnMetrics {
+        entries,
+        evictions,
+        evictions_seen: std::sync::atomic::AtomicU64::new(0),
+    }
+}
+
 /// `portcullis_build_info`: a gauge fixed at 1 rather than an OpenMetrics `info`, which
 /// the Prometheus text format (and `promtool check metrics`) does not know.
 pub(super) fn register_build_info(r: &mut Registry) {

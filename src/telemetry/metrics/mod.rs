@@ -49,6 +49,7 @@ pub struct Metrics {
     capacity: ProxyCapacity,
     errors: Family<FaultLabels, Counter>,
     log_lines_dropped: Counter,
+    learn: families::LearnMetrics,
     process: ProcessMetrics,
     /// One scrape at a time (scrape-time gauges are cleared and refilled).
     scrape: Mutex<()>,
@@ -64,6 +65,9 @@ pub struct Snapshot {
     pub guard_evictions: u64,
     /// Clients the rate limiter tracks.
     pub rate_clients: usize,
+    /// Learn mode's entries and evictions since the start.
+    pub learn_entries: usize,
+    pub learn_evictions: u64,
     pub lists: Vec<ListGauges>,
     pub upstreams: Vec<UpstreamGauges>,
 }
@@ -101,6 +105,7 @@ impl Metrics {
         let capacity = ProxyCapacity::register(r);
         let errors = families::register_errors(r);
         let log_lines_dropped = families::register_log(r);
+        let learn = families::register_learn(r);
         let process = ProcessMetrics::register(&mut root);
         families::register_build_info(root.sub_registry_with_prefix("portcullis"));
         Metrics {
@@ -114,6 +119,7 @@ impl Metrics {
             capacity,
             errors,
             log_lines_dropped,
+            learn,
             process,
             scrape: Mutex::new(()),
         }
@@ -132,6 +138,14 @@ impl Metrics {
         self.dns
             .guard_evictions
             .inc_by(snapshot.guard_evictions.saturating_sub(seen));
+        self.learn.entries.set(snapshot.learn_entries as i64);
+        let seen = self.learn.evictions_seen.swap(
+            snapshot.learn_evictions,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.learn
+            .evictions
+            .inc_by(snapshot.learn_evictions.saturating_sub(seen));
         self.lists.set(&snapshot.lists);
         self.upstream.set_health(&snapshot.upstreams);
         self.process.refresh();

@@ -109,6 +109,11 @@ impl Gate {
         }
     }
 
+    /// The portcullis.toml the gate was started with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("portcullis.toml")
+    }
+
     /// The proxy's bound address.
     pub fn proxy_addr(&self) -> String {
         self.bound("proxy")
