@@ -139,12 +139,36 @@ impl ConfigWatcher {
                 _ => PathBuf::from("."),
             })
             .collect();
+        // Writes to files we do not watch (a log written into the config directory: an
+        // event per write) do not wake the watcher. Everything else does: an event naming
+        // a watched file, any create, remove or rename (a Kubernetes ConfigMap update
+        // swaps the `..data` symlink, naming no watched file), and an event with no path
+        // (an inotify queue overflow).
+        let names: BTreeSet<std::ffi::OsString> = files
+            .iter()
+            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+            .collect();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<_>| {
-            let _: notify::Event = match event {
+            let event: notify::Event = match event {
                 Ok(event) => event,
                 Err(_) => return,
             };
-            let _ = tx.try_send(());
+            use notify::EventKind;
+            use notify::event::ModifyKind;
+            let data_only = matches!(
+                event.kind,
+                EventKind::Access(_)
+                    | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_))
+            );
+            let ours = !data_only
+                || event.paths.is_empty()
+                || event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| names.contains(n)));
+            if ours {
+                let _ = tx.try_send(());
+            }
         })
         .map_err(|source| WatchError {
             dir: String::new(),
@@ -230,6 +254,20 @@ mod tests {
             watcher.hashed, 0,
             "stat said nothing changed: nothing was read"
         );
+        // Appends to it (the log file exists now) do not even wake the watcher.
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("other.log"))
+            .unwrap();
+        for i in 0..200 {
+            use std::io::Write as _;
+            writeln!(log, "line {i}").unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            watcher.events.try_recv().is_err(),
+            "appends to an unwatched file are no wake-up"
+        );
 
         // Same content rewritten: read (its stat changed), no change reported.
         std::fs::write(&file, "a = 1\n").unwrap();
@@ -246,5 +284,28 @@ mod tests {
             .expect("the rename is seen");
         assert_eq!(changed, fingerprint(&files));
         assert_ne!(changed[0].1, None);
+    }
+
+    /// The kubelet's atomic update of a ConfigMap volume: the file is a symlink through
+    /// `..data`, and an update renames a new `..data` over it (no event names the file).
+    #[tokio::test]
+    async fn a_configmap_symlink_swap_is_a_change() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("..v1")).unwrap();
+        std::fs::write(d.join("..v1/portcullis.toml"), "a = 1\n").unwrap();
+        symlink("..v1", d.join("..data")).unwrap();
+        symlink("..data/portcullis.toml", d.join("portcullis.toml")).unwrap();
+        let files = vec![d.join("portcullis.toml")];
+        let mut watcher = ConfigWatcher::new(files.clone(), fingerprint(&files)).unwrap();
+        std::fs::create_dir(d.join("..v2")).unwrap();
+        std::fs::write(d.join("..v2/portcullis.toml"), "a = 2\n").unwrap();
+        symlink("..v2", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+            .await
+            .expect("the swap is seen");
+        assert_eq!(changed, fingerprint(&files));
     }
 }

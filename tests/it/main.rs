@@ -3,7 +3,7 @@
 //! carries its module (`proxy::the_body_limit_answers_413`); scripts/test.sh reruns the
 //! ignored ones by those names.
 //!
-//! The root-only tests (`container`, `netns`, `routed_netns`, `tunnel`) and those that read
+//! The root-only tests (`container`, `netns`, `routed_netns`, `learn_netns`, `tunnel`) and those that read
 //! ../shared are `#[ignore]`d with their reason; `cargo test --test it -- --ignored` runs
 //! them.
 
@@ -19,6 +19,7 @@ mod dns;
 mod dns_modes;
 mod dns_paths;
 mod learn;
+mod learn_netns;
 mod list_formats;
 mod lists_fetch;
 mod monitoring;

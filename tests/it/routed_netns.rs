@@ -145,12 +145,12 @@ impl Drop for Recorder {
 
 /// The internet namespace's servers: the DoH server the gate asks, and the origin (TLS on
 /// 443 and 8443, HTTP on 80) that records every connection it accepts.
-struct Internet {
+pub(crate) struct Internet {
     doh_url: String,
     doh_ca: String,
     doh_name: String,
     /// PEM of the CA of the origin's certificate (for the clients' trust stores).
-    origin_ca: String,
+    pub(crate) origin_ca: String,
     origin_ca_der: CertificateDer<'static>,
     /// `origin:PORT from PEER`, one per accepted connection.
     seen: Arc<Mutex<Vec<String>>>,
@@ -275,7 +275,7 @@ impl Internet {
         }
     }
 
-    fn seen(&self) -> Vec<String> {
+    pub(crate) fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -507,20 +507,20 @@ fn split_hello_get(
 
 /// The namespaces, linked as in the picture, with the internet's servers running. Fields
 /// drop in order: the servers stop before their namespaces go.
-struct Topology {
-    net: Internet,
-    agent: Netns,
-    gate: Netns,
+pub(crate) struct Topology {
+    pub(crate) net: Internet,
+    pub(crate) agent: Netns,
+    pub(crate) gate: Netns,
     inet: Netns,
     lan: Netns,
-    etc: tempfile::TempDir,
-    cache: tempfile::TempDir,
+    pub(crate) etc: tempfile::TempDir,
+    pub(crate) cache: tempfile::TempDir,
     /// The agent's resolv.conf: the gate only.
     resolv: std::path::PathBuf,
 }
 
 impl Topology {
-    fn new() -> Topology {
+    pub(crate) fn new() -> Topology {
         container::require();
         for tool in ["node", "openssl", "timeout"] {
             let found = Command::new("sh")
@@ -591,8 +591,20 @@ impl Topology {
     /// routed mode (answers carry the address a query arrived on), routed listeners on the
     /// agent side; returns once every listener is bound.
     fn start_gate(&self) -> RunningGate {
+        self.start_gate_with(&allowlist(), "routed", "allowlist")
+    }
+
+    /// [`Topology::start_gate`] with this allowlist and the agent group's DNS and proxy
+    /// modes; the admin token is `admin-token` beside the config.
+    pub(crate) fn start_gate_with(
+        &self,
+        allowlist: &str,
+        dns_mode: &str,
+        proxy_mode: &str,
+    ) -> RunningGate {
         let etc = self.etc.path();
-        std::fs::write(etc.join("allowlist.toml"), allowlist()).unwrap();
+        std::fs::write(etc.join("allowlist.toml"), allowlist).unwrap();
+        std::fs::write(etc.join("admin-token"), "routed-netns-admin-token\n").unwrap();
         std::fs::write(
             etc.join("portcullis.toml"),
             format!(
@@ -600,7 +612,7 @@ impl Topology {
 [dns]
 listen = ["10.77.0.1:53"]
 mode = "allowlist"
-modes = {{ agent = "routed" }}
+modes = {{ agent = "{dns_mode}" }}
 [upstream]
 timeout_ms = 2000
 [[upstream.servers]]
@@ -612,9 +624,11 @@ ca_file = "{ca}"
 agent = ["10.77.0.0/24"]
 [admin]
 listen = ["127.0.0.1:9953"]
+token_file = "admin-token"
 [proxy]
 listen = ["10.77.0.1:3128"]
 client_hello_timeout_ms = {HELLO_TIMEOUT_MS}
+modes = {{ agent = "{proxy_mode}" }}
 [routed]
 tls_listen = ["10.77.0.1:{TLS_PORT}"]
 tls_ports = [{TLS_PORT_2}]
@@ -658,7 +672,7 @@ inline = "evil.test"
     }
 
     /// `dig @10.77.0.1 NAME A` from the agent: (status, answer addresses).
-    fn dig(&self, name: &str) -> (String, Vec<String>) {
+    pub(crate) fn dig(&self, name: &str) -> (String, Vec<String>) {
         let out = self
             .agent
             .command("dig")
@@ -688,7 +702,7 @@ inline = "evil.test"
     /// `program` in the agent's namespace as an agent's container runs it: the gate as its
     /// only resolver (its own /etc/resolv.conf, bound in a private mount namespace), no
     /// proxy variable at all, at most 15 s.
-    fn client(&self, program: &str) -> Command {
+    pub(crate) fn client(&self, program: &str) -> Command {
         let mut c = self.agent.command("unshare");
         c.args([
             "--mount",
@@ -709,7 +723,7 @@ inline = "evil.test"
     }
 
     /// Node's built-in fetch of `url`: `status N` and the body, or `error CODE`.
-    fn node_fetch(&self, url: &str) -> (bool, String) {
+    pub(crate) fn node_fetch(&self, url: &str) -> (bool, String) {
         const SCRIPT: &str = r#"
 fetch(process.argv[1], { signal: AbortSignal.timeout(10000) })
   .then(async (r) => { console.log("status " + r.status); console.log(await r.text()); })
@@ -725,7 +739,7 @@ fetch(process.argv[1], { signal: AbortSignal.timeout(10000) })
     }
 
     /// curl with no proxy: (exit code, http code, all output).
-    fn curl(&self, url: &str) -> (Option<i32>, String, String) {
+    pub(crate) fn curl(&self, url: &str) -> (Option<i32>, String, String) {
         let out = self
             .client("curl")
             .args(["-sS", "--max-time", "8", "--cacert", &self.net.origin_ca])
