@@ -129,26 +129,29 @@ enum Command {
 enum AllowlistCommand {
     /// Print the allow rules report mode suggests, as an allowlist.toml fragment (from the
     /// running gate's admin API, with the admin token of the configuration).
-    Suggest {
-        /// Only this group's rules (default: every group).
-        #[arg(long)]
-        group: Option<String>,
-        /// Only destinations seen in this last while: 30m, 12h, 7d.
-        #[arg(long, value_name = "DURATION")]
-        since: Option<String>,
-        /// Only destinations seen at least this often.
-        #[arg(long, default_value_t = 1)]
-        min_count: u64,
-        /// This many names under one parent become one `*.parent` rule (0: never).
-        #[arg(long, default_value_t = 3)]
-        wildcard_after: u64,
-        /// Print JSON (every field, withheld destinations included) instead.
-        #[arg(long)]
-        json: bool,
-        /// The admin listener (default: from `[admin] listen`).
-        #[arg(long, value_name = "http://HOST:PORT")]
-        url: Option<String>,
-    },
+    Suggest(Suggest),
+}
+
+#[derive(clap::Args)]
+struct Suggest {
+    /// Only this group's rules (default: every group).
+    #[arg(long)]
+    group: Option<String>,
+    /// Only destinations seen in this last while: 30m, 12h, 7d.
+    #[arg(long, value_name = "DURATION")]
+    since: Option<String>,
+    /// Only destinations seen at least this often.
+    #[arg(long, default_value_t = 1)]
+    min_count: u64,
+    /// This many names under one parent become one `*.parent` rule (0: never).
+    #[arg(long, default_value_t = 3)]
+    wildcard_after: u64,
+    /// Print JSON (every field, withheld destinations included) instead.
+    #[arg(long)]
+    json: bool,
+    /// The admin listener (default: from `[admin] listen`).
+    #[arg(long, value_name = "http://HOST:PORT")]
+    url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -222,26 +225,8 @@ fn main() -> ExitCode {
             policy.as_deref(),
         ),
         Command::Allowlist {
-            command:
-                AllowlistCommand::Suggest {
-                    group,
-                    since,
-                    min_count,
-                    wildcard_after,
-                    json,
-                    url,
-                },
-        } => allowlist_suggest(
-            cli.config.as_deref(),
-            Suggest {
-                group,
-                since,
-                min_count,
-                wildcard_after,
-                json,
-                url,
-            },
-        ),
+            command: AllowlistCommand::Suggest(args),
+        } => allowlist_suggest(cli.config.as_deref(), args),
         Command::Sleep { secs } => {
             std::thread::sleep(Duration::from_secs(secs));
             Ok(ExitCode::SUCCESS)
@@ -334,15 +319,6 @@ fn health(url: &str, timeout: u64) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
-}
-
-struct Suggest {
-    group: Option<String>,
-    since: Option<String>,
-    min_count: u64,
-    wildcard_after: u64,
-    json: bool,
-    url: Option<String>,
 }
 
 /// `portcullis allowlist suggest`: the running gate's `/api/suggestions`, printed.

@@ -224,16 +224,11 @@ async fn report_mode_suggests_the_allowlist_and_never_what_must_stay_shut() {
         .arg(format!("http://{}", gate.admin_addr()))
         .output()
         .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     // api.learned.example: one lookup and one CONNECT; nas: one lookup and one CONNECT.
-    let hosts: Vec<&str> = json
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["host"].as_str().unwrap())
-        .collect();
+    let hosts = hosts_of(&json.stdout);
     assert!(
-        hosts.contains(&"api.learned.example") && !hosts.contains(&"*.cdn.learned.example"),
+        hosts.iter().any(|h| h == "api.learned.example")
+            && !hosts.iter().any(|h| h == "*.cdn.learned.example"),
         "{hosts:?}"
     );
 
@@ -249,6 +244,16 @@ async fn report_mode_suggests_the_allowlist_and_never_what_must_stay_shut() {
         strip(&fragment),
         "the first line holds the time"
     );
+}
+
+/// The `host` of every suggestion of a `format=json` answer.
+fn hosts_of(json: &[u8]) -> Vec<String> {
+    let json: serde_json::Value = serde_json::from_slice(json).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["host"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// The config path the support harness wrote (the gate's `--config`).
@@ -295,15 +300,12 @@ async fn a_flood_of_unique_names_keeps_the_table_within_its_cap() {
     );
     let (status, json) = suggestions(&gate, "format=json");
     assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let hosts: Vec<&str> = json
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["host"].as_str().unwrap())
-        .collect();
+    let hosts = hosts_of(json.as_bytes());
     assert_eq!(hosts.len(), 50);
     // The newest stay.
-    assert!(hosts.contains(&"n599.flood599.example"), "{hosts:?}");
-    assert!(!hosts.contains(&"n0.flood0.example"));
+    assert!(
+        hosts.iter().any(|h| h == "n599.flood599.example"),
+        "{hosts:?}"
+    );
+    assert!(!hosts.iter().any(|h| h == "n0.flood0.example"));
 }

@@ -91,6 +91,13 @@ pub struct UpstreamGauges {
     pub healthy: bool,
 }
 
+/// Moves `counter` up to `total`, a count kept elsewhere (`seen`: its value at the last
+/// scrape), so the counter never goes down.
+fn follow(counter: &Counter, seen: &std::sync::atomic::AtomicU64, total: u64) {
+    let before = seen.swap(total, std::sync::atomic::Ordering::Relaxed);
+    counter.inc_by(total.saturating_sub(before));
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut root = Registry::default();
@@ -131,21 +138,17 @@ impl Metrics {
         self.cache.entries.set(snapshot.cache_entries as i64);
         self.dns.guard_entries.set(snapshot.guard_entries as i64);
         self.dns.rate_clients.set(snapshot.rate_clients as i64);
-        let seen = self.dns.guard_evictions_seen.swap(
+        follow(
+            &self.dns.guard_evictions,
+            &self.dns.guard_evictions_seen,
             snapshot.guard_evictions,
-            std::sync::atomic::Ordering::Relaxed,
         );
-        self.dns
-            .guard_evictions
-            .inc_by(snapshot.guard_evictions.saturating_sub(seen));
         self.learn.entries.set(snapshot.learn_entries as i64);
-        let seen = self.learn.evictions_seen.swap(
+        follow(
+            &self.learn.evictions,
+            &self.learn.evictions_seen,
             snapshot.learn_evictions,
-            std::sync::atomic::Ordering::Relaxed,
         );
-        self.learn
-            .evictions
-            .inc_by(snapshot.learn_evictions.saturating_sub(seen));
         self.lists.set(&snapshot.lists);
         self.upstream.set_health(&snapshot.upstreams);
         self.process.refresh();
