@@ -295,7 +295,7 @@ async fn the_rate_limit_cuts_a_bursting_client_and_spares_another() {
 
 /// Sends `secret` (base32, 32 characters a label) as the labels of A queries under
 /// `parent`, one chunk a query, and returns the bytes of secret labels the upstream got.
-async fn exfiltrate(gate: &Gate, doh: &DohServer, parent: &str, secret: &str) -> usize {
+pub(crate) async fn exfiltrate(gate: &Gate, doh: &DohServer, parent: &str, secret: &str) -> usize {
     let chunks: Vec<&str> = secret
         .as_bytes()
         .chunks(32)
@@ -317,7 +317,7 @@ async fn exfiltrate(gate: &Gate, doh: &DohServer, parent: &str, secret: &str) ->
         .sum()
 }
 
-fn base32_secret(bytes: usize) -> String {
+pub(crate) fn base32_secret(bytes: usize) -> String {
     // Deterministic but patternless: an xorshift stream in the base32 alphabet.
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

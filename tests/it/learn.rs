@@ -116,6 +116,10 @@ async fn report_mode_suggests_the_allowlist_and_never_what_must_stay_shut() {
     ] {
         dig(dns, name, "A", &["-b", AGENT]).await;
     }
+    // A tunnel under a name report mode forwards: the guard (log, in report mode) trips,
+    // and nothing under its registered domain is ever suggested.
+    let secret = crate::dns_modes::base32_secret(2048);
+    crate::dns_modes::exfiltrate(&gate, &doh, "tunnel.example", &secret).await;
     // A client of no report-mode group teaches nothing.
     dig(dns, "default-group.learned.example", "A", &[]).await;
     // Through the proxy: a port allowlist mode would need a rule for (refused here too:
@@ -173,6 +177,7 @@ async fn report_mode_suggests_the_allowlist_and_never_what_must_stay_shut() {
         "# evil.example (group agent): blocked anyway: list threats, rule",
         "# 203.0.113.7 (group agent): IP literal: never suggested",
         "doors: dns, connect; ports: 8443",
+        "# tunnel.example (group agent): suspicious: the tunnel guard flagged its registered domain",
     ] {
         assert!(
             fragment.contains(needle),
@@ -184,6 +189,10 @@ async fn report_mode_suggests_the_allowlist_and_never_what_must_stay_shut() {
         "already allowed: not suggested\n{fragment}"
     );
     assert!(!fragment.contains("default-group"), "{fragment}");
+    assert!(
+        !fragment.contains(".tunnel.example\""),
+        "no rule under a flagged domain\n{fragment}"
+    );
 
     // The CLI prints the same fragment from the running gate.
     let dir = gate_dir_config(&gate);
