@@ -565,7 +565,7 @@ UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log/ && $2 == "cache
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); $(uname -sr)"
     echo "- $(dnsperf -h 2>&1 | sed -n 's/^Version /dnsperf /p' | head -n1); unbound $(unbound -V | sed -n 's/^Version //p'); portcullis $("$BIN" --version | awk '{ print $2 }') ($BUILT_FROM)"
-    echo "- command: \`$INVOCATION\` (DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING THREADS=$THREADS RT=$RT DECISION_LOG=${DECISION_LOG:-0}); load average at start: $LOADAVG_START"
+    echo "- command: \`$INVOCATION\` (DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING THREADS=$THREADS RT=$RT PIN=${PIN:-1} LAT_QPS=$LAT_QPS DECISION_LOG=${DECISION_LOG:-0}); load average at start: $LOADAVG_START"
     echo "- each run: \`${DNSPERF[*]} -p PORT -d FILE\`; servers on core $SERVER_CPU (\`${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU\`; unbound \`num-threads: 1\`), dnsperf on core $CLIENT_CPU; gate and unbound runs alternate; best of $ROUNDS rounds by queries/s"
     echo "- lists: $LISTS_ORIGIN"
     echo "- workloads: **blocked** = $N_BLOCKED_Q A queries sampled from the plain-domain lists${DROPPED_NOTE}, NXDOMAIN from both servers; **cached** = $N_CACHED names \`cN.bench.example\` answered once by the gate's local upstream, then from the gate's cache (unbound answers them from \`local-data\`, its best case); **mix** = alternating blocked / cached"
