@@ -240,7 +240,13 @@ pub fn merge(
             changes,
         });
     }
-    let text = doc.to_string();
+    let mut text = doc.to_string();
+    // toml_edit writes `\n`; a file written with `\r\n` keeps them.
+    if existing.contains("\r\n")
+        && existing.matches('\n').count() == existing.matches("\r\n").count()
+    {
+        text = text.replace("\r\n", "\n").replace('\n', "\r\n");
+    }
     validated(&text, file, fragment_file, groups)?;
     Ok(Merged { text, changes })
 }
@@ -879,6 +885,14 @@ groups = [\"ci\"]
             merged.text,
             "[[allow]]\nhost = \"a.example\"\nports = [80]\n"
         );
+    }
+
+    #[test]
+    fn a_file_with_crlf_line_ends_keeps_them() {
+        let existing = EXISTING.replace('\n', "\r\n");
+        let merged = merge_into(&existing, FRAGMENT).unwrap();
+        let lf = merge_into(EXISTING, FRAGMENT).unwrap();
+        assert_eq!(merged.text, lf.text.replace('\n', "\r\n"));
     }
 
     #[test]
