@@ -118,38 +118,19 @@ impl Plan {
     }
 }
 
-/// Replaces `path` with `content`: a temporary file beside it (its mode, and its owner where
-/// we may set it), written and fsynced, renamed over it, and the directory fsynced.
+/// Replaces `path` with `content` through [`crate::sys::write_atomic_with`] (a temporary
+/// file beside it, fsynced, renamed over it, the directory fsynced), with the old file's
+/// mode, and its owner where we may set it.
 pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let old = std::fs::metadata(path)?;
-    let tmp = dir.join(format!(".{name}.portcullis-{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+    crate::sys::write_atomic_with(path, |file| {
+        // Before a byte is written: the content is never readable by more than the old was.
         file.set_permissions(old.permissions())?;
         // Only root may give a file away; anyone else leaves it theirs.
-        let _ = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()));
-        file.write_all(content)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    std::fs::File::open(dir)?.sync_all()
+        let _ = std::os::unix::fs::fchown(&*file, Some(old.uid()), Some(old.gid()));
+        file.write_all(content)
+    })
 }
 
 #[cfg(test)]
