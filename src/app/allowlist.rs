@@ -226,4 +226,80 @@ mod tests {
             "# edited meanwhile\n"
         );
     }
+
+    /// What `portcullis allowlist suggest` prints goes in as it is: each rule with the
+    /// comment lines above it; the fragment's header and its "Not suggested" notes stay
+    /// behind; a second apply changes nothing.
+    #[test]
+    fn a_suggested_fragment_merges_with_its_rule_comments_only() {
+        use crate::config::allowlist::BUILTIN_ALLOWLIST;
+        use crate::learn::suggest::{Suggestion, Withheld, render_toml};
+        use crate::policy::groups::Groups;
+        let suggestion = |host: &str, ports: Vec<u16>, private: Option<&str>| Suggestion {
+            host: host.to_owned(),
+            group: "agent".to_owned(),
+            ports,
+            doors: vec!["connect", "dns"],
+            count: 12,
+            first_seen: 1_796_000_000,
+            last_seen: 1_796_000_600,
+            client: "10.20.0.7".parse().unwrap(),
+            private: private.map(str::to_owned),
+            qtypes: Vec::new(),
+            names: Vec::new(),
+            withheld: None,
+        };
+        let mut blocked = suggestion("evil.example", vec![443], None);
+        blocked.withheld = Some(Withheld::Blocked {
+            list: "threats".to_owned(),
+            rule: "evil.example".to_owned(),
+        });
+        let fragment = render_toml(
+            &[
+                suggestion("api.example.com", vec![443], None),
+                suggestion("nas.example.com", vec![8443], Some("192.168.1.5")),
+                // Already allowed for every group: merges into the shipped rule, unchanged.
+                suggestion("github.com", vec![443], None),
+                blocked,
+            ],
+            1_796_000_700,
+        );
+        let mut groups = Groups::default();
+        groups.add("agent");
+        let merge = |existing: &str| {
+            allowlist_merge::merge(
+                existing,
+                "allowlist.toml",
+                &fragment,
+                "suggested.toml",
+                &groups,
+            )
+            .unwrap()
+        };
+        let merged = merge(BUILTIN_ALLOWLIST);
+        let added = merged
+            .text
+            .strip_prefix(BUILTIN_ALLOWLIST)
+            .expect("the shipped file is kept as it was");
+        assert_eq!(added.matches("[[allow]]").count(), 2, "{added}");
+        assert!(
+            added.contains("# 12 request(s), first seen ")
+                && added.contains("# REVIEW: resolved to a private address (192.168.1.5)"),
+            "{added}"
+        );
+        assert!(
+            !added.contains("Suggested by") && !added.contains("evil.example"),
+            "{added}"
+        );
+        let lines: Vec<String> = merged.changes.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "+ api.example.com ports [443] groups [agent] (new rule)",
+                "+ nas.example.com (private) ports [8443] groups [agent] (new rule)",
+                "= github.com (already allowed)",
+            ]
+        );
+        assert!(!merge(&merged.text).changed(), "a second apply is a no-op");
+    }
 }
