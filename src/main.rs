@@ -1,5 +1,5 @@
 //! The `portcullis` binary: run the gate, check a name, validate a config, print a
-//! client's proxy variables.
+//! client's proxy variables, merge rules into the allowlist.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -130,6 +130,13 @@ enum AllowlistCommand {
     /// Print the allow rules report mode suggests, as an allowlist.toml fragment (from the
     /// running gate's admin API, with the admin token of the configuration).
     Suggest(Suggest),
+    /// Print what merging FILE (allowlist.toml rules) into the configuration's allowlist
+    /// would change, rule by rule, and the diff of the file; exit 0 when nothing would
+    /// change, 1 when something would, 2 on error.
+    Diff { file: PathBuf },
+    /// Merge FILE into the configuration's allowlist and write it atomically, keeping its
+    /// comments and order; a running gate reloads it.
+    Apply { file: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -217,6 +224,19 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(file.as_deref().or(cli.config.as_deref())),
+        Command::Allowlist {
+            command: AllowlistCommand::Diff { file },
+        } => allowlist_diff(cli.config.as_deref(), &file).or_else(|e| {
+            // Like diff(1): 1 means "they differ", so an error is 2.
+            if closed_pipe(&e) {
+                return Err(e);
+            }
+            eprintln!("portcullis: {e:#}");
+            Ok(ExitCode::from(2))
+        }),
+        Command::Allowlist {
+            command: AllowlistCommand::Apply { file },
+        } => allowlist_apply(cli.config.as_deref(), &file),
         Command::K8s {
             command: K8sCommand::Networkpolicy { configmap, policy },
         } => k8s_networkpolicy(
@@ -412,6 +432,42 @@ fn config_check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             ),
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn allowlist_diff(path: Option<&Path>, fragment: &Path) -> anyhow::Result<ExitCode> {
+    let plan = portcullis::app::allowlist::plan(path, fragment)?;
+    for change in &plan.merged.changes {
+        outln!("{change}");
+    }
+    if !plan.merged.changed() {
+        outln!("{}: nothing to change", plan.file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("{}", plan.merged.summary());
+    outln!();
+    out!("{}", plan.diff());
+    Ok(ExitCode::from(1))
+}
+
+fn allowlist_apply(path: Option<&Path>, fragment: &Path) -> anyhow::Result<ExitCode> {
+    let plan = portcullis::app::allowlist::plan(path, fragment)?;
+    let file = plan.file.display();
+    if !plan.merged.changed() {
+        for change in &plan.merged.changes {
+            outln!("{change}");
+        }
+        outln!("{file}: nothing to change, not written");
+        return Ok(ExitCode::SUCCESS);
+    }
+    plan.write()?;
+    for change in &plan.merged.changes {
+        outln!("{change}");
+    }
+    outln!(
+        "{file}: written ({}); a running gate reloads it",
+        plan.merged.summary()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

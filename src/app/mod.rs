@@ -6,6 +6,7 @@
 //! those listeners until the shutdown signal, then drains. `main`, the tests and the bench
 //! harnesses all start the gate this way. The reload loop is in [`reload`].
 
+pub mod allowlist;
 pub mod env;
 pub mod k8s;
 pub mod reload;

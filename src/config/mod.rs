@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod allowlist;
+pub mod allowlist_merge;
 pub mod dns;
 pub mod lists;
 use lists::RawListConfig;

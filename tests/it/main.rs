@@ -10,6 +10,7 @@
 mod support;
 
 mod admin;
+mod allowlist;
 mod app;
 mod cli;
 mod client_env;
