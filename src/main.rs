@@ -137,6 +137,27 @@ enum AllowlistCommand {
     /// Merge FILE into the configuration's allowlist and write it atomically, keeping its
     /// comments and order; a running gate reloads it.
     Apply { file: PathBuf },
+    /// Allow HOST: merge one rule into the configuration's allowlist, as apply does (the
+    /// command a refusal names: `portcullis allowlist add api.example.com --port 443
+    /// --group agent`).
+    Add(Add),
+}
+
+#[derive(clap::Args)]
+struct Add {
+    /// `api.example.com`, or `*.example.com` for every name under it.
+    host: String,
+    /// A port the proxy may connect to (repeat it; default 443).
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
+    /// A group the rule applies to (repeat it; default every group).
+    #[arg(long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
+    /// The name may resolve to, and be dialled at, a private address.
+    #[arg(long)]
+    private: bool,
+    #[arg(long, default_value = "added with portcullis allowlist add")]
+    comment: String,
 }
 
 #[derive(clap::Args)]
@@ -247,6 +268,9 @@ fn main() -> ExitCode {
         Command::Allowlist {
             command: AllowlistCommand::Suggest(args),
         } => allowlist_suggest(cli.config.as_deref(), args),
+        Command::Allowlist {
+            command: AllowlistCommand::Add(add),
+        } => allowlist_add(cli.config.as_deref(), &add),
         Command::Sleep { secs } => {
             std::thread::sleep(Duration::from_secs(secs));
             Ok(ExitCode::SUCCESS)
@@ -451,7 +475,23 @@ fn allowlist_diff(path: Option<&Path>, fragment: &Path) -> anyhow::Result<ExitCo
 }
 
 fn allowlist_apply(path: Option<&Path>, fragment: &Path) -> anyhow::Result<ExitCode> {
-    let plan = portcullis::app::allowlist::plan(path, fragment)?;
+    write_plan(portcullis::app::allowlist::plan(path, fragment)?)
+}
+
+fn allowlist_add(path: Option<&Path>, add: &Add) -> anyhow::Result<ExitCode> {
+    use portcullis::app::allowlist::{plan_text, rule_fragment};
+    let fragment = rule_fragment(
+        &add.host,
+        &add.ports,
+        &add.groups,
+        add.private,
+        &add.comment,
+    );
+    write_plan(plan_text(path, &fragment, Path::new("<allowlist add>"))?)
+}
+
+/// Writes a merge (apply, add) and says what changed.
+fn write_plan(plan: portcullis::app::allowlist::Plan) -> anyhow::Result<ExitCode> {
     let file = plan.file.display();
     if !plan.merged.changed() {
         for change in &plan.merged.changes {

@@ -40,7 +40,11 @@ pub fn write_atomic_with(
     path: &std::path::Path,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    // A bare file name's parent is "": the current directory.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp.{}",

@@ -48,6 +48,17 @@ pub struct Plan {
 /// Reads the configuration at `config` (the built-in one without; `PORTCULLIS_*` overrides
 /// applied, as `run` reads it), its allowlist and `fragment`, and merges them.
 pub fn plan(config: Option<&Path>, fragment: &Path) -> Result<Plan, AllowlistError> {
+    let text = read(fragment)?;
+    plan_text(config, &text, fragment)
+}
+
+/// [`plan`] for a fragment in memory (`name`: what errors and the diff call it).
+pub fn plan_text(
+    config: Option<&Path>,
+    fragment_text: &str,
+    name: &Path,
+) -> Result<Plan, AllowlistError> {
+    let fragment = name;
     let mut config = match config {
         Some(path) => Config::load(path)?,
         None => Config::builtin()?,
@@ -61,11 +72,10 @@ pub fn plan(config: Option<&Path>, fragment: &Path) -> Result<Plan, AllowlistErr
     let file = config.resolve(named);
     let groups = groups_of(&config)?;
     let before = read(&file)?;
-    let fragment_text = read(fragment)?;
     let merged = allowlist_merge::merge(
         &before,
         &file.display().to_string(),
-        &fragment_text,
+        fragment_text,
         &fragment.display().to_string(),
         &groups,
     )?;
@@ -75,6 +85,32 @@ pub fn plan(config: Option<&Path>, fragment: &Path) -> Result<Plan, AllowlistErr
         before,
         merged,
     })
+}
+
+/// The one-rule fragment of `portcullis allowlist add` (TOML strings quoted by the toml
+/// crate: whatever `host` or `comment` hold, they stay values).
+pub fn rule_fragment(
+    host: &str,
+    ports: &[u16],
+    groups: &[String],
+    private: bool,
+    comment: &str,
+) -> String {
+    let string = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut out = format!("[[allow]]\nhost = {}\n", string(host));
+    if !ports.is_empty() {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        out.push_str(&format!("ports = [{}]\n", ports.join(", ")));
+    }
+    if !groups.is_empty() {
+        let groups: Vec<String> = groups.iter().map(|g| string(g)).collect();
+        out.push_str(&format!("groups = [{}]\n", groups.join(", ")));
+    }
+    if private {
+        out.push_str("private = true\n");
+    }
+    out.push_str(&format!("comment = {}\n", string(comment)));
+    out
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

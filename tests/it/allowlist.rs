@@ -260,3 +260,69 @@ fn the_running_gate_reloads_what_apply_wrote() {
         "{v}"
     );
 }
+
+/// `allowlist add`, the command a refusal names: one rule merged as `apply` merges it.
+#[test]
+fn add_allows_one_host_and_a_second_add_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_dir(dir.path());
+    let args = [
+        "add",
+        "api.new.example",
+        "--port",
+        "8443",
+        "--group",
+        "agent",
+    ];
+    let out = allowlist(&config, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("+ api.new.example"),
+        "{}",
+        text(&out.stdout)
+    );
+    let written = std::fs::read_to_string(dir.path().join("allowlist.toml")).unwrap();
+    assert_eq!(
+        written,
+        format!(
+            "{ALLOWLIST}\n[[allow]]\nhost = \"api.new.example\"\nports = [8443]\ngroups = [\"agent\"]\ncomment = \"added with portcullis allowlist add\"\n"
+        )
+    );
+    let again = allowlist(&config, &args);
+    assert!(again.status.success());
+    assert!(
+        text(&again.stdout).contains("nothing to change"),
+        "{}",
+        text(&again.stdout)
+    );
+    // A port for an existing rule widens it in place.
+    let out = allowlist(
+        &config,
+        &["add", "git.example.org", "--port", "22", "--group", "agent"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let widened = std::fs::read_to_string(dir.path().join("allowlist.toml")).unwrap();
+    assert!(
+        widened.contains(
+            "host = \"git.example.org\"   # the agent's forge\nports = [443, 22]\ngroups = [\"agent\"]\n"
+        ),
+        "{widened}"
+    );
+    // A bad host or group is refused and nothing is written.
+    for bad in [
+        vec!["add", "not a host", "--group", "agent"],
+        vec!["add", "ok.example", "--group", "nobody"],
+    ] {
+        let out = allowlist(&config, &bad);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(
+            text(&out.stderr).contains("<allowlist add>") || text(&out.stderr).contains("nobody"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("allowlist.toml")).unwrap(),
+            widened
+        );
+    }
+}
