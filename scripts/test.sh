@@ -3,7 +3,8 @@
 # need (idempotently), checks formatting and lints, builds once, runs every test.
 #
 # Tests that need what this script cannot provide are #[ignore]d with the reason: root
-# (network namespaces: tests/it/netns.rs, tests/it/routed_netns.rs, tests/it/tunnel.rs, tests/it/container.rs) and the real lists in
+# (network namespaces: tests/it/netns.rs, tests/it/routed_netns.rs, tests/it/learn_netns.rs,
+# tests/it/tunnel.rs, tests/it/container.rs) and the real lists in
 # ../shared/data/blocklists. They run here too when that precondition holds, and always
 # under CI=true, where one that cannot run fails (each asserts its precondition).
 set -euo pipefail

@@ -190,7 +190,7 @@ pub fn judge(policy: &Policy, host: &str, group: &str, ports: &[u16]) -> suggest
                 .map_or("?", |l| l.name.as_str())
                 .to_owned();
             Judged::Blocked {
-                rule: format!("{:#}", m.described_in(&list)),
+                rule: format!("{} ({}, line {})", m.rule, m.kind.as_str(), m.origin.line),
                 list,
             }
         }

@@ -87,6 +87,7 @@ fn print_steps(title: &str, steps: &[Step]) {
 #[ignore = "needs root, iproute2, util-linux, procps, dig, curl, ping, node, openssl: scripts/test.sh runs it"]
 fn report_suggest_apply_then_the_same_run_passes_in_allowlist_mode() {
     let topo = Topology::new();
+    topo.gate.apply_compose_sysctls();
     let etc = topo.etc.path().to_owned();
     let config = etc.join("portcullis.toml");
 
@@ -204,8 +205,16 @@ fn report_suggest_apply_then_the_same_run_passes_in_allowlist_mode() {
     let (codes, out) = curl_proxy(&topo, "https://nas.test/");
     shut.push((
         "curl -x proxy https://nas.test/ (not used by the run)",
-        codes.starts_with("403")
-            && out.contains("portcullis allowlist add nas.test --port 443 --group agent"),
+        codes.starts_with("403"),
+        out,
+    ));
+    // The refusal tells the agent what to ask for (curl shows a body of plain HTTP only).
+    let (codes, out) = curl_proxy(&topo, "http://nas.test/");
+    shut.push((
+        "curl -x proxy http://nas.test/: the 403 names the command",
+        codes == "000 403"
+            && out.contains("not on the allowlist of group agent")
+            && out.contains("portcullis allowlist add nas.test --port 80 --group agent"),
         out,
     ));
     let (ok, out) = topo.node_fetch("https://loop.test/");
