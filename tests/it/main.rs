@@ -3,7 +3,7 @@
 //! carries its module (`proxy::the_body_limit_answers_413`); scripts/test.sh reruns the
 //! ignored ones by those names.
 //!
-//! The root-only tests (`container`, `netns`, `routed_netns`, `tunnel`) and those that read
+//! The root-only tests (`compose`, `container`, `netns`, `routed_netns`, `tunnel`) and those that read
 //! ../shared are `#[ignore]`d with their reason; `cargo test --test it -- --ignored` runs
 //! them.
 
@@ -13,6 +13,7 @@ mod admin;
 mod app;
 mod cli;
 mod client_env;
+mod compose;
 mod container;
 mod decision_log;
 mod dns;
