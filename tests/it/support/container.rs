@@ -113,7 +113,14 @@ impl Netns {
     /// Moves the calling thread into the namespace `name`: sockets it opens afterwards
     /// live there. For test servers running on a thread of their own.
     pub fn enter_by_name(name: &str) {
-        let file = std::fs::File::open(format!("/run/netns/{name}")).expect("netns file");
+        Self::enter_path(Path::new(&format!("/run/netns/{name}")));
+    }
+
+    /// As [`Netns::enter_by_name`], for any namespace file: /run/netns/NAME, or
+    /// /proc/PID/ns/net of a process (a container's, say).
+    pub fn enter_path(path: &Path) {
+        let file = std::fs::File::open(path)
+            .unwrap_or_else(|e| panic!("netns file {}: {e}", path.display()));
         use std::os::fd::AsRawFd;
         // SAFETY: a valid namespace fd; affects only the calling thread.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
