@@ -170,6 +170,44 @@ pub fn local_address_towards(peer: std::net::IpAddr) -> Option<std::net::IpAddr>
     socket.local_addr().ok().map(|a| a.ip())
 }
 
+/// A non-blocking UDP socket bound to `addr` with SO_REUSEPORT set before the bind: several
+/// such sockets on one address share its datagrams (the kernel spreads them by flow).
+pub fn bind_udp_reuseport(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use std::os::fd::FromRawFd;
+    let v6 = addr.is_ipv6();
+    let mut storage = zeroed_storage();
+    let len = encode_addr(addr, v6, &mut storage)?;
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: socket() returns a new descriptor that this function owns (closed on every
+    // error path, else handed to the UdpSocket); the option value is a c_int alive for
+    // the call, and the address is a local storage with its true length.
+    unsafe {
+        let fd = libc::socket(
+            family,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let on: libc::c_int = 1;
+        let ok = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+            && libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) == 0;
+        if !ok {
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(error);
+        }
+        Ok(std::net::UdpSocket::from_raw_fd(fd))
+    }
+}
+
 /// How many datagrams one [`recv_batch`] or [`send_batch`] call moves at most.
 pub const BATCH: usize = 32;
 
@@ -857,5 +895,17 @@ mod tests {
         replies.skip();
         assert_eq!(replies.pending(), 0);
         assert_eq!(replies.next_peer(), None);
+    }
+
+    #[test]
+    fn reuseport_sockets_share_a_port_that_a_plain_bind_cannot_take() {
+        let first = bind_udp_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = first.local_addr().unwrap();
+        let second = bind_udp_reuseport(at).unwrap();
+        assert_eq!(second.local_addr().unwrap(), at);
+        assert_eq!(
+            std::net::UdpSocket::bind(at).unwrap_err().kind(),
+            std::io::ErrorKind::AddrInUse
+        );
     }
 }
