@@ -162,83 +162,6 @@ pub fn enable_pktinfo(fd: std::os::fd::RawFd, v6: bool) -> std::io::Result<()> {
     }
 }
 
-/// One datagram from `fd` (non-blocking: `WouldBlock` when none is queued) into `buf`:
-/// its length, its source, and the local address it was sent to when the socket has
-/// [`enable_pktinfo`] on.
-pub fn recv_with_destination(
-    fd: std::os::fd::RawFd,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, std::net::SocketAddr, Option<std::net::IpAddr>)> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-    // SAFETY: every pointer handed to recvmsg points into a local that outlives the call
-    // (the caller's buffer, the address storage, the control buffer), with its true size;
-    // the control messages are read only through the CMSG_* macros within the length the
-    // kernel reported, and their payloads are copied out unaligned.
-    unsafe {
-        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // Room for one in6_pktinfo (the larger of the two) with its header, aligned.
-        let mut control = [0u64; 8];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let n = libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let source = match i32::from(addr.ss_family) {
-            libc::AF_INET => {
-                let a: libc::sockaddr_in =
-                    std::ptr::read_unaligned((&addr as *const libc::sockaddr_storage).cast());
-                SocketAddr::V4(SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                    u16::from_be(a.sin_port),
-                ))
-            }
-            libc::AF_INET6 => {
-                let a: libc::sockaddr_in6 =
-                    std::ptr::read_unaligned((&addr as *const libc::sockaddr_storage).cast());
-                SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(a.sin6_addr.s6_addr),
-                    u16::from_be(a.sin6_port),
-                    a.sin6_flowinfo,
-                    a.sin6_scope_id,
-                ))
-            }
-            family => {
-                return Err(std::io::Error::other(format!(
-                    "recvmsg: unexpected address family {family}"
-                )));
-            }
-        };
-        let mut local = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let c = &*cmsg;
-            if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
-                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                    info.ipi_addr.s_addr,
-                ))));
-            } else if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
-                let info: libc::in6_pktinfo =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                let v6 = Ipv6Addr::from(info.ipi6_addr.s6_addr);
-                local = Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4));
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        Ok((n as usize, source, local))
-    }
-}
-
 /// The local address the kernel would send from to reach `peer` (a UDP socket connected
 /// to it: no packet is sent). What a listener bound to `0.0.0.0` answers from.
 pub fn local_address_towards(peer: std::net::IpAddr) -> Option<std::net::IpAddr> {
@@ -251,80 +174,174 @@ pub fn local_address_towards(peer: std::net::IpAddr) -> Option<std::net::IpAddr>
     socket.local_addr().ok().map(|a| a.ip())
 }
 
-/// Sends `bytes` to `peer` from the local address `from` (IP_PKTINFO / IPV6_PKTINFO), so
-/// that a socket bound to a wildcard answers from the address the client asked (a client
-/// drops an answer from another address). Non-blocking: `WouldBlock` when the socket's
-/// buffer is full. `v6`: the socket is IPv6.
-pub fn send_from(
-    fd: std::os::fd::RawFd,
-    bytes: &[u8],
+/// A non-blocking UDP socket bound to `addr` with SO_REUSEPORT set before the bind: several
+/// such sockets on one address share its datagrams (the kernel spreads them by flow).
+pub fn bind_udp_reuseport(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use std::os::fd::FromRawFd;
+    let v6 = addr.is_ipv6();
+    let mut storage = zeroed_storage();
+    let len = encode_addr(addr, v6, &mut storage)?;
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: socket() returns a new descriptor that this function owns (closed on every
+    // error path, else handed to the UdpSocket); the option value is a c_int alive for
+    // the call, and the address is a local storage with its true length.
+    unsafe {
+        let fd = libc::socket(
+            family,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let on: libc::c_int = 1;
+        let ok = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+            && libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) == 0;
+        if !ok {
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(error);
+        }
+        Ok(std::net::UdpSocket::from_raw_fd(fd))
+    }
+}
+
+/// How many datagrams one [`recv_batch`] or [`send_batch`] call moves at most.
+pub const BATCH: usize = 32;
+
+/// Room for one control message carrying an `in6_pktinfo` (the larger of the two) with its
+/// header, aligned for `cmsghdr`.
+type Control = [u64; 8];
+
+/// An all-zero `sockaddr_storage`.
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain data (integers and padding): all zeroes is a valid
+    // value (family AF_UNSPEC).
+    unsafe { std::mem::zeroed() }
+}
+
+/// The address in `addr` as the kernel filled it in (`None`: a family other than IPv4/IPv6).
+fn socket_addr(addr: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    let at = (addr as *const libc::sockaddr_storage).cast::<u8>();
+    match i32::from(addr.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: sockaddr_storage is larger than sockaddr_in; the read is unaligned-safe
+            // and the family says the kernel wrote one.
+            let a: libc::sockaddr_in = unsafe { std::ptr::read_unaligned(at.cast()) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a: libc::sockaddr_in6 = unsafe { std::ptr::read_unaligned(at.cast()) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `peer` into `storage` as the socket's family wants it (`v6`: an IPv6 socket, which
+/// reaches IPv4 peers as `::ffff:a.b.c.d`); the length to pass with it.
+fn encode_addr(
     peer: std::net::SocketAddr,
+    v6: bool,
+    storage: &mut libc::sockaddr_storage,
+) -> std::io::Result<libc::socklen_t> {
+    use std::net::{IpAddr, SocketAddr};
+    let at = (storage as *mut libc::sockaddr_storage).cast::<u8>();
+    match (peer, v6) {
+        (SocketAddr::V4(p), false) => {
+            let a = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: p.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*p.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in; the write is unaligned-safe.
+            unsafe { std::ptr::write_unaligned(at.cast(), a) };
+            Ok(std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        (peer, true) => {
+            let ip = match peer.ip() {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            let (flowinfo, scope) = match peer {
+                SocketAddr::V6(p) => (p.flowinfo(), p.scope_id()),
+                SocketAddr::V4(_) => (0, 0),
+            };
+            let a = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: peer.port().to_be(),
+                sin6_flowinfo: flowinfo,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                sin6_scope_id: scope,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write_unaligned(at.cast(), a) };
+            Ok(std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+        (SocketAddr::V6(_), false) => Err(std::io::Error::other("an IPv6 peer on an IPv4 socket")),
+    }
+}
+
+/// Writes into `control` the message that makes the kernel send from `from` (IP_PKTINFO /
+/// IPV6_PKTINFO; `v6`: an IPv6 socket); the length of control data to pass with it.
+fn encode_pktinfo(
+    control: &mut Control,
     from: std::net::IpAddr,
     v6: bool,
 ) -> std::io::Result<usize> {
-    use std::net::{IpAddr, SocketAddr};
-    // SAFETY: as in `recv_with_destination`: every pointer points into a local or the
-    // caller's slice, alive for the call and with its true size; the control message is
-    // written through the CMSG_* macros into a buffer sized by CMSG_SPACE.
+    use std::net::IpAddr;
+    let src4 = match (from, v6) {
+        (IpAddr::V4(src), false) => Some(src),
+        (_, true) => None,
+        (IpAddr::V6(_), false) => {
+            return Err(std::io::Error::other("an IPv6 source on an IPv4 socket"));
+        }
+    };
+    *control = [0; 8];
+    // SAFETY: the msghdr only points at `control`, which is alive for the block and whose
+    // true size is passed; CMSG_FIRSTHDR returns its start (it is larger than a cmsghdr, so
+    // never null), and the header and payload are written through the CMSG_* macros within
+    // CMSG_SPACE of the payload, which fits in `control` (checked by a test).
     unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let addr_len = match (peer, v6) {
-            (SocketAddr::V4(p), false) => {
-                let a = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: p.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(*p.ip()).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
-                std::ptr::write_unaligned((&mut storage as *mut libc::sockaddr_storage).cast(), a);
-                std::mem::size_of::<libc::sockaddr_in>()
-            }
-            (peer, true) => {
-                let ip = match peer.ip() {
-                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                    IpAddr::V6(v6) => v6,
-                };
-                let (flowinfo, scope) = match peer {
-                    SocketAddr::V6(p) => (p.flowinfo(), p.scope_id()),
-                    SocketAddr::V4(_) => (0, 0),
-                };
-                let a = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: peer.port().to_be(),
-                    sin6_flowinfo: flowinfo,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: ip.octets(),
-                    },
-                    sin6_scope_id: scope,
-                };
-                std::ptr::write_unaligned((&mut storage as *mut libc::sockaddr_storage).cast(), a);
-                std::mem::size_of::<libc::sockaddr_in6>()
-            }
-            (SocketAddr::V6(_), false) => {
-                return Err(std::io::Error::other("an IPv6 peer on an IPv4 socket"));
-            }
-        };
-        let mut iov = libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        };
-        let mut control = [0u64; 8];
         let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = addr_len as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        let cmsg_len = if v6 {
-            libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32)
-        } else {
-            libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32)
-        };
-        msg.msg_controllen = cmsg_len as _;
+        msg.msg_controllen = std::mem::size_of::<Control>() as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if v6 {
+        if let Some(src) = src4 {
+            (*cmsg).cmsg_level = libc::IPPROTO_IP;
+            (*cmsg).cmsg_type = libc::IP_PKTINFO;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(src).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+            Ok(libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize)
+        } else {
             (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
             (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
             (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in6_pktinfo>() as u32) as _;
@@ -339,22 +356,328 @@ pub fn send_from(
                 ipi6_ifindex: 0,
             };
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
-        } else {
-            let IpAddr::V4(src) = from else {
-                return Err(std::io::Error::other("an IPv6 source on an IPv4 socket"));
-            };
-            (*cmsg).cmsg_level = libc::IPPROTO_IP;
-            (*cmsg).cmsg_type = libc::IP_PKTINFO;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
-            let info = libc::in_pktinfo {
-                ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from(src).to_be(),
-                },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+            Ok(libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32) as usize)
         }
+    }
+}
+
+/// The local address a received datagram was sent to, from its IP_PKTINFO / IPV6_PKTINFO
+/// control message (IPv4 on a dual-stack socket: the plain IPv4 address).
+///
+/// # Safety
+///
+/// `msg` is a msghdr that `recvmsg`/`recvmmsg` just filled in: its control pointer and
+/// length describe a buffer that is still alive.
+unsafe fn destination(msg: &libc::msghdr) -> Option<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut local = None;
+    // SAFETY: the caller's promise; control messages are read only through the CMSG_*
+    // macros, within the length the kernel reported, and their payloads copied out
+    // unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    info.ipi_addr.s_addr,
+                ))));
+            } else if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                let v6 = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                local = Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4));
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    local
+}
+
+/// Buffers for up to [`BATCH`] datagrams received in one call ([`recv_batch`]), reused from
+/// call to call.
+pub struct RecvBatch {
+    /// Bytes per datagram: a longer one arrives cut to this length.
+    size: usize,
+    data: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    controls: Vec<Control>,
+    got: Vec<Received>,
+}
+
+#[derive(Clone, Copy)]
+struct Received {
+    slot: usize,
+    len: usize,
+    source: std::net::SocketAddr,
+    local: Option<std::net::IpAddr>,
+}
+
+impl RecvBatch {
+    /// Room for [`BATCH`] datagrams of up to `size` bytes each.
+    pub fn new(size: usize) -> RecvBatch {
+        RecvBatch {
+            size,
+            data: vec![0; size * BATCH],
+            addrs: vec![zeroed_storage(); BATCH],
+            controls: vec![[0; 8]; BATCH],
+            got: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// How many datagrams the last [`recv_batch`] returned.
+    pub fn len(&self) -> usize {
+        self.got.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.got.is_empty()
+    }
+
+    /// Datagram `i` of the last call: its bytes, its source, and the local address it was
+    /// sent to when the socket has [`enable_pktinfo`] on.
+    pub fn get(&self, i: usize) -> (&[u8], std::net::SocketAddr, Option<std::net::IpAddr>) {
+        let r = self.got[i];
+        let at = r.slot * self.size;
+        (&self.data[at..at + r.len], r.source, r.local)
+    }
+}
+
+/// Receives up to [`BATCH`] queued datagrams from `fd` into `batch` in one `recvmmsg`
+/// (non-blocking: `WouldBlock` when none is queued; fewer when fewer are): how many. With
+/// [`enable_pktinfo`] on, each carries the local address it was sent to. A datagram from an
+/// address family other than IPv4/IPv6 is left out.
+pub fn recv_batch(fd: std::os::fd::RawFd, batch: &mut RecvBatch) -> std::io::Result<usize> {
+    batch.got.clear();
+    let size = batch.size;
+    // SAFETY: every pointer in the headers points into `batch`'s buffers (a slot of `size`
+    // bytes each of `data`, one address storage and one control buffer per slot) or into the
+    // local iovec array, all alive for the call and passed with their true sizes; the
+    // headers and iovecs are plain data for which zeroes are valid. After the call only the
+    // first `n` headers are read, as the kernel filled them in.
+    unsafe {
+        let mut iovs: [libc::iovec; BATCH] = std::mem::zeroed();
+        let mut msgs: [libc::mmsghdr; BATCH] = std::mem::zeroed();
+        let data = batch.data.as_mut_ptr();
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: data.add(i * size).cast(),
+                iov_len: size,
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = batch.addrs.as_mut_ptr().add(i).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = iovs.as_mut_ptr().add(i);
+            h.msg_iovlen = 1;
+            h.msg_control = batch.controls.as_mut_ptr().add(i).cast();
+            h.msg_controllen = std::mem::size_of::<Control>() as _;
+        }
+        let n = libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT as _,
+            std::ptr::null_mut(),
+        );
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (slot, msg) in msgs.iter().enumerate().take(n) {
+            let Some(source) = socket_addr(&batch.addrs[slot]) else {
+                continue;
+            };
+            batch.got.push(Received {
+                slot,
+                len: msg.msg_len as usize,
+                source,
+                local: destination(&msg.msg_hdr),
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// Datagrams to send with [`send_batch`]: each one's bytes, its peer and (a wildcard socket
+/// answering from a datagram's destination) the local address to send it from, encoded for
+/// the kernel when added. Reused: [`SendBatch::clear`] keeps the buffers.
+pub struct SendBatch {
+    /// The socket is IPv6.
+    v6: bool,
+    slots: Vec<Outgoing>,
+    /// Slots in use, and how many of them were sent (or skipped).
+    len: usize,
+    sent: usize,
+}
+
+struct Outgoing {
+    bytes: Vec<u8>,
+    peer: std::net::SocketAddr,
+    addr: libc::sockaddr_storage,
+    addr_len: libc::socklen_t,
+    control: Control,
+    control_len: usize,
+}
+
+impl SendBatch {
+    /// For a socket of that family (`v6`: IPv6).
+    pub fn new(v6: bool) -> SendBatch {
+        SendBatch {
+            v6,
+            slots: Vec::with_capacity(BATCH),
+            len: 0,
+            sent: 0,
+        }
+    }
+
+    /// The buffer of the next datagram, empty: write it, then [`SendBatch::commit`] it (or
+    /// not: the next call hands out the same buffer again).
+    pub fn next_buffer(&mut self) -> &mut Vec<u8> {
+        if self.len == self.slots.len() {
+            self.slots.push(Outgoing {
+                bytes: Vec::with_capacity(512),
+                peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                addr: zeroed_storage(),
+                addr_len: 0,
+                control: [0; 8],
+                control_len: 0,
+            });
+        }
+        let bytes = &mut self.slots[self.len].bytes;
+        bytes.clear();
+        bytes
+    }
+
+    /// Adds what was written into [`SendBatch::next_buffer`], to `peer`, from `from` if
+    /// given. An error (an address of the other family) adds nothing.
+    pub fn commit(
+        &mut self,
+        peer: std::net::SocketAddr,
+        from: Option<std::net::IpAddr>,
+    ) -> std::io::Result<()> {
+        let v6 = self.v6;
+        let Some(slot) = self.slots.get_mut(self.len) else {
+            return Err(std::io::Error::other("commit without next_buffer"));
+        };
+        slot.addr_len = encode_addr(peer, v6, &mut slot.addr)?;
+        slot.control_len = match from {
+            Some(from) => encode_pktinfo(&mut slot.control, from, v6)?,
+            None => 0,
+        };
+        slot.peer = peer;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Adds a copy of `bytes`, as [`SendBatch::commit`].
+    pub fn push(
+        &mut self,
+        bytes: &[u8],
+        peer: std::net::SocketAddr,
+        from: Option<std::net::IpAddr>,
+    ) -> std::io::Result<()> {
+        self.next_buffer().extend_from_slice(bytes);
+        self.commit(peer, from)
+    }
+
+    /// Datagrams added and not yet sent nor skipped.
+    pub fn pending(&self) -> usize {
+        self.len - self.sent
+    }
+
+    /// The peer of the next datagram to send.
+    pub fn next_peer(&self) -> Option<std::net::SocketAddr> {
+        (self.sent < self.len).then(|| self.slots[self.sent].peer)
+    }
+
+    /// Gives up on the next datagram (one the kernel refused).
+    pub fn skip(&mut self) {
+        self.sent = (self.sent + 1).min(self.len);
+    }
+
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.sent = 0;
+    }
+}
+
+/// Sends the next (up to [`BATCH`]) pending datagrams of `batch` in one `sendmmsg`
+/// (non-blocking): how many went, which are marked sent. `WouldBlock` when the socket's
+/// buffer is full before the first; an error for the first pending datagram otherwise (the
+/// kernel reports an error after the first only on the next call, when that datagram comes
+/// first).
+pub fn send_batch(fd: std::os::fd::RawFd, batch: &mut SendBatch) -> std::io::Result<usize> {
+    let start = batch.sent;
+    let n = batch.pending().min(BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: every pointer in the headers points into `batch`'s slots (bytes, address and
+    // control buffer, each with its true length) or into the local iovec array, all alive
+    // and unmoved for the call; the kernel only reads them. Zeroes are valid for the headers.
+    let rc = unsafe {
+        let mut iovs: [libc::iovec; BATCH] = std::mem::zeroed();
+        let mut msgs: [libc::mmsghdr; BATCH] = std::mem::zeroed();
+        for (i, slot) in batch.slots[start..start + n].iter_mut().enumerate() {
+            iovs[i] = libc::iovec {
+                iov_base: slot.bytes.as_ptr() as *mut libc::c_void,
+                iov_len: slot.bytes.len(),
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut slot.addr as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = slot.addr_len;
+            h.msg_iov = iovs.as_mut_ptr().add(i);
+            h.msg_iovlen = 1;
+            if slot.control_len > 0 {
+                h.msg_control = slot.control.as_mut_ptr().cast();
+                h.msg_controllen = slot.control_len as _;
+            }
+        }
+        libc::sendmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT as _,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    batch.sent += rc as usize;
+    Ok(rc as usize)
+}
+
+/// Sends `bytes` to `peer` from the local address `from` (IP_PKTINFO / IPV6_PKTINFO), so
+/// that a socket bound to a wildcard answers from the address the client asked (a client
+/// drops an answer from another address). Non-blocking: `WouldBlock` when the socket's
+/// buffer is full. `v6`: the socket is IPv6.
+pub fn send_from(
+    fd: std::os::fd::RawFd,
+    bytes: &[u8],
+    peer: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    v6: bool,
+) -> std::io::Result<usize> {
+    let mut storage = zeroed_storage();
+    let addr_len = encode_addr(peer, v6, &mut storage)?;
+    let mut control: Control = [0; 8];
+    let control_len = encode_pktinfo(&mut control, from, v6)?;
+    // SAFETY: every pointer points into a local or the caller's slice, alive for the call
+    // and with its true size; zeroes are valid for the msghdr.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = addr_len;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control_len as _;
         let n = libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT);
         if n < 0 {
             Err(std::io::Error::last_os_error())
@@ -411,5 +734,182 @@ mod tests {
     #[test]
     fn the_descriptor_limit_is_readable() {
         assert!(open_file_limit().is_some_and(|n| n > 0));
+    }
+
+    #[test]
+    fn a_pktinfo_control_message_fits_its_buffer() {
+        // SAFETY: CMSG_SPACE only computes a size.
+        let (v4, v6) = unsafe {
+            (
+                libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize,
+                libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32) as usize,
+            )
+        };
+        assert!(v4 <= std::mem::size_of::<Control>());
+        assert!(v6 <= std::mem::size_of::<Control>());
+    }
+
+    /// Waits (a little) until `fd` has a datagram queued.
+    fn wait_readable(fd: std::os::fd::RawFd) {
+        for _ in 0..200 {
+            let mut byte = [0u8; 1];
+            // SAFETY: a one-byte peek into a local buffer.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    byte.as_mut_ptr().cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("nothing arrived");
+    }
+
+    #[test]
+    fn batches_move_many_datagrams_each_way_to_the_right_peers() {
+        use std::net::UdpSocket;
+        use std::os::fd::AsRawFd;
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = server.local_addr().unwrap();
+        let clients: Vec<UdpSocket> = (0..4)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        // 40 datagrams (more than one batch), each naming its client and number.
+        for i in 0..10u8 {
+            for (c, client) in clients.iter().enumerate() {
+                client.send_to(&[c as u8, i, 0xab], at).unwrap();
+            }
+        }
+        let fd = server.as_raw_fd();
+        let mut batch = RecvBatch::new(4);
+        let mut got = Vec::new();
+        while got.len() < 40 {
+            wait_readable(fd);
+            let n = recv_batch(fd, &mut batch).unwrap();
+            assert!((1..=BATCH).contains(&n), "{n}");
+            assert_eq!(batch.len(), n);
+            for i in 0..batch.len() {
+                let (bytes, source, local) = batch.get(i);
+                assert_eq!(local, None, "no IP_PKTINFO asked for");
+                got.push((bytes.to_vec(), source));
+            }
+        }
+        assert_eq!(
+            recv_batch(fd, &mut batch).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        for (bytes, source) in &got {
+            assert_eq!(*source, clients[bytes[0] as usize].local_addr().unwrap());
+            assert_eq!(bytes.len(), 3);
+        }
+        // Echo every datagram back reversed, in batches, and check each client gets its own.
+        let mut replies = SendBatch::new(false);
+        for (bytes, source) in &got {
+            let mut back = bytes.clone();
+            back.reverse();
+            replies.push(&back, *source, None).unwrap();
+        }
+        assert_eq!(replies.pending(), 40);
+        while replies.pending() > 0 {
+            let n = send_batch(fd, &mut replies).unwrap();
+            assert!((1..=BATCH).contains(&n), "{n}");
+        }
+        for (c, client) in clients.iter().enumerate() {
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut seen = Vec::new();
+            for _ in 0..10 {
+                let mut buf = [0u8; 16];
+                let (n, from) = client.recv_from(&mut buf).unwrap();
+                assert_eq!(from, at);
+                assert_eq!(&buf[..n], &[0xab, buf[1], c as u8]);
+                seen.push(buf[1]);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, (0..10).collect::<Vec<u8>>());
+        }
+        // Cut to the slot's size, like a single recv.
+        clients[0].send_to(&[9; 10], at).unwrap();
+        wait_readable(fd);
+        assert_eq!(recv_batch(fd, &mut batch).unwrap(), 1);
+        assert_eq!(batch.get(0).0, &[9; 4]);
+    }
+
+    #[test]
+    fn a_wildcard_socket_learns_and_answers_from_each_destination() {
+        use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+        use std::os::fd::AsRawFd;
+        let server = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let fd = server.as_raw_fd();
+        enable_pktinfo(fd, false).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let destinations: Vec<Ipv4Addr> = (1..=6).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+        for (i, ip) in destinations.iter().enumerate() {
+            client.send_to(&[i as u8], (*ip, port)).unwrap();
+        }
+        let mut batch = RecvBatch::new(16);
+        let mut replies = SendBatch::new(false);
+        let mut seen = 0;
+        while seen < destinations.len() {
+            wait_readable(fd);
+            recv_batch(fd, &mut batch).unwrap();
+            for i in 0..batch.len() {
+                let (bytes, source, local) = batch.get(i);
+                assert_eq!(local, Some(IpAddr::V4(destinations[bytes[0] as usize])));
+                replies.push(bytes, source, local).unwrap();
+                seen += 1;
+            }
+        }
+        while replies.pending() > 0 {
+            send_batch(fd, &mut replies).unwrap();
+        }
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        for _ in 0..destinations.len() {
+            let mut buf = [0u8; 4];
+            let (n, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(n, 1);
+            assert_eq!(from, (destinations[buf[0] as usize], port).into());
+        }
+    }
+
+    #[test]
+    fn a_batch_refuses_addresses_of_the_other_family() {
+        let mut replies = SendBatch::new(false);
+        let v6: std::net::SocketAddr = "[::1]:53".parse().unwrap();
+        assert!(replies.push(b"x", v6, None).is_err());
+        assert!(
+            replies
+                .push(
+                    b"x",
+                    "127.0.0.1:53".parse().unwrap(),
+                    Some("::1".parse().unwrap())
+                )
+                .is_err()
+        );
+        assert_eq!(replies.pending(), 0);
+        replies.skip();
+        assert_eq!(replies.pending(), 0);
+        assert_eq!(replies.next_peer(), None);
+    }
+
+    #[test]
+    fn reuseport_sockets_share_a_port_that_a_plain_bind_cannot_take() {
+        let first = bind_udp_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = first.local_addr().unwrap();
+        let second = bind_udp_reuseport(at).unwrap();
+        assert_eq!(second.local_addr().unwrap(), at);
+        assert_eq!(
+            std::net::UdpSocket::bind(at).unwrap_err().kind(),
+            std::io::ErrorKind::AddrInUse
+        );
     }
 }
