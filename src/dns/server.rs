@@ -88,8 +88,19 @@ pub async fn serve(
     // UDP: our own loop (see udp.rs); TCP: hickory-server.
     let stop_udp = tokio_util::sync::CancellationToken::new();
     let mut udp_loops = tokio::task::JoinSet::new();
+    // One line per address, however many SO_REUSEPORT sockets (one per worker) serve it.
+    let mut addrs: Vec<(std::net::SocketAddr, usize)> = Vec::new();
+    for udp in &sockets.udp {
+        let addr = udp.local_addr()?;
+        match addrs.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, n)) => *n += 1,
+            None => addrs.push((addr, 1)),
+        }
+    }
+    for (addr, n) in addrs {
+        tracing::info!(%addr, sockets = n, "listening dns/udp");
+    }
     for udp in sockets.udp {
-        tracing::info!(addr = %udp.local_addr()?, "listening dns/udp");
         udp_loops.spawn(super::udp::serve_udp(
             udp,
             filter.clone(),

@@ -219,7 +219,7 @@ impl Netns {
     }
 
     /// Starts the image's binary here as the container runs it, with `env` and JSON
-    /// logs; returns once it logged its four listeners (DNS UDP and TCP, proxy, admin).
+    /// logs; returns once it logged its listeners (DNS UDP and TCP, proxy, admin: the last).
     pub fn start_gate(&self, cache: &Path, env: &[(&str, &str)]) -> RunningGate {
         let mut command = self.as_container(cache, &[]);
         command
@@ -243,7 +243,11 @@ impl Netns {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut bound = Vec::new();
-        while bound.len() < 4 {
+        // The admin listener binds last.
+        while !bound
+            .iter()
+            .any(|l: &String| l.contains("\"listening admin\""))
+        {
             let line = gate
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
