@@ -390,7 +390,11 @@ async fn save_learned(learner: Arc<crate::learn::Learner>) {
 
 fn log_save(result: Result<bool, crate::learn::LearnError>) {
     if let Err(error) = result {
-        tracing::warn!(%error, "learned destinations not saved; kept in memory, retried in a minute");
+        crate::fault_event!(
+            error.fault(),
+            %error,
+            "learned destinations not saved; kept in memory, retried in a minute"
+        );
     }
 }
 

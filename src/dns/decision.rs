@@ -77,7 +77,7 @@ fn learn(reply: &Reply, client: SocketAddr, name: &str, qtype: hickory_proto::rr
     let Some(group) = reply.group.as_deref() else {
         return;
     };
-    let qtype_name = qtype.to_string();
+    let qtype_name;
     let seen = if reply.outcome == Outcome::Blocked {
         Seen::Blocked {
             list: reply.list.as_deref().unwrap_or("-"),
@@ -87,7 +87,10 @@ fn learn(reply: &Reply, client: SocketAddr, name: &str, qtype: hickory_proto::rr
         Seen::Private(Some(addr))
     } else {
         match reply.would_refuse {
-            Some(DnsRefusal::Qtype) => Seen::Qtype(&qtype_name),
+            Some(DnsRefusal::Qtype) => {
+                qtype_name = qtype.to_string();
+                Seen::Qtype(&qtype_name)
+            }
             Some(_) => Seen::WouldRefuse,
             None => return,
         }

@@ -779,15 +779,7 @@ impl Internet {
         for name in &names {
             zone = zone.a(name, INTERNET);
         }
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = crate::support::certs::acceptor(chain, key);
         let handle = rt.handle().clone();
         let (doh, listener) = in_netns(netns, move || {
             let listener = std::net::TcpListener::bind((INTERNET, 443)).expect("bind origin :443");
@@ -1696,14 +1688,7 @@ fn the_shipped_compose_stack_keeps_its_promises_under_podman() {
         security.contains("no-new-privileges"),
     );
     let creds = credentials(gate_pid);
-    for want in [
-        "Uid:\t65534\t65534\t65534\t65534",
-        "Gid:\t65534\t65534\t65534\t65534",
-        "CapEff:\t0000000000000000",
-        "CapPrm:\t0000000000000000",
-        "CapBnd:\t0000000000000000",
-        "NoNewPrivs:\t1",
-    ] {
+    for want in crate::support::container::NOBODY_WITHOUT_CAPABILITIES {
         checks.add(
             "gate: /proc/1/status (its pid on the host)",
             want,

@@ -79,14 +79,7 @@ format = "domains"
 
     // It runs as nobody, with nothing to escalate to.
     let creds = credentials(gate.pid());
-    for want in [
-        "Uid:\t65534\t65534\t65534\t65534",
-        "Gid:\t65534\t65534\t65534\t65534",
-        "CapEff:\t0000000000000000",
-        "CapPrm:\t0000000000000000",
-        "CapBnd:\t0000000000000000",
-        "NoNewPrivs:\t1",
-    ] {
+    for want in container::NOBODY_WITHOUT_CAPABILITIES {
         assert!(creds.contains(want), "want {want:?} in\n{creds}");
     }
     // Its root filesystem is read-only; its cache directory is not.

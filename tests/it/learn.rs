@@ -135,8 +135,19 @@ async fn report_mode_suggests_the_allowlist_and_never_what_must_stay_shut() {
     // The token guards what the agents reach.
     let (status, _) = http(&gate.admin_addr(), "GET", "/api/suggestions");
     assert_eq!(status, 401);
-    let (status, body) = suggestions(&gate, "group=nobody");
-    assert_eq!(status, 400, "{body}");
+    for bad in [
+        "group=nobody",
+        "since=2w",
+        "min_count=many",
+        "format=xml",
+        "colour=blue",
+        "group=%zz",
+    ] {
+        let (status, body) = suggestions(&gate, bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, _) = http(&gate.admin_addr(), "POST", "/api/suggestions");
+    assert_eq!(status, 405);
 
     let (status, fragment) = suggestions(&gate, "group=agent");
     assert_eq!(status, 200, "{fragment}");

@@ -171,15 +171,7 @@ impl Internet {
         let origin_ca = dir.join("origin-ca.pem");
         std::fs::write(&origin_ca, ca_pem).unwrap();
         let origin_ca_der = chain[1].clone();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = crate::support::certs::acceptor(chain, key);
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -61,6 +61,15 @@ pub fn tls_acceptor(
     let (ca_pem, chain, key) = mint_certificates(name);
     let ca_file = dir.join(file);
     std::fs::write(&ca_file, ca_pem).unwrap();
+    (acceptor(chain, key), ca_file)
+}
+
+/// A TLS acceptor serving `chain` (leaf first) with `key`, on ring: the test servers' one
+/// way to build one.
+pub fn acceptor(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> tokio_rustls::TlsAcceptor {
     let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -69,8 +78,5 @@ pub fn tls_acceptor(
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .unwrap();
-    (
-        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
-        ca_file,
-    )
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }

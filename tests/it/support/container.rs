@@ -264,6 +264,17 @@ impl Netns {
     }
 }
 
+/// The lines of `/proc/PID/status` ([`credentials`]) of a process as the image runs the
+/// gate: nobody, no capabilities at all, nothing to escalate to.
+pub const NOBODY_WITHOUT_CAPABILITIES: [&str; 6] = [
+    "Uid:\t65534\t65534\t65534\t65534",
+    "Gid:\t65534\t65534\t65534\t65534",
+    "CapEff:\t0000000000000000",
+    "CapPrm:\t0000000000000000",
+    "CapBnd:\t0000000000000000",
+    "NoNewPrivs:\t1",
+];
+
 /// The image's binary running in a namespace; killed on drop.
 pub struct RunningGate {
     child: Child,
