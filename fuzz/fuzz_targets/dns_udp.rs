@@ -1,6 +1,7 @@
 //! One datagram through the UDP listener's steps (fast path, full-path parse, policy,
 //! cache, encode), twice: the second time the answer may come from the fast path, and it
-//! must decode to what the full path sent.
+//! must decode to what the full path sent. A block or refusal the fast path writes the
+//! first time must decode to what the full path alone encodes.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -8,7 +9,9 @@ use std::sync::LazyLock;
 use hickory_proto::op::MessageType;
 use libfuzzer_sys::fuzz_target;
 use portcullis::dns::udp::{self, Parsed};
-use portcullis_fuzz::dns::{Gate, Served, decode_without_ttls, describe, payload_limit, serve};
+use portcullis_fuzz::dns::{
+    Gate, Served, decode_without_ttls, describe, payload_limit, serve, serve_full,
+};
 
 static GATE: LazyLock<Gate> = LazyLock::new(Gate::new);
 
@@ -18,14 +21,25 @@ fuzz_target!(|data: &[u8]| {
     let (mut name, mut out) = (String::new(), Vec::new());
     let first = serve(gate, data, &mut name, &mut out);
     let sent = match &first {
-        Served::Fast(_) => panic!("a fast-path answer before anything was encoded for it"),
-        Served::Dropped | Served::Upstream => return,
+        Served::Dropped | Served::Upstream => {
+            assert_eq!(serve_full(gate, data), first, "the fast path took it");
+            return;
+        }
+        // A block or refusal written from the request's bytes: what the full path encodes.
+        Served::Fast(bytes) => {
+            let Served::Full(full) = serve_full(gate, data) else {
+                panic!("the fast path answered what the full path does not answer here")
+            };
+            let sent = decode_without_ttls(bytes);
+            assert_eq!(sent, decode_without_ttls(&full), "fast and full differ");
+            sent
+        }
         Served::Full(bytes) => decode_without_ttls(bytes),
     };
     assert_eq!(sent.metadata.message_type, MessageType::Response);
     assert_eq!(sent.metadata.id, u16::from_be_bytes([data[0], data[1]]));
     if let Parsed::Query(request) = udp::parse(data) {
-        let Served::Full(bytes) = &first else {
+        let (Served::Full(bytes) | Served::Fast(bytes)) = &first else {
             unreachable!()
         };
         assert!(

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use portcullis::config::Config;
 use portcullis::dns::cache::Cache;
-use portcullis::dns::filter::{Filter, FilterSettings, Step};
+use portcullis::dns::filter::{FastMiss, Filter, FilterSettings, Step};
 use portcullis::dns::udp::{self, Parsed};
 use portcullis::dns::upstream::UpstreamPool;
 use portcullis::dns::wire;
@@ -223,11 +224,28 @@ pub fn payload_limit(request: &udp::Request) -> usize {
 /// One datagram through the listener's steps (`dns::udp::serve_udp`), minus the socket.
 pub fn serve(gate: &Gate, datagram: &[u8], name: &mut String, out: &mut Vec<u8>) -> Served {
     let filter = &gate.filter;
-    if let Some(fast) = wire::parse(datagram, name)
-        && filter.answer_cached(CLIENT, &fast, name, out).is_some()
-    {
-        return Served::Fast(out.clone());
+    if let Some(fast) = wire::parse(datagram, name) {
+        match filter.answer_cached(CLIENT, &fast, name, out) {
+            Ok(_) => return Served::Fast(out.clone()),
+            Err(FastMiss::NotCached) => {
+                let mut text = String::new();
+                if filter
+                    .answer_local(CLIENT, &fast, name, out, &mut text, |_| ())
+                    .is_some()
+                {
+                    return Served::Fast(out.clone());
+                }
+            }
+            Err(FastMiss::Declined) => {}
+        }
     }
+    serve_full(gate, datagram)
+}
+
+/// One datagram through the full path only (what the listener does when the fast paths
+/// decline).
+pub fn serve_full(gate: &Gate, datagram: &[u8]) -> Served {
+    let filter = &gate.filter;
     match udp::parse(datagram) {
         Parsed::Drop => Served::Dropped,
         Parsed::Error {
@@ -247,12 +265,22 @@ pub fn serve(gate: &Gate, datagram: &[u8], name: &mut String, out: &mut Vec<u8>)
 }
 
 /// `bytes` decoded, with every TTL set to 0 (the fast and the full path may be a second
-/// apart).
+/// apart), and without the digits of a tunnel guard's EDE text (its byte count is the
+/// guard's window, which moves with the clock).
 pub fn decode_without_ttls(bytes: &[u8]) -> Message {
     let mut m = Message::from_vec(bytes)
         .unwrap_or_else(|e| panic!("the gate sent an undecodable message ({e}): {bytes:02x?}"));
     for r in m.answers.iter_mut().chain(m.authorities.iter_mut()) {
         r.ttl = 0;
+    }
+    if let Some(edns) = m.edns.as_mut() {
+        let code = EdnsCode::Unknown(15);
+        if let Some(EdnsOption::Unknown(_, data)) = edns.options().get(code).cloned()
+            && data.windows(19).any(|w| w == b"possible DNS tunnel")
+        {
+            let data: Vec<u8> = data.into_iter().filter(|b| !b.is_ascii_digit()).collect();
+            edns.options_mut().insert(EdnsOption::Unknown(u16::from(code), data));
+        }
     }
     m
 }

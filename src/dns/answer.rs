@@ -110,30 +110,11 @@ pub(super) fn refusal_reply(
     refusal: DnsRefusal,
     text: String,
 ) -> Reply {
-    let nxdomain = |reply: &mut Reply| {
-        reply.rcode = ResponseCode::NXDomain;
+    let (rcode, soa, code) = refusal_answer(policy, refusal);
+    let mut reply = Reply::new(rcode, Outcome::Refused, text.clone());
+    if soa {
         reply.authorities.push(block_soa(qname, REFUSAL_TTL));
-    };
-    let mut reply = Reply::new(ResponseCode::Refused, Outcome::Refused, text.clone());
-    let code = match refusal {
-        DnsRefusal::NotAllowed => {
-            if policy.not_allowed == NotAllowedAnswer::Nxdomain {
-                nxdomain(&mut reply);
-            }
-            ede::BLOCKED
-        }
-        DnsRefusal::Qtype => {
-            if policy.qtype_answer == QtypeAnswer::Notimp {
-                reply.rcode = ResponseCode::NotImp;
-            }
-            ede::NOT_SUPPORTED
-        }
-        DnsRefusal::RateLimited => ede::PROHIBITED,
-        DnsRefusal::Tunnel => {
-            nxdomain(&mut reply);
-            ede::BLOCKED
-        }
-    };
+    }
     reply.refusal = Some(refusal);
     reply.ede = Some((code, text));
     reply
@@ -146,12 +127,37 @@ pub(super) fn refusal_reply(
 /// name. (A keyword's text is no zone: trimming the query to its label count gave the
 /// top-level domain.)
 fn soa_owner(qname: &DnsName, rule: Option<&ListMatch>) -> DnsName {
+    match soa_labels(rule) {
+        Some(labels) => qname.trim_to(labels),
+        None => qname.clone(),
+    }
+}
+
+/// How many of the question name's last labels own a block's SOA: the listed domain's,
+/// for a rule that covers its subdomains (`None`: the whole name).
+pub(super) fn soa_labels(rule: Option<&ListMatch>) -> Option<usize> {
     match rule {
         Some(m) if m.kind == RuleKind::NameAndSubdomains => {
-            let labels = m.rule.bytes().filter(|&b| b == b'.').count() + 1;
-            qname.trim_to(labels)
+            Some(m.rule.bytes().filter(|&b| b == b'.').count() + 1)
         }
-        _ => qname.clone(),
+        _ => None,
+    }
+}
+
+/// A refusal's answer: its rcode, whether an SOA (the question's, for [`REFUSAL_TTL`])
+/// comes with it, and its Extended DNS Error code.
+pub(super) fn refusal_answer(policy: &DnsPolicy, refusal: DnsRefusal) -> (ResponseCode, bool, u16) {
+    match refusal {
+        DnsRefusal::NotAllowed if policy.not_allowed == NotAllowedAnswer::Nxdomain => {
+            (ResponseCode::NXDomain, true, ede::BLOCKED)
+        }
+        DnsRefusal::NotAllowed => (ResponseCode::Refused, false, ede::BLOCKED),
+        DnsRefusal::Qtype if policy.qtype_answer == QtypeAnswer::Notimp => {
+            (ResponseCode::NotImp, false, ede::NOT_SUPPORTED)
+        }
+        DnsRefusal::Qtype => (ResponseCode::Refused, false, ede::NOT_SUPPORTED),
+        DnsRefusal::RateLimited => (ResponseCode::Refused, false, ede::PROHIBITED),
+        DnsRefusal::Tunnel => (ResponseCode::NXDomain, true, ede::BLOCKED),
     }
 }
 

@@ -14,13 +14,15 @@ use hickory_proto::rr::{DNSClass, Record, RecordType};
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
-use super::answer::{block_reply, from_cache, refusal_reply, special_reply};
+use super::answer::{
+    REFUSAL_TTL, block_reply, from_cache, refusal_answer, refusal_reply, soa_labels, special_reply,
+};
 use super::cache::{Cache, CachedResponse, Hit};
 use super::inspect::inspect;
 use super::limit::{Admit, RateLimiter};
 use super::tunnel::{self, GuardSettings, TunnelGuard};
 use super::upstream::UpstreamPool;
-use super::wire::{FastQuery, WireAnswer};
+use super::wire::{FastQuery, LocalAnswer, WireAnswer};
 use crate::config::{BlockAnswer, Config, DnsConfig};
 use crate::policy::addr::AddrClass;
 use crate::policy::dns::{DnsAction, DnsRefusal, GuardAction};
@@ -468,18 +470,107 @@ impl Filter {
         query: &FastQuery,
         name: &str,
         out: &mut Vec<u8>,
-    ) -> Option<(Arc<CachedResponse>, Arc<WireAnswer>)> {
+    ) -> Result<(Arc<CachedResponse>, Arc<WireAnswer>), FastMiss> {
         // Cheapest refusal first: most names that are not cached are blocked ones.
-        let hit = self.cache.get(name, query.qtype).filter(|hit| !hit.stale)?;
-        let wire = hit.response.wire.load_full()?;
+        let hit = self
+            .cache
+            .get(name, query.qtype)
+            .filter(|hit| !hit.stale)
+            .ok_or(FastMiss::NotCached)?;
+        let wire = hit.response.wire.load_full().ok_or(FastMiss::Declined)?;
         let policy = self.policy.load();
         let settings = self.settings.load();
         let group = policy.groups.of(client);
         if !wire.valid_for(&policy, &settings, group) || !wire.answer(query, hit.age, out) {
-            return None;
+            return Err(FastMiss::Declined);
         }
         crate::telemetry::metrics::cache_lookup(true);
-        Some((hit.response, wire))
+        Ok((hit.response, wire))
+    }
+
+    /// The fast path for a name with no fresh cache entry that the policy answers here:
+    /// a listed name, when blocks are NXDOMAIN or REFUSED, and the DNS policy's refusals
+    /// by mode and query type. The answer is written to `out` from the request's bytes
+    /// ([`wire::write_local`](super::wire::write_local)) without decoding it or building
+    /// records, and `log` gets the decision while the policy is borrowed (`text`: a
+    /// reused buffer for its reason). `None`: nothing was written; the full path decides
+    /// again (a name to forward, a special-use name, a reporting group, another block
+    /// answer, an answer too big for the client).
+    pub fn answer_local<R>(
+        &self,
+        client: IpAddr,
+        query: &FastQuery,
+        name: &str,
+        out: &mut Vec<u8>,
+        text: &mut String,
+        log: impl FnOnce(&LocalDecision<'_>) -> R,
+    ) -> Option<R> {
+        use std::fmt::Write;
+        let parsed = Name::parse(name).ok()?;
+        let policy = self.policy.load();
+        let group = policy.groups.of(client);
+        let verdict = policy.decide(&parsed, group);
+        let qtype = query.qtype;
+        text.clear();
+        let decision = match policy.dns.decide(&verdict, group, u16::from(qtype)) {
+            DnsAction::Refuse(refusal) => {
+                let group_name = policy.groups.name(group);
+                refusal_text(text, &policy, group, qtype, refusal);
+                let (rcode, soa, code) = refusal_answer(&policy.dns, refusal);
+                let answer = LocalAnswer {
+                    rcode,
+                    soa: soa.then_some((None, REFUSAL_TTL)),
+                    ede: (code, text),
+                };
+                if !super::wire::write_local(query, &answer, out) {
+                    return None;
+                }
+                crate::telemetry::metrics::dns_refusal(group_name, refusal);
+                LocalDecision {
+                    rcode,
+                    outcome: Outcome::Refused,
+                    reason: text,
+                    list: None,
+                    rule: None,
+                    group: Some(group_name),
+                    refusal: Some(refusal),
+                }
+            }
+            DnsAction::Local if !policy.dns.group(group).mode.reports() => {
+                let Verdict::Blocked(m) = &verdict else {
+                    return None;
+                };
+                let settings = self.settings.load();
+                let (rcode, soa) = match settings.block_answer {
+                    BlockAnswer::Nxdomain => (
+                        ResponseCode::NXDomain,
+                        Some((soa_labels(Some(m)), settings.block_ttl)),
+                    ),
+                    BlockAnswer::Refused => (ResponseCode::Refused, None),
+                    BlockAnswer::ZeroIp | BlockAnswer::Addresses => return None,
+                };
+                let _ = write!(text, "{}", m.described(&policy.rules));
+                let answer = LocalAnswer {
+                    rcode,
+                    soa,
+                    ede: (ede::BLOCKED, text),
+                };
+                if !super::wire::write_local(query, &answer, out) {
+                    return None;
+                }
+                LocalDecision {
+                    rcode,
+                    outcome: Outcome::Blocked,
+                    reason: text,
+                    list: policy.rules.list(m.origin.list).map(|l| l.name.as_str()),
+                    rule: Some(&m.rule),
+                    group: None,
+                    refusal: None,
+                }
+            }
+            DnsAction::Local | DnsAction::Forward { .. } => return None,
+        };
+        Some(log(&decision))
     }
 
     /// Asks the upstreams (or falls back to a stale answer) and inspects the answer.
@@ -620,23 +711,62 @@ fn refused(
     text: Option<String>,
 ) -> Reply {
     let group_name = policy.groups.name(group);
-    let text = text.unwrap_or_else(|| match refusal {
-        DnsRefusal::NotAllowed => format!("not on the allowlist of group {group_name}"),
-        DnsRefusal::Qtype => format!(
-            "query type {} is not served to group {group_name}",
-            query.query_type()
-        ),
-        DnsRefusal::RateLimited => match policy.dns.group(group).rate {
-            Some(rate) => format!(
-                "rate limit of group {group_name}: {} queries per {} s per client",
-                rate.queries, rate.per_secs
-            ),
-            None => format!("rate limit of group {group_name}"),
-        },
-        DnsRefusal::Tunnel => format!("possible DNS tunnel: blocked for group {group_name}"),
+    let text = text.unwrap_or_else(|| {
+        let mut text = String::new();
+        refusal_text(&mut text, policy, group, query.query_type(), refusal);
+        text
     });
     crate::telemetry::metrics::dns_refusal(group_name, refusal);
     let mut reply = refusal_reply(&policy.dns, query.name(), refusal, text);
     reply.group = Some(group_name.to_owned());
     reply
+}
+
+/// The Extended DNS Error text of a refusal of the DNS policy, which names the group.
+fn refusal_text(
+    out: &mut String,
+    policy: &Policy,
+    group: GroupId,
+    qtype: RecordType,
+    refusal: DnsRefusal,
+) {
+    use std::fmt::Write;
+    let group_name = policy.groups.name(group);
+    let _ = match refusal {
+        DnsRefusal::NotAllowed => write!(out, "not on the allowlist of group {group_name}"),
+        DnsRefusal::Qtype => write!(
+            out,
+            "query type {qtype} is not served to group {group_name}"
+        ),
+        DnsRefusal::RateLimited => match policy.dns.group(group).rate {
+            Some(rate) => write!(
+                out,
+                "rate limit of group {group_name}: {} queries per {} s per client",
+                rate.queries, rate.per_secs
+            ),
+            None => write!(out, "rate limit of group {group_name}"),
+        },
+        DnsRefusal::Tunnel => write!(out, "possible DNS tunnel: blocked for group {group_name}"),
+    };
+}
+
+/// What the fast path logs of an answer [`Filter::answer_local`] wrote.
+pub struct LocalDecision<'a> {
+    pub rcode: ResponseCode,
+    pub outcome: Outcome,
+    pub reason: &'a str,
+    pub list: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    pub group: Option<&'a str>,
+    pub refusal: Option<DnsRefusal>,
+}
+
+/// Why [`Filter::answer_cached`] wrote nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastMiss {
+    /// No fresh answer is cached for the name: [`Filter::answer_local`] may answer it.
+    NotCached,
+    /// One is, but not encoded for this client's group, policy and settings, or too big:
+    /// the full path answers (and encodes it).
+    Declined,
 }

@@ -4,7 +4,8 @@
 //! datagram, with no bound; on the per-query hot path that cost more than the
 //! filtering itself (see BENCHMARKS.md). This loop parses and encodes with
 //! hickory-proto, answers everything that needs no upstream (blocks, local
-//! names, fresh cache hits, malformed packets) inline from one reused buffer,
+//! names, fresh cache hits, malformed packets) inline from one reused buffer
+//! (cache hits and most blocks and refusals straight from the request's bytes, see `wire`),
 //! and spawns a task only for questions that go upstream; those are capped by
 //! the filter's in-flight limit. Datagrams come in with one `recvmmsg` per batch
 //! and the batch's inline answers leave with one `sendmmsg` (the kernel's UDP path
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::decision::{Decision, log, log_decision};
-use super::filter::{Filter, Outcome, Reply, Step};
+use super::filter::{FastMiss, Filter, Outcome, Reply, Step};
 use super::request::{MAX_QUERY_LEN, body_refusal, ede_option, header_refusal};
 use super::wire;
 use crate::sys::{RecvBatch, SendBatch};
@@ -179,6 +180,8 @@ pub async fn serve_udp(
     let mut replies = SendBatch::new(v6);
     // The fast path's name, reused.
     let mut name = String::with_capacity(wire::MAX_NAME);
+    // The fast path's decision text (a block's reason, a refusal's), reused.
+    let mut text = String::with_capacity(256);
     // Datagrams answered since this loop last gave its worker up (see below).
     let mut since_yield = 0;
     loop {
@@ -204,7 +207,7 @@ pub async fn serve_udp(
             if listener.over_limit(datagram, to, started, &mut replies) {
                 continue;
             }
-            if !listener.answer_cached(datagram, to, started, &mut name, &mut replies) {
+            if !listener.answer_fast(datagram, to, started, &mut name, &mut text, &mut replies) {
                 listener.answer_full(datagram, to, started, &mut replies);
             }
         }
@@ -308,24 +311,29 @@ impl Listener {
         true
     }
 
-    /// The fast path: a fresh cached answer already encoded for the client's group,
-    /// written straight into the batch's next answer. `false`: nothing was queued; take
-    /// the full path.
-    fn answer_cached(
+    /// The fast paths, for a request [`wire::parse`] takes: a fresh cached answer
+    /// already encoded for the client's group, written straight into the batch's next
+    /// answer; for a name not cached, a block or refusal written from the request's bytes
+    /// ([`Self::answer_local`]). `false`: nothing was queued; take the full path.
+    fn answer_fast(
         &self,
         datagram: &[u8],
         to: Peer,
         started: Instant,
         name: &mut String,
+        text: &mut String,
         replies: &mut SendBatch,
     ) -> bool {
         let Some(fast) = wire::parse(datagram, name) else {
             return false;
         };
         let out = replies.next_buffer();
-        let Some((cached, encoded)) = self.filter.answer_cached(to.addr.ip(), &fast, name, out)
-        else {
-            return false;
+        let (cached, encoded) = match self.filter.answer_cached(to.addr.ip(), &fast, name, out) {
+            Ok(found) => found,
+            Err(FastMiss::Declined) => return false,
+            Err(FastMiss::NotCached) => {
+                return self.answer_local(&fast, to, started, name, text, replies);
+            }
         };
         if let Err(error) = replies.commit(to.addr, self.source(to)) {
             tracing::debug!(%error, client = %to.addr, "dns/udp send failed");
@@ -351,6 +359,52 @@ impl Listener {
             },
             self.log_allowed,
         );
+        true
+    }
+
+    /// The fast path for what the policy answers here (blocks, refusals): see
+    /// [`Filter::answer_local`]. `false`: nothing was queued; take the full path.
+    fn answer_local(
+        &self,
+        fast: &wire::FastQuery,
+        to: Peer,
+        started: Instant,
+        name: &str,
+        text: &mut String,
+        replies: &mut SendBatch,
+    ) -> bool {
+        let out = replies.next_buffer();
+        let logged = self
+            .filter
+            .answer_local(to.addr.ip(), fast, name, out, text, |d| {
+                log(
+                    &Decision {
+                        client: to.addr,
+                        name,
+                        qtype: fast.qtype,
+                        outcome: d.outcome,
+                        rcode: d.rcode,
+                        reason: d.reason,
+                        list: d.list,
+                        rule: d.rule,
+                        upstream: None,
+                        answer_id: None,
+                        answers: 0,
+                        started,
+                        group: d.group,
+                        would_refuse: None,
+                        refusal: d.refusal,
+                        routed_to: None,
+                    },
+                    self.log_allowed,
+                )
+            });
+        if logged.is_none() {
+            return false;
+        }
+        if let Err(error) = replies.commit(to.addr, self.source(to)) {
+            tracing::debug!(%error, client = %to.addr, "dns/udp send failed");
+        }
         true
     }
 
@@ -494,5 +548,185 @@ mod tests {
         let mut response = good.clone();
         response[2] |= 0x80;
         assert!(matches!(parse(&response), Parsed::Drop));
+    }
+
+    /// A filter over `dns` (lines under `[dns]`) and a threat list, with no upstream
+    /// ever asked (the tests take only the paths that answer here).
+    fn filter(dns: &str) -> Filter {
+        use crate::dns::cache::Cache;
+        use crate::dns::filter::FilterSettings;
+        use crate::dns::upstream::UpstreamPool;
+        let text = format!(
+            r#"
+[dns]
+{dns}
+rate_limit.queries = 0
+[[upstream.servers]]
+url = "udp://127.0.0.1:9"
+[groups]
+agent = ["127.0.0.2/32"]
+reporter = ["127.0.0.3/32"]
+[[lists]]
+name = "threats"
+inline = "evil.example\n*.ads.example\n=exact.example\n/^track[0-9]+\\./\n"
+"#
+        );
+        let config =
+            crate::config::Config::parse(&text, "test.toml", std::path::Path::new("/nonexistent"))
+                .unwrap();
+        let loaded = crate::lists::load::build_policy(&config).unwrap();
+        let upstream = UpstreamPool::new(
+            &config.upstream.servers,
+            config.upstream.strategy,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        Filter::new(
+            Arc::new(arc_swap::ArcSwap::from_pointee(loaded.policy)),
+            Arc::new(upstream),
+            Cache::new(&config.cache),
+            FilterSettings::from(&config.dns),
+            64,
+        )
+    }
+
+    fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut m = Message::new(0x5eed, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.metadata.checking_disabled = edns.is_some();
+        m.queries
+            .push(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if let Some(payload) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(payload);
+            m.edns = Some(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    /// What the fast path for local answers writes (`None`: it declined), and what the
+    /// full path encodes, for one datagram from `client`.
+    fn both_paths(filter: &Filter, client: IpAddr, datagram: &[u8]) -> (Option<Vec<u8>>, Vec<u8>) {
+        let (mut name, mut text, mut out) = (String::new(), String::new(), Vec::new());
+        let fast = wire::parse(datagram, &mut name).expect("a plain query");
+        let logged = filter.answer_local(client, &fast, &name, &mut out, &mut text, |d| {
+            (d.outcome, d.reason.to_owned(), d.list.map(str::to_owned))
+        });
+        let Parsed::Query(request) = parse(datagram) else {
+            panic!("the full path refused a plain query")
+        };
+        let Step::Done(reply) = filter.begin(client, &request.query) else {
+            panic!("{} went upstream", request.query.name())
+        };
+        let outcome = (reply.outcome, reply.reason.clone(), reply.list.clone());
+        if let Some(logged) = &logged {
+            assert_eq!(
+                logged, &outcome,
+                "the fast path logs what the full path does"
+            );
+        }
+        (logged.map(|_| out), encode(&request, reply).unwrap())
+    }
+
+    fn decoded(bytes: &[u8]) -> Message {
+        Message::from_vec(bytes).unwrap_or_else(|e| panic!("{e}: {bytes:02x?}"))
+    }
+
+    /// Blocks and refusals written from the request's bytes decode to exactly what the
+    /// full path encodes: rcode, flags, the question as asked, the SOA (the listed zone's
+    /// for a rule with subdomains), the EDNS record and its Extended DNS Error.
+    #[test]
+    fn local_answers_on_the_fast_path_decode_as_the_full_path_encodes() {
+        let public: IpAddr = "127.0.0.1".parse().unwrap();
+        let agent: IpAddr = "127.0.0.2".parse().unwrap();
+        let cases: &[(&str, IpAddr, &str, RecordType)] = &[
+            ("", public, "evil.example.", RecordType::A),
+            ("", public, "Deep.Sub.EVIL.example.", RecordType::AAAA),
+            ("", public, "x.ads.example.", RecordType::TXT),
+            ("", public, "exact.example.", RecordType::A),
+            ("", public, "Track7.example.", RecordType::A),
+            ("", public, "Track7.example.", RecordType::A),
+            (
+                "block_answer = \"refused\"",
+                public,
+                "a.evil.example.",
+                RecordType::A,
+            ),
+            (
+                "modes = { agent = \"allowlist\" }",
+                agent,
+                "nope.example.",
+                RecordType::A,
+            ),
+            (
+                "modes = { agent = \"allowlist\" }\nnot_allowed = \"refused\"",
+                agent,
+                "Nope.Example.",
+                RecordType::MX,
+            ),
+            (
+                "qtypes = { agent = [\"A\"] }",
+                agent,
+                "fine.example.",
+                RecordType::TXT,
+            ),
+            (
+                "qtypes = { agent = [\"A\"] }\nqtype_answer = \"notimp\"",
+                agent,
+                "fine.example.",
+                RecordType::SRV,
+            ),
+        ];
+        for &(dns, client, name, qtype) in cases {
+            let filter = filter(dns);
+            for edns in [None, Some(1232), Some(4096)] {
+                let datagram = query(name, qtype, edns);
+                let (fast, full) = both_paths(&filter, client, &datagram);
+                let fast = fast.unwrap_or_else(|| panic!("[{dns}] {name} {qtype}: declined"));
+                assert_eq!(
+                    decoded(&fast),
+                    decoded(&full),
+                    "[{dns}] {name} {qtype} {edns:?}"
+                );
+                assert!(fast.len() <= 512);
+            }
+        }
+    }
+
+    /// The fast path leaves to the full path what it does not write itself: names to
+    /// forward, special-use names, reporting groups (the learner hears them on the full
+    /// path), block answers with addresses, and an answer too big for the client.
+    #[test]
+    fn the_fast_path_declines_what_the_full_path_must_answer() {
+        let public: IpAddr = "127.0.0.1".parse().unwrap();
+        let reporter: IpAddr = "127.0.0.3".parse().unwrap();
+        let (mut name, mut text, mut out) = (String::new(), String::new(), Vec::new());
+        let declined = |filter: &Filter, client: IpAddr, qname: &str| {
+            let (mut name, mut text, mut out) = (String::new(), String::new(), Vec::new());
+            let datagram = query(qname, RecordType::A, Some(1232));
+            let fast = wire::parse(&datagram, &mut name).unwrap();
+            filter
+                .answer_local(client, &fast, &name, &mut out, &mut text, |_| ())
+                .is_none()
+        };
+        let plain = filter("");
+        assert!(declined(&plain, public, "fine.example."), "forwarded");
+        assert!(declined(&plain, public, "localhost."), "special-use");
+        let report = filter("modes = { reporter = \"report\" }");
+        assert!(declined(&report, reporter, "evil.example."), "reported");
+        assert!(!declined(&report, public, "evil.example."), "not reported");
+        let zero = filter("block_answer = \"zero_ip\"");
+        assert!(declined(&zero, public, "evil.example."), "zero_ip");
+        // A 63-letter label under a listed zone, asked with a 512-byte payload: the reason
+        // quotes the rule, the name fits, but the EDE text is cut at 200 bytes as the full
+        // path cuts it, and the answer still fits 512 bytes.
+        let long = format!("{}.{}.evil.example.", "a".repeat(63), "b".repeat(63));
+        let datagram = query(&long, RecordType::A, Some(512));
+        let fast = wire::parse(&datagram, &mut name).unwrap();
+        let written = plain.answer_local(public, &fast, &name, &mut out, &mut text, |_| ());
+        assert!(written.is_some());
+        assert!(out.len() <= 512);
+        let (_, full) = both_paths(&plain, public, &datagram);
+        assert_eq!(decoded(&out), decoded(&full));
     }
 }

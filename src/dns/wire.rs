@@ -6,13 +6,18 @@
 //! the request, a stale or uninspected answer, a policy or settings reload, another
 //! group) takes the full path, which also (re)builds the encoding.
 //!
+//! A name with no fresh cache entry that the policy answers here (a listed name, a
+//! refusal of the DNS policy) is answered on the same path by [`write_local`]: the header
+//! and question copied from the request, an SOA and the EDNS record with its Extended DNS
+//! Error written after them, no `Message`, no records, no allocation.
+//!
 //! An encoding is valid only for the policy and settings it was inspected under: it
 //! holds `Weak` references to both and is used only while they are the ones in force.
 //! (A `Weak` keeps its allocation, so a new policy can never reuse the address.)
 
 use std::sync::{Arc, Weak};
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name as DnsName, RecordType};
 
 use super::cache::CachedResponse;
@@ -227,6 +232,97 @@ impl WireAnswer {
             out.extend_from_slice(&OPT);
         }
         true
+    }
+}
+
+/// An answer the gate gives without an upstream and without records of its own but the
+/// SOA of negative caching: a listed name blocked with NXDOMAIN or REFUSED, and the DNS
+/// policy's refusals by mode and query type (what `answer::block_reply` and
+/// `answer::refusal_reply` build for the full path).
+pub struct LocalAnswer<'a> {
+    pub rcode: ResponseCode,
+    /// The authority SOA: its owner is the question name's last `labels` labels (`None`:
+    /// the whole name), and its TTL (and MINIMUM).
+    pub soa: Option<(Option<usize>, u32)>,
+    /// The Extended DNS Error, sent to EDNS clients.
+    pub ede: (u16, &'a str),
+}
+
+/// The SOA's MNAME and RNAME: `portcullis.` and `blocked.` + a pointer to it.
+const SOA_MNAME: &[u8] = b"\x0aportcullis\x00";
+/// The longest EDE text sent (what `request::ede_option` keeps: a 512-byte answer).
+const EDE_TEXT_MAX: usize = 200;
+
+/// Writes `answer` to `query` into `out`, from the request's own bytes (the question as
+/// asked, letter case included), as the full path encodes it. `false` (nothing to send)
+/// when it would not fit the client's UDP payload: the full path then truncates.
+pub fn write_local(query: &FastQuery, answer: &LocalAnswer, out: &mut Vec<u8>) -> bool {
+    let rcode = u16::from(answer.rcode);
+    out.clear();
+    out.extend_from_slice(&query.id.to_be_bytes());
+    // QR, opcode 0, RD as asked; RA, CD as asked, the rcode's low bits.
+    out.push(0x80 | u8::from(query.rd));
+    out.push(0x80 | if query.cd { 0x10 } else { 0 } | (rcode & 0x0f) as u8);
+    let ns = u16::from(answer.soa.is_some());
+    let ar = u16::from(query.edns_payload.is_some());
+    for count in [1, 0, ns, ar] {
+        out.extend_from_slice(&count.to_be_bytes());
+    }
+    out.extend_from_slice(query.qname);
+    out.extend_from_slice(&u16::from(query.qtype).to_be_bytes());
+    out.extend_from_slice(&[0, 1]);
+    if let Some((labels, ttl)) = answer.soa {
+        let owner = HEADER + owner_offset(query.qname, labels);
+        out.extend_from_slice(&(0xc000 | owner as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 6, 0, 1]);
+        out.extend_from_slice(&ttl.to_be_bytes());
+        let rdlength = SOA_MNAME.len() + 1 + b"blocked".len() + 2 + 20;
+        out.extend_from_slice(&(rdlength as u16).to_be_bytes());
+        let mname = out.len();
+        out.extend_from_slice(SOA_MNAME);
+        out.push(7);
+        out.extend_from_slice(b"blocked");
+        out.extend_from_slice(&(0xc000 | mname as u16).to_be_bytes());
+        for value in [1, 3600, 600, 86400, ttl] {
+            out.extend_from_slice(&u32::to_be_bytes(value));
+        }
+    }
+    if query.edns_payload.is_some() {
+        let (code, text) = answer.ede;
+        let text = &text.as_bytes()[..text.len().min(EDE_TEXT_MAX)];
+        let option = 4 + 2 + text.len();
+        out.extend_from_slice(&OPT[..5]);
+        out.push((rcode >> 4) as u8);
+        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&(option as u16).to_be_bytes());
+        out.extend_from_slice(&EDE_OPTION.to_be_bytes());
+        out.extend_from_slice(&((2 + text.len()) as u16).to_be_bytes());
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(text);
+    }
+    out.len() <= usize::from(query.edns_payload.unwrap_or(512).clamp(512, 4096))
+}
+
+/// The EDNS option code of an Extended DNS Error (RFC 8914).
+const EDE_OPTION: u16 = 15;
+
+/// Where, in `qname` (wire form, as [`FastQuery`] keeps it), the name of its last
+/// `labels` labels starts (`None`, or more labels than it has: the whole name).
+fn owner_offset(qname: &[u8], labels: Option<usize>) -> usize {
+    let Some(keep) = labels else { return 0 };
+    let mut starts = [0usize; 128];
+    let (mut count, mut at) = (0, 0);
+    while let Some(&len) = qname.get(at)
+        && len != 0
+    {
+        starts[count] = at;
+        count += 1;
+        at += 1 + usize::from(len);
+    }
+    if keep >= count {
+        0
+    } else {
+        starts[count - keep]
     }
 }
 

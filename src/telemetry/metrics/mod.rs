@@ -186,13 +186,34 @@ pub fn dns_query(qtype: RecordType, outcome: Outcome, list: Option<&str>) {
     if outcome == Outcome::Blocked
         && let Some(list) = list
     {
-        m.dns
-            .blocked
-            .get_or_create(&ListLabel {
-                list: list.to_owned(),
-            })
-            .inc();
+        BLOCKED_BY_LIST.with_borrow_mut(|seen| {
+            if let Some((_, counter)) = seen.iter().find(|(name, _)| &**name == list) {
+                counter.inc();
+                return;
+            }
+            // A handle shares the family's counter (the family never drops a label). Far
+            // more lists than this is rare; start over rather than scan a long list.
+            if seen.len() >= 64 {
+                seen.clear();
+            }
+            let counter = m
+                .dns
+                .blocked
+                .get_or_create(&ListLabel {
+                    list: list.to_owned(),
+                })
+                .clone();
+            counter.inc();
+            seen.push((list.into(), counter));
+        });
     }
+}
+
+thread_local! {
+    /// Each thread's handles on `portcullis_dns_blocked_total{list}`: a blocked query
+    /// counts without building a label (an allocation) and locking the family.
+    static BLOCKED_BY_LIST: std::cell::RefCell<Vec<(Box<str>, Counter)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Decision log lines dropped (see `telemetry::lines`).
