@@ -279,6 +279,8 @@ pub fn decode_without_ttls(bytes: &[u8]) -> Message {
             && data.windows(19).any(|w| w == b"possible DNS tunnel")
         {
             let data: Vec<u8> = data.into_iter().filter(|b| !b.is_ascii_digit()).collect();
+            // `insert` appends: drop the original first.
+            edns.options_mut().remove(code);
             edns.options_mut().insert(EdnsOption::Unknown(u16::from(code), data));
         }
     }

@@ -506,9 +506,14 @@ impl Filter {
         log: impl FnOnce(&LocalDecision<'_>) -> R,
     ) -> Option<R> {
         use std::fmt::Write;
-        let parsed = Name::parse(name).ok()?;
         let policy = self.policy.load();
         let group = policy.groups.of(client);
+        // A reporting group's answers are heard by the learner on the full path, and its
+        // mode refuses nothing: decide there, once.
+        if policy.dns.group(group).mode.reports() {
+            return None;
+        }
+        let parsed = Name::parse(name).ok()?;
         let verdict = policy.decide(&parsed, group);
         let qtype = query.qtype;
         text.clear();
@@ -536,7 +541,7 @@ impl Filter {
                     refusal: Some(refusal),
                 }
             }
-            DnsAction::Local if !policy.dns.group(group).mode.reports() => {
+            DnsAction::Local => {
                 let Verdict::Blocked(m) = &verdict else {
                     return None;
                 };
@@ -568,7 +573,7 @@ impl Filter {
                     refusal: None,
                 }
             }
-            DnsAction::Local | DnsAction::Forward { .. } => return None,
+            DnsAction::Forward { .. } => return None,
         };
         Some(log(&decision))
     }

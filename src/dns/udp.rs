@@ -568,8 +568,9 @@ agent = ["127.0.0.2/32"]
 reporter = ["127.0.0.3/32"]
 [[lists]]
 name = "threats"
-inline = "evil.example\n*.ads.example\n=exact.example\n/^track[0-9]+\\./\n"
-"#
+inline = "evil.example\n*.ads.example\n=exact.example\n/^track[0-9]+\\./\n={long}\n"
+"#,
+            long = long_name(),
         );
         let config =
             crate::config::Config::parse(&text, "test.toml", std::path::Path::new("/nonexistent"))
@@ -587,6 +588,18 @@ inline = "evil.example\n*.ads.example\n=exact.example\n/^track[0-9]+\\./\n"
             Cache::new(&config.cache),
             FilterSettings::from(&config.dns),
             64,
+        )
+    }
+
+    /// A listed name of 247 characters: its block's reason is longer than the 200 bytes
+    /// of EDE text an answer carries.
+    fn long_name() -> String {
+        format!(
+            "{a}.{b}.{c}.{d}.example",
+            a = "a".repeat(63),
+            b = "b".repeat(63),
+            c = "c".repeat(63),
+            d = "d".repeat(47)
         )
     }
 
@@ -644,7 +657,6 @@ inline = "evil.example\n*.ads.example\n=exact.example\n/^track[0-9]+\\./\n"
             ("", public, "Deep.Sub.EVIL.example.", RecordType::AAAA),
             ("", public, "x.ads.example.", RecordType::TXT),
             ("", public, "exact.example.", RecordType::A),
-            ("", public, "Track7.example.", RecordType::A),
             ("", public, "Track7.example.", RecordType::A),
             (
                 "block_answer = \"refused\"",
@@ -717,16 +729,25 @@ inline = "evil.example\n*.ads.example\n=exact.example\n/^track[0-9]+\\./\n"
         assert!(!declined(&report, public, "evil.example."), "not reported");
         let zero = filter("block_answer = \"zero_ip\"");
         assert!(declined(&zero, public, "evil.example."), "zero_ip");
-        // A 63-letter label under a listed zone, asked with a 512-byte payload: the reason
-        // quotes the rule, the name fits, but the EDE text is cut at 200 bytes as the full
-        // path cuts it, and the answer still fits 512 bytes.
-        let long = format!("{}.{}.evil.example.", "a".repeat(63), "b".repeat(63));
+        // The long listed name: with a 1232-byte payload its answer is written, the EDE
+        // text cut at 200 bytes as the full path cuts it; with 512 bytes it does not fit,
+        // and the full path answers truncated.
+        let long = format!("{}.", long_name());
+        let datagram = query(&long, RecordType::A, Some(1232));
+        let fast = wire::parse(&datagram, &mut name).unwrap();
+        let written = plain.answer_local(public, &fast, &name, &mut out, &mut text, |_| ());
+        assert!(written.is_some() && text.len() > 200, "{text}");
+        let (_, full) = both_paths(&plain, public, &datagram);
+        assert_eq!(decoded(&out), decoded(&full));
         let datagram = query(&long, RecordType::A, Some(512));
         let fast = wire::parse(&datagram, &mut name).unwrap();
         let written = plain.answer_local(public, &fast, &name, &mut out, &mut text, |_| ());
-        assert!(written.is_some());
-        assert!(out.len() <= 512);
+        assert!(
+            written.is_none(),
+            "{} bytes for a 512-byte payload",
+            out.len()
+        );
         let (_, full) = both_paths(&plain, public, &datagram);
-        assert_eq!(decoded(&out), decoded(&full));
+        assert!(full.len() <= 512 && decoded(&full).metadata.truncation);
     }
 }
