@@ -45,6 +45,11 @@
 # PIN=0: no core pinning for servers or dnsperf (default 1: servers on core 0, dnsperf on 1).
 # LAT_QPS=N (0: off): after each throughput run, LAT_SECS (5) s more at a fixed
 # N queries/s (dnsperf -Q N -v) to get p50/p99/p99.9 latencies below saturation.
+# LOADGEN=batched: the throughput runs use benches/dns_load.rs (built here, or LOAD_BIN)
+# instead of dnsperf: the same files, sockets (-c) and outstanding queries (-q), moved
+# with sendmmsg/recvmmsg from one thread, at a fraction of dnsperf's CPU per query. Use it
+# when dnsperf's CPU % in the report is near 100: dnsperf, not the server, was the limit.
+# Warm-up and the fixed-rate latency runs stay dnsperf.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -209,6 +214,18 @@ else
     BIN=$ROOT/target/release/portcullis
 fi
 [ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }
+LOADGEN=${LOADGEN:-dnsperf}
+case $LOADGEN in
+    dnsperf) ;;
+    batched)
+        if [ -z "${LOAD_BIN:-}" ]; then
+            echo "building the batched load driver..." >&2
+            (cd "$ROOT" && cargo build --release --quiet --bench dns_load)
+            LOAD_BIN=$(ls -t "$ROOT"/target/release/deps/dns_load-* | grep -v '\.d$' | head -n1)
+        fi
+        [ -x "$LOAD_BIN" ] || { echo "no load driver at $LOAD_BIN" >&2; exit 1; } ;;
+    *) echo "LOADGEN: dnsperf or batched, got '$LOADGEN'" >&2; exit 1 ;;
+esac
 [ -n "${GATES:-}" ] || { G_NAME=(gate); G_BIN=("$BIN"); G_PORT=("$GATE_PORT"); }
 
 # ---- 2. lists, names and query files ------------------------------------------
@@ -422,6 +439,8 @@ warm "$UNB_PORT" unbound
 
 # ---- 6. the runs --------------------------------------------------------------------
 DNSPERF=("${PRIO[@]}" taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -l "$DURATION" -t 2 -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING")
+# (dns_load prints dnsperf's summary lines, so measure() reads either.)
+[ "$LOADGEN" = batched ] && DNSPERF=("${PRIO[@]}" taskset -c "$CLIENT_CPU" "$LOAD_BIN" -s 127.0.0.1 -l "$DURATION" -c "$CLIENTS" -q "$OUTSTANDING")
 printf 'round\tworkload\tserver\tqps\tavg_ms\tmax_ms\tlost_pct\tcpu_per_100k\tqps_per_cpu_s\tserver_cpu_pct\tdnsperf_cpu_pct\tother_cpu_pct\tcompleted\trcodes\tupstream_cpu_s\n' >"$OUT/runs.tsv"
 
 # One dnsperf run against $port. Records throughput and latency, the server's
@@ -565,7 +584,7 @@ UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log/ && $2 == "cache
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); $(uname -sr)"
     echo "- $(dnsperf -h 2>&1 | sed -n 's/^Version /dnsperf /p' | head -n1); unbound $(unbound -V | sed -n 's/^Version //p'); portcullis $("$BIN" --version | awk '{ print $2 }') ($BUILT_FROM)"
-    echo "- command: \`$INVOCATION\` (DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING THREADS=$THREADS RT=$RT PIN=${PIN:-1} LAT_QPS=$LAT_QPS DECISION_LOG=${DECISION_LOG:-0}); load average at start: $LOADAVG_START"
+    echo "- command: \`$INVOCATION\` (LOADGEN=$LOADGEN DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING THREADS=$THREADS RT=$RT PIN=${PIN:-1} LAT_QPS=$LAT_QPS DECISION_LOG=${DECISION_LOG:-0}); load average at start: $LOADAVG_START"
     echo "- each run: \`${DNSPERF[*]} -p PORT -d FILE\`; servers on core $SERVER_CPU (\`${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU\`; unbound \`num-threads: 1\`), dnsperf on core $CLIENT_CPU; gate and unbound runs alternate; best of $ROUNDS rounds by queries/s"
     echo "- lists: $LISTS_ORIGIN"
     echo "- workloads: **blocked** = $N_BLOCKED_Q A queries sampled from the plain-domain lists${DROPPED_NOTE}, NXDOMAIN from both servers; **cached** = $N_CACHED names \`cN.bench.example\` answered once by the gate's local upstream, then from the gate's cache (unbound answers them from \`local-data\`, its best case); **mix** = alternating blocked / cached"
