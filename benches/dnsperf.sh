@@ -25,7 +25,8 @@
 # for each gate with the per-blocked-query log line on, twice: stderr to a file, and
 # stderr to a pipe whose reader takes SLOW_READER_BPS bytes/s (262144, about 800
 # lines/s), so the gate's log writer must drop lines; the report says how many lines
-# reached the file and the reader), KEEP_WORK=1 (keep the temp dir).
+# reached the file and the reader; each of ROUNDS rounds runs log off / file / pipe on a
+# fresh gate, and the report gives their medians), KEEP_WORK=1 (keep the temp dir).
 #
 # Two (or more) gate binaries in one run, e.g. old vs new code:
 #   GATES="old=/path/to/a/portcullis new=/path/to/b/portcullis" benches/dnsperf.sh
@@ -542,35 +543,46 @@ done
 UNB_RSS_END=$(status_kb "$UNB_PID" VmRSS); UNB_HWM=$(status_kb "$UNB_PID" VmHWM)
 stop "$UNB_PID"
 
-for ((g = 0; g < ${#G_NAME[@]}; g++)); do
-    stop "${G_PID[g]}"
-    if [ "${DECISION_LOG:-0}" = 1 ]; then
-        # The same blocked workload with the per-blocked-query JSON line on (the
-        # shipped default). To a file: formatting + queueing + batched writes.
-        echo "${G_NAME[g]} with decision logging (stderr to a file)..." >&2
-        start_gate info "$WORK/decision-log.txt" "$g"
-        measure 1 "${G_NAME[g]}-decision-log-file" "$GATE_PID" "${G_PORT[g]}" blocked "$WORK/q-blocked.txt"
-        stop "$GATE_PID"
-        completed=$(awk -F'\t' -v s="${G_NAME[g]}-decision-log-file" '$3 == s { print $13 }' "$OUT/runs.tsv")
-        DLOG_NOTES+=("${G_NAME[g]}-decision-log-file: $(grep -c '"dns decision"' "$WORK/decision-log.txt" || true) decision lines in the file ($(du -m "$WORK/decision-log.txt" | cut -f1) MiB) for $completed queries dnsperf counted as answered")
-        rm -f "$WORK/decision-log.txt"
-        # To a pipe read slowly (a log collector that cannot keep up): lines are
-        # dropped (portcullis_log_lines_dropped_total), queries must not wait.
-        echo "${G_NAME[g]} with decision logging (stderr to a pipe read at $SLOW_READER_BPS bytes/s)..." >&2
-        rm -f "$WORK/log.fifo"; mkfifo "$WORK/log.fifo"
-        taskset -c "$CLIENT_CPU" python3 -c "$SLOW_READER" "$SLOW_READER_BPS" "$WORK/reader.txt" <"$WORK/log.fifo" &
-        READER_PID=$!
-        start_gate info "$WORK/log.fifo" "$g"
-        measure 1 "${G_NAME[g]}-decision-log-pipe" "$GATE_PID" "${G_PORT[g]}" blocked "$WORK/q-blocked.txt"
-        stop "$GATE_PID"
-        # The reader gets EOF once the gate has exited (at stop the gate waits 2 s at most
-        # for the pipe to take what its writer still holds, then drops it).
-        wait "$READER_PID" || true
-        completed=$(awk -F'\t' -v s="${G_NAME[g]}-decision-log-pipe" '$3 == s { print $13 }' "$OUT/runs.tsv")
-        read -r r_lines r_bytes <"$WORK/reader.txt"
-        DLOG_NOTES+=("${G_NAME[g]}-decision-log-pipe: the reader took $r_bytes bytes, $r_lines lines (every line the gate wrote, not only decisions), for $completed answered queries: the rest of the decision lines were dropped")
-    fi
-done
+for ((g = 0; g < ${#G_NAME[@]}; g++)); do stop "${G_PID[g]}"; done
+
+# DECISION_LOG=1: per round and gate, the blocked workload three times on a freshly started
+# gate: the log off (as in the rounds above), every decision line to a file, and to a pipe
+# read slowly. The three alternate, so that the machine's drift hits them alike; the report
+# gives each one's median and its cost against the log-off median.
+decision_log_round() {
+    local r=$1 g=$2 name=${G_NAME[$2]} completed r_lines r_bytes
+    echo "$name, round $r: log off, then decision logging to a file and to a slow pipe..." >&2
+    start_gate "info,portcullis::decision=off" "$WORK/off.log" "$g"
+    measure "$r" "$name-decision-log-off" "$GATE_PID" "${G_PORT[g]}" blocked "$WORK/q-blocked.txt"
+    stop "$GATE_PID"
+    # The shipped default: a JSON line per blocked query. To a file: formatting +
+    # queueing + batched writes.
+    start_gate info "$WORK/decision-log.txt" "$g"
+    measure "$r" "$name-decision-log-file" "$GATE_PID" "${G_PORT[g]}" blocked "$WORK/q-blocked.txt"
+    stop "$GATE_PID"
+    completed=$(awk -F'\t' -v s="$name-decision-log-file" -v r="$r" '$3 == s && $1 == r { print $13 }' "$OUT/runs.tsv")
+    DLOG_NOTES+=("$name-decision-log-file, round $r: $(grep -c '"dns decision"' "$WORK/decision-log.txt" || true) decision lines in the file ($(du -m "$WORK/decision-log.txt" | cut -f1) MiB) for $completed queries the load tool counted as answered")
+    rm -f "$WORK/decision-log.txt"
+    # To a pipe read slowly (a log collector that cannot keep up): lines are
+    # dropped (portcullis_log_lines_dropped_total), queries must not wait.
+    rm -f "$WORK/log.fifo"; mkfifo "$WORK/log.fifo"
+    taskset -c "$CLIENT_CPU" python3 -c "$SLOW_READER" "$SLOW_READER_BPS" "$WORK/reader.txt" <"$WORK/log.fifo" &
+    READER_PID=$!
+    start_gate info "$WORK/log.fifo" "$g"
+    measure "$r" "$name-decision-log-pipe" "$GATE_PID" "${G_PORT[g]}" blocked "$WORK/q-blocked.txt"
+    stop "$GATE_PID"
+    # The reader gets EOF once the gate has exited (at stop the gate waits 2 s at most
+    # for the pipe to take what its writer still holds, then drops it).
+    wait "$READER_PID" || true
+    completed=$(awk -F'\t' -v s="$name-decision-log-pipe" -v r="$r" '$3 == s && $1 == r { print $13 }' "$OUT/runs.tsv")
+    read -r r_lines r_bytes <"$WORK/reader.txt"
+    DLOG_NOTES+=("$name-decision-log-pipe, round $r: the reader took $r_bytes bytes, $r_lines lines (every line the gate wrote, not only decisions), for $completed answered queries: the rest of the decision lines were dropped")
+}
+if [ "${DECISION_LOG:-0}" = 1 ]; then
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for ((g = 0; g < ${#G_NAME[@]}; g++)); do decision_log_round "$r" "$g"; done
+    done
+fi
 
 # The best round (highest queries/s) of each workload x server.
 awk -F'\t' 'NR > 1 && $4 != "FAILED" { k = $2 SUBSEP $3; if (!(k in best) || $4 + 0 > best[k] + 0) { best[k] = $4; line[k] = $0 }
@@ -641,6 +653,25 @@ UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log/ && $2 == "cache
                   for (x = 1; x <= 3; x++) for (y = 1; y <= ns; y++) { w = wl[x]; s = sv[y]
                       printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", w, s, stat(5, w, s, "%.3f"), stat(6, w, s, "%.3f"),
                           stat(7, w, s, "%.3f"), stat(8, w, s, "%.2f"), stat(4, w, s, "%.0f"), stat(9, w, s, "%.0f") } }' "$OUT/lat.tsv"
+        echo
+    fi
+    if [ "${DECISION_LOG:-0}" = 1 ]; then
+        echo
+        echo "Decision log, blocked workload ($ROUNDS rounds of off / file / slow pipe, each on a fresh gate): q/s median [min-max], CPU µs per query median, and the cost against the log-off median:"
+        echo
+        echo "| gate | log | queries/s | CPU µs / query | vs off |"
+        echo "|---|---|---:|---:|---:|"
+        awk -F'\t' -v gates="${G_NAME[*]}" '
+            function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j > 0 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+                                            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+            NR > 1 && $4 != "FAILED" && $3 ~ /-decision-log-/ { nr++; S[nr] = $3; Q[nr] = $4; C[nr] = $8 * 10 }
+            END { ng = split(gates, gv, " "); split("off file pipe", kinds, " ")
+                  for (x = 1; x <= ng; x++) for (y = 1; y <= 3; y++) { s = gv[x] "-decision-log-" kinds[y]; n = 0
+                      for (i = 1; i <= nr; i++) if (S[i] == s) { n++; q[n] = Q[i]; c[n] = C[i] }
+                      if (!n) continue
+                      mq = med(q, n); lo = q[1]; hi = q[n]; mc = med(c, n)
+                      if (y == 1) off = mq
+                      printf "| %s | %s | %.0f [%.0f-%.0f] | %.2f | %s |\n", gv[x], kinds[y], mq, lo, hi, mc, (y == 1 || !off ? "" : sprintf("%+.1f%%", (mq / off - 1) * 100)) } }' "$OUT/runs.tsv"
         echo
     fi
     for note in "${DLOG_NOTES[@]}"; do echo "- decision log: $note"; done

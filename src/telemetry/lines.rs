@@ -305,16 +305,6 @@ impl<'a> JsonLine<'a> {
         }
     }
 
-    /// A value's `Display`, as a JSON string.
-    pub fn display(&mut self, key: &str, value: &dyn std::fmt::Display) {
-        use std::fmt::Write as _;
-        self.key(key);
-        self.buf.push(b'"');
-        // Writing into a Vec cannot fail.
-        let _ = write!(Escaper(self.buf), "{value}");
-        self.buf.push(b'"');
-    }
-
     pub fn u64(&mut self, key: &str, value: u64) {
         self.key(key);
         let mut digits = [0u8; 20];
@@ -344,16 +334,6 @@ struct Raw<'a>(&'a mut Vec<u8>);
 impl std::fmt::Write for Raw<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
-/// `Display` output escaped on its way into the buffer.
-struct Escaper<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Escaper<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        escape(self.0, s);
         Ok(())
     }
 }
@@ -581,7 +561,7 @@ mod tests {
         line.str("door", "dns");
         line.opt_str("list", None);
         line.opt_str("rule", Some("a\"b"));
-        line.display("client", &std::net::Ipv4Addr::LOCALHOST);
+        line.display_plain("client", &std::net::Ipv4Addr::LOCALHOST);
         line.u64("zero", 0);
         line.u64("max", u64::MAX);
         line.end("portcullis::decision");
