@@ -590,6 +590,10 @@ awk -F'\t' 'NR > 1 && $4 != "FAILED" { k = $2 SUBSEP $3; if (!(k in best) || $4 
             END { for (i = 1; i <= n; i++) print line[keys[i]] }' "$OUT/runs.tsv" >"$OUT/best.tsv"
 UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log/ && $2 == "cached" { s += $15 } END { printf "%.2f", s }' "$OUT/runs.tsv")
 
+# The median of a[1..n] (sorts a in place), for the report's awk programs.
+AWK_MEDIAN='function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j > 0 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+                                 return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }'
+
 # ---- 7. report ------------------------------------------------------------------------
 {
     echo "## DNS throughput vs unbound (dnsperf)"
@@ -622,8 +626,7 @@ UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log/ && $2 == "cache
         echo "| workload | server | queries/s | spread | vs ${G_NAME[0]} | avg latency ms | server CPU s / 100k queries |"
         echo "|---|---|---:|---:|---:|---:|---:|"
         awk -F'\t' -v ref="${G_NAME[0]}" -v servers="${S_NAME[*]}" '
-            function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j > 0 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-                                            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+            '"$AWK_MEDIAN"'
             function stat(col, w, s, fmt,   n, i, a, m) { n = 0; for (i = 1; i <= nr; i++) if (W[i] == w && S[i] == s) a[++n] = V[i, col]
                                             if (!n) { M = 0; return "-" }; m = med(a, n); M = m; LO = a[1]; HI = a[n]; return sprintf(fmt " [" fmt "-" fmt "]", m, a[1], a[n]) }
             NR > 1 && $4 != "FAILED" && $3 !~ /decision-log/ { nr++; W[nr] = $2; S[nr] = $3; V[nr, 4] = $4; V[nr, 5] = $5; V[nr, 8] = $8 }
@@ -644,8 +647,7 @@ UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log/ && $2 == "cache
         echo "| workload | server | p50 | p99 | p99.9 | max | answers / round | timeouts |"
         echo "|---|---|---:|---:|---:|---:|---:|---:|"
         awk -F'\t' -v servers="${S_NAME[*]}" '
-            function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j > 0 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-                                            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+            '"$AWK_MEDIAN"'
             function stat(col, w, s, fmt,   n, i, a) { n = 0; for (i = 1; i <= nr; i++) if (W[i] == w && S[i] == s && V[i, col] != "") a[++n] = V[i, col]
                                             if (!n) return "-"; m = med(a, n); return sprintf(fmt " [" fmt "-" fmt "]", m, a[1], a[n]) }
             NR > 1 { nr++; W[nr] = $2; S[nr] = $3; for (c = 4; c <= 9; c++) V[nr, c] = $c }
@@ -662,8 +664,7 @@ UP_CPU_CACHED=$(awk -F'\t' '$3 ~ /^gate/ && $3 !~ /decision-log/ && $2 == "cache
         echo "| gate | log | queries/s | CPU µs / query | vs off |"
         echo "|---|---|---:|---:|---:|"
         awk -F'\t' -v gates="${G_NAME[*]}" '
-            function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j > 0 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-                                            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+            '"$AWK_MEDIAN"'
             NR > 1 && $4 != "FAILED" && $3 ~ /-decision-log-/ { nr++; S[nr] = $3; Q[nr] = $4; C[nr] = $8 * 10 }
             END { ng = split(gates, gv, " "); split("off file pipe", kinds, " ")
                   for (x = 1; x <= ng; x++) for (y = 1; y <= 3; y++) { s = gv[x] "-decision-log-" kinds[y]; n = 0
