@@ -414,8 +414,10 @@ pub fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
         .unwrap_or_default();
     let secs = since.as_secs();
     let (cached, mut text) = SECOND.get();
-    if cached != secs {
-        let mut head = Vec::with_capacity(20);
+    if cached == secs {
+        buf.extend_from_slice(&text);
+    } else {
+        let at = buf.len();
         let (year, month, day) = civil_from_days((secs / 86_400) as i64);
         let of_day = secs % 86_400;
         let year = year.clamp(0, 9999) as u64;
@@ -427,13 +429,12 @@ pub fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
             (of_day / 60 % 60, 2, b':'),
             (of_day % 60, 2, b'.'),
         ] {
-            push_digits(&mut head, value, digits);
-            head.push(after);
+            push_digits(buf, value, digits);
+            buf.push(after);
         }
-        text.copy_from_slice(&head);
+        text.copy_from_slice(&buf[at..]);
         SECOND.set((secs, text));
     }
-    buf.extend_from_slice(&text);
     push_digits(buf, u64::from(since.subsec_micros()), 6);
     buf.push(b'Z');
 }
@@ -547,6 +548,9 @@ mod tests {
         assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
         assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
         assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
+        // The same second again (its text kept), then an earlier one (made again).
+        assert_eq!(at(4_107_542_400, 42), "2100-03-01T00:00:00.000042Z");
+        assert_eq!(at(951_782_400, 8), "2000-02-29T00:00:00.000008Z");
     }
 
     #[test]
