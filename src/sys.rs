@@ -133,6 +133,68 @@ pub fn tune_allocator() {
     }
 }
 
+/// Where a file open on `fd` is written next, when it is a regular file (`None`: a pipe, a
+/// terminal, a socket, a device, or a closed descriptor). With `O_APPEND` that is its end.
+pub fn regular_file_offset(fd: std::os::fd::RawFd) -> Option<u64> {
+    // SAFETY: fstat and lseek only read the descriptor's state; `st` is written by fstat.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return None;
+        }
+        u64::try_from(libc::lseek(fd, 0, libc::SEEK_CUR)).ok()
+    }
+}
+
+/// Tells the kernel that `len` bytes of the file on `fd` from `offset` will not be read
+/// again soon (`POSIX_FADV_DONTNEED`): it starts writing back the dirty pages of the range and
+/// drops the clean ones from the page cache, to be reused for the file's next writes.
+pub fn drop_cached(fd: std::os::fd::RawFd, offset: u64, len: u64) -> std::io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    // SAFETY: posix_fadvise only advises the kernel; it touches no memory of ours.
+    match unsafe { libc::posix_fadvise(fd, offset, len, libc::POSIX_FADV_DONTNEED) } {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Which pages of `file` are in the page cache (`mincore(2)` over a read-only mapping): for
+/// tests of what [`drop_cached`] leaves behind.
+#[cfg(test)]
+pub fn cached_pages(file: &std::fs::File) -> std::io::Result<Vec<bool>> {
+    use std::os::fd::AsRawFd;
+    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the mapping is read-only, only its residency is asked, and it is unmapped before
+    // return; `pages` has one byte per page of `len`, as mincore writes.
+    unsafe {
+        let page = usize::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap_or(4096);
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut pages = vec![0u8; len.div_ceil(page)];
+        let asked = libc::mincore(map, len, pages.as_mut_ptr());
+        let error = std::io::Error::last_os_error();
+        libc::munmap(map, len);
+        if asked != 0 {
+            return Err(error);
+        }
+        Ok(pages.into_iter().map(|p| p & 1 == 1).collect())
+    }
+}
+
 /// Asks the kernel to report, with every datagram `fd` receives, the local address it
 /// was sent to (IP_PKTINFO, IPV6_RECVPKTINFO): a socket bound to `0.0.0.0` or `::` then
 /// knows which of the host's addresses a client used. `v6`: the socket is IPv6

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::filter::{Outcome, Reply};
 use crate::learn::{Door, Observation, Seen};
 use crate::policy::dns::DnsRefusal;
-use crate::telemetry::lines::JsonLine;
+use crate::telemetry::lines::{JsonLine, json_key};
 
 /// One decision line's fields.
 pub(crate) struct Decision<'a> {
@@ -159,30 +159,33 @@ thread_local! {
 /// `target`), by hand: the serving path's share of a logged query is this and a copy
 /// into the writer's queue.
 fn format_line(buf: &mut Vec<u8>, d: &Decision, now: std::time::SystemTime, duration_us: u64) {
-    let mut line = JsonLine::begin(buf, now, "INFO", "dns decision");
-    line.plain("door", "dns");
-    line.display_plain("client", &d.client.ip());
-    line.str("name", d.name);
+    let mut line = JsonLine::begin(buf, now);
+    line.raw(r#","level":"INFO","message":"dns decision","door":"dns""#);
+    line.ip(json_key!(str "client"), d.client.ip());
+    line.str(json_key!(str "name"), d.name);
     // Their `Display` is these texts; taken directly, off the formatting machinery.
-    line.plain("qtype", d.qtype.into());
-    line.plain("outcome", d.outcome.as_str());
-    line.plain("rcode", d.rcode.to_str());
-    line.str("reason", d.reason);
-    line.opt_str("list", d.list);
-    line.opt_str("rule", d.rule);
-    line.opt_str("upstream", d.upstream);
+    line.plain(json_key!(str "qtype"), d.qtype.into());
+    line.plain(json_key!(str "outcome"), d.outcome.as_str());
+    line.plain(json_key!(str "rcode"), d.rcode.to_str());
+    line.str(json_key!(str "reason"), d.reason);
+    line.opt_str(json_key!(str "list"), d.list);
+    line.opt_str(json_key!(str "rule"), d.rule);
+    line.opt_str(json_key!(str "upstream"), d.upstream);
     if let Some(id) = d.answer_id {
-        line.u64("answer_id", id);
+        line.u64(json_key!(num "answer_id"), id);
     }
-    line.u64("answers", d.answers as u64);
-    line.opt_str("group", d.group);
-    line.opt_plain("refusal", d.refusal.map(DnsRefusal::as_str));
-    line.opt_plain("would_refuse", d.would_refuse.map(DnsRefusal::as_str));
+    line.u64(json_key!(num "answers"), d.answers as u64);
+    line.opt_str(json_key!(str "group"), d.group);
+    line.opt_plain(json_key!(str "refusal"), d.refusal.map(DnsRefusal::as_str));
+    line.opt_plain(
+        json_key!(str "would_refuse"),
+        d.would_refuse.map(DnsRefusal::as_str),
+    );
     if let Some(to) = d.routed_to {
-        line.display_plain("routed_to", &to);
+        line.ip(json_key!(str "routed_to"), to);
     }
-    line.u64("duration_us", duration_us);
-    line.end("portcullis::decision");
+    line.u64(json_key!(num "duration_us"), duration_us);
+    line.end(r#","target":"portcullis::decision""#);
 }
 
 #[cfg(test)]

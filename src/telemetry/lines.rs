@@ -189,20 +189,42 @@ impl Shared {
 /// writer holds it for each of its lines, so a tracing line never lands inside one of
 /// ours. A batch goes out in writes of at most [`STDERR_CHUNK`] bytes cut after a
 /// newline, the lock taken for each: a tracing line waits for one chunk at most.
-pub struct Stderr;
+///
+/// When stderr is a regular file, the log's pages are dropped from the page cache behind
+/// it ([`DropBehind`]).
+pub struct Stderr {
+    behind: DropBehind,
+}
+
+impl Stderr {
+    pub fn new() -> Stderr {
+        Stderr {
+            behind: DropBehind::new(libc::STDERR_FILENO),
+        }
+    }
+}
+
+impl Default for Stderr {
+    fn default() -> Self {
+        Stderr::new()
+    }
+}
 
 /// About 200 decision lines: a batch of 2 ms at 100k lines/s is one or two writes.
 pub const STDERR_CHUNK: usize = 64 * 1024;
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        std::io::stderr().lock().write(buf)
+        let n = std::io::stderr().lock().write(buf)?;
+        self.behind.wrote(n);
+        Ok(n)
     }
 
     fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
         while !buf.is_empty() {
             let (chunk, rest) = buf.split_at(chunk_end(buf, STDERR_CHUNK));
             std::io::stderr().lock().write_all(chunk)?;
+            self.behind.wrote(chunk.len());
             buf = rest;
         }
         Ok(())
@@ -210,6 +232,61 @@ impl Write for Stderr {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Keeps a log file's page-cache footprint small. A decision line per blocked query is
+/// ~60 MB/s at full speed: left in the page cache, the log pushes out what the host would
+/// rather keep cached, and every page it takes is memory touched for the first time (on
+/// the benchmark VM, where the host backs guest memory lazily, writing to new pages ran at
+/// 0.3-0.45 GB/s against 2-3 GB/s for recycled ones, and was most of the log's cost:
+/// BENCHMARKS.md, issue 15 part 7). So every [`DROP_EVERY`] bytes written, the pages more
+/// than [`KEEP_CACHED`] behind the file's end are handed back (`POSIX_FADV_DONTNEED`:
+/// written back, then dropped) and the next writes reuse them. A reader following the
+/// file (`tail -f`, a log shipper) reads what is near its end, which stays cached.
+struct DropBehind {
+    /// The descriptor, while it is a regular file that takes the advice.
+    fd: Option<std::os::fd::RawFd>,
+    /// Bytes written since the last drop.
+    since: u64,
+}
+
+/// How much of the file's end stays in the page cache.
+const KEEP_CACHED: u64 = 4 << 20;
+/// How often the pages behind are dropped, in bytes written.
+const DROP_EVERY: u64 = 1 << 20;
+/// How far behind [`KEEP_CACHED`] each drop reaches: pages still being written back at one
+/// drop are dropped at a later one.
+const DROP_REACH: u64 = 32 << 20;
+
+impl DropBehind {
+    fn new(fd: std::os::fd::RawFd) -> DropBehind {
+        DropBehind {
+            fd: crate::sys::regular_file_offset(fd).map(|_| fd),
+            since: 0,
+        }
+    }
+
+    fn wrote(&mut self, n: usize) {
+        let Some(fd) = self.fd else {
+            return;
+        };
+        self.since += n as u64;
+        if self.since < DROP_EVERY {
+            return;
+        }
+        self.since = 0;
+        // The file's end is asked each time: other writers (tracing's lines, a shell
+        // appending to the same file) and a truncation by logrotate move it.
+        let Some(end) = crate::sys::regular_file_offset(fd) else {
+            self.fd = None;
+            return;
+        };
+        let to = end.saturating_sub(KEEP_CACHED);
+        let from = to.saturating_sub(DROP_REACH);
+        if to > from && crate::sys::drop_cached(fd, from, to - from).is_err() {
+            self.fd = None;
+        }
     }
 }
 
@@ -228,85 +305,113 @@ fn chunk_end(buf: &[u8], max: usize) -> usize {
     }
 }
 
+/// A field's key as [`JsonLine`] takes it: `json_key!(str "name")` is `,"name":"` (the
+/// value's opening quote included), `json_key!(num "answers")` is `,"answers":`. Joined at
+/// compile time: a line of a dozen fields is then a dozen copies fewer.
+macro_rules! json_key {
+    (str $key:literal) => {
+        concat!(",\"", $key, "\":\"")
+    };
+    (num $key:literal) => {
+        concat!(",\"", $key, "\":")
+    };
+}
+pub(crate) use json_key;
+
 /// One JSON log line written by hand into a reused buffer, in the shape of
 /// tracing-subscriber's flattened JSON lines: `timestamp`, `level`, `message`, the
-/// fields in order, `target` last. Keys are the caller's literals and are not escaped;
-/// every value is.
+/// fields in order, `target` last. Keys ([`json_key!`]) and [`Self::raw`] texts are the
+/// caller's literals and are not escaped; every other value is, but for the program's own
+/// texts ([`Self::plain`]) and addresses.
 pub struct JsonLine<'a> {
     buf: &'a mut Vec<u8>,
 }
 
 impl<'a> JsonLine<'a> {
-    /// Clears `buf` and starts a line at time `now`.
-    pub fn begin(
-        buf: &'a mut Vec<u8>,
-        now: SystemTime,
-        level: &'static str,
-        message: &'static str,
-    ) -> Self {
+    /// Clears `buf` and starts a line at time `now`: `{"timestamp":"…"`. The level and
+    /// message follow as [`Self::raw`] text (`,"level":"INFO","message":"…"`).
+    pub fn begin(buf: &'a mut Vec<u8>, now: SystemTime) -> Self {
         buf.clear();
         buf.extend_from_slice(b"{\"timestamp\":\"");
         timestamp(buf, now);
-        let mut line = JsonLine { buf };
-        line.buf.push(b'"');
-        line.plain("level", level);
-        line.plain("message", message);
-        line
+        buf.push(b'"');
+        JsonLine { buf }
     }
 
-    /// A text of this program's own (a level, an outcome's name, an rcode's name): written
-    /// as it is, as it needs no escaping. One line carries a dozen of them, and the
-    /// escaper's cost is mostly per call.
-    pub fn plain(&mut self, key: &str, value: &'static str) {
+    /// JSON text of the program's own, as it is: a run of keys and plain values that every
+    /// line of a kind shares (`,"level":"INFO","message":"dns decision","door":"dns"`).
+    pub fn raw(&mut self, json: &'static str) {
+        debug_assert!(!json.bytes().any(|b| b < 0x20), "{json:?}");
+        self.buf.extend_from_slice(json.as_bytes());
+    }
+
+    /// A text of this program's own (an outcome's name, an rcode's name), written as it is,
+    /// as it needs no escaping. `key`: `json_key!(str "…")`.
+    pub fn plain(&mut self, key: &'static str, value: &'static str) {
         debug_assert!(!value.bytes().any(needs_escape), "{value:?}");
-        self.key(key);
-        self.buf.push(b'"');
+        self.buf.extend_from_slice(key.as_bytes());
         self.buf.extend_from_slice(value.as_bytes());
         self.buf.push(b'"');
     }
 
     /// [`Self::plain`] for an optional one.
-    pub fn opt_plain(&mut self, key: &str, value: Option<&'static str>) {
+    pub fn opt_plain(&mut self, key: &'static str, value: Option<&'static str>) {
         if let Some(value) = value {
             self.plain(key, value);
         }
     }
 
-    /// A value whose `Display` never needs escaping (an IP address, a socket address),
-    /// as a JSON string.
-    pub fn display_plain(&mut self, key: &str, value: &dyn std::fmt::Display) {
-        use std::fmt::Write as _;
-        self.key(key);
-        self.buf.push(b'"');
-        let from = self.buf.len();
-        let _ = write!(Raw(self.buf), "{value}");
-        debug_assert!(!self.buf[from..].iter().copied().any(needs_escape));
-        self.buf.push(b'"');
-    }
-
-    fn key(&mut self, key: &str) {
-        debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-        self.buf.extend_from_slice(b",\"");
+    /// An address as its `Display` writes it, as a JSON string. `key`: `json_key!(str "…")`.
+    pub fn ip(&mut self, key: &'static str, ip: std::net::IpAddr) {
         self.buf.extend_from_slice(key.as_bytes());
-        self.buf.extend_from_slice(b"\":");
+        match ip {
+            // By hand: `Display` goes through the formatting machinery, once per octet.
+            std::net::IpAddr::V4(v4) => {
+                let mut text = [0u8; 15];
+                let mut at = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text[at] = b'.';
+                        at += 1;
+                    }
+                    if octet >= 100 {
+                        text[at] = b'0' + octet / 100;
+                        at += 1;
+                    }
+                    if octet >= 10 {
+                        text[at] = b'0' + octet / 10 % 10;
+                        at += 1;
+                    }
+                    text[at] = b'0' + octet % 10;
+                    at += 1;
+                }
+                self.buf.extend_from_slice(&text[..at]);
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::fmt::Write as _;
+                let _ = write!(Raw(self.buf), "{v6}");
+            }
+        }
+        self.buf.push(b'"');
     }
 
-    pub fn str(&mut self, key: &str, value: &str) {
-        self.key(key);
-        self.buf.push(b'"');
+    /// A string, escaped. `key`: `json_key!(str "…")`.
+    pub fn str(&mut self, key: &'static str, value: &str) {
+        self.buf.extend_from_slice(key.as_bytes());
         escape(self.buf, value);
         self.buf.push(b'"');
     }
 
     /// Nothing when `None`, as tracing leaves out an empty `Option` field.
-    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
+    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) {
         if let Some(value) = value {
             self.str(key, value);
         }
     }
 
-    pub fn u64(&mut self, key: &str, value: u64) {
-        self.key(key);
+    /// A number. `key`: `json_key!(num "…")`.
+    pub fn u64(&mut self, key: &'static str, value: u64) {
+        self.buf.extend_from_slice(key.as_bytes());
         let mut digits = [0u8; 20];
         let mut at = digits.len();
         let mut v = value;
@@ -321,9 +426,9 @@ impl<'a> JsonLine<'a> {
         self.buf.extend_from_slice(&digits[at..]);
     }
 
-    /// Ends the line with its target and a newline.
-    pub fn end(mut self, target: &'static str) {
-        self.plain("target", target);
+    /// Ends the line with its target (`,"target":"…"}` as [`Self::raw`] text) and a newline.
+    pub fn end(self, target: &'static str) {
+        self.buf.extend_from_slice(target.as_bytes());
         self.buf.extend_from_slice(b"}\n");
     }
 }
@@ -384,20 +489,25 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
     // Nonzero when some byte of `v` is zero (when some byte is below 0x20: `below`).
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
     let below = |v: u64| v.wrapping_sub(ONES * 0x20) & !v & HIGHS;
-    let mut chunks = bytes.chunks_exact(8);
-    for (n, chunk) in (&mut chunks).enumerate() {
+    let hit = |chunk: &[u8]| {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let x = u64::from_le_bytes(word);
-        let hit =
-            below(x) | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')));
-        if hit != 0
+        below(x) | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\'))) != 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    for (n, chunk) in (&mut chunks).enumerate() {
+        if hit(chunk)
             && let Some(i) = chunk.iter().position(|&b| needs_escape(b))
         {
             return Some(n * 8 + i);
         }
     }
     let rest = chunks.remainder();
+    // The last 1-7 bytes: in one more word that overlaps the last chunk (already clean).
+    if rest.is_empty() || (bytes.len() >= 8 && !hit(&bytes[bytes.len() - 8..])) {
+        return None;
+    }
     rest.iter()
         .position(|&b| needs_escape(b))
         .map(|i| bytes.len() - rest.len() + i)
@@ -559,22 +669,90 @@ mod tests {
         let mut line = JsonLine::begin(
             &mut buf,
             SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_178_510_291_298),
-            "INFO",
-            "dns decision",
         );
-        line.str("door", "dns");
-        line.opt_str("list", None);
-        line.opt_str("rule", Some("a\"b"));
-        line.display_plain("client", &std::net::Ipv4Addr::LOCALHOST);
-        line.u64("zero", 0);
-        line.u64("max", u64::MAX);
-        line.end("portcullis::decision");
+        line.raw(r#","level":"INFO","message":"dns decision""#);
+        line.plain(json_key!(str "door"), "dns");
+        line.opt_str(json_key!(str "list"), None);
+        line.opt_str(json_key!(str "rule"), Some("a\"b"));
+        line.opt_plain(json_key!(str "refusal"), None);
+        line.u64(json_key!(num "zero"), 0);
+        line.u64(json_key!(num "max"), u64::MAX);
+        line.end(r#","target":"portcullis::decision""#);
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             "{\"timestamp\":\"2026-12-02T02:28:30.291298Z\",\"level\":\"INFO\",\"message\":\"dns decision\",\
-             \"door\":\"dns\",\"rule\":\"a\\\"b\",\"client\":\"127.0.0.1\",\"zero\":0,\
+             \"door\":\"dns\",\"rule\":\"a\\\"b\",\"zero\":0,\
              \"max\":18446744073709551615,\"target\":\"portcullis::decision\"}\n"
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_their_display() {
+        let mut ips: Vec<std::net::IpAddr> =
+            ["0.0.0.0", "255.255.255.255", "10.9.99.100", "1.20.3.40"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
+        ips.extend(
+            ["::1", "2001:db8::7", "::ffff:1.2.3.4", "fe80::1:2:3:4"]
+                .map(|s| s.parse::<std::net::IpAddr>().unwrap()),
+        );
+        // Every octet value, at every place.
+        for n in 0..=255u8 {
+            ips.push(std::net::Ipv4Addr::new(n, 255 - n, n / 3, n.wrapping_mul(7)).into());
+        }
+        for ip in ips {
+            let mut buf = Vec::new();
+            let mut line = JsonLine { buf: &mut buf };
+            line.ip(json_key!(str "client"), ip);
+            assert_eq!(
+                String::from_utf8(buf).unwrap(),
+                format!(",\"client\":\"{ip}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn a_log_file_keeps_only_its_end_in_the_page_cache() {
+        use std::os::fd::AsRawFd;
+        // On the disk, not a tmpfs, where the advice is a no-op.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-drop-behind");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("log-{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut behind = DropBehind::new(file.as_raw_fd());
+        assert!(behind.fd.is_some(), "a regular file");
+        let chunk = vec![b'x'; 64 * 1024];
+        const MIB: usize = 1 << 20;
+        for i in 1..=24 * MIB / chunk.len() {
+            file.write_all(&chunk).unwrap();
+            behind.wrote(chunk.len());
+            // Written back every 4 MiB, so that the next drops find the pages clean (the
+            // drops start the writeback themselves; this makes the test not wait on the disk).
+            if (i * chunk.len()).is_multiple_of(4 * MIB) {
+                file.sync_data().unwrap();
+            }
+        }
+        let pages = crate::sys::cached_pages(&file).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let per_mib = pages.len() / 24;
+        let early = pages[..16 * per_mib].iter().filter(|&&p| p).count();
+        let end = pages[20 * per_mib..].iter().filter(|&&p| p).count();
+        assert_eq!(early, 0, "pages of the first 16 MiB still cached");
+        assert_eq!(end, 4 * per_mib, "the last 4 MiB stay cached");
+
+        // Neither a pipe nor a device is advised.
+        let (reader, writer) = std::io::pipe().unwrap();
+        assert!(DropBehind::new(writer.as_raw_fd()).fd.is_none());
+        drop(reader);
+        let null = std::fs::File::create("/dev/null").unwrap();
+        assert!(DropBehind::new(null.as_raw_fd()).fd.is_none());
     }
 
     /// A sink whose writes wait until the test lets them through.

@@ -78,7 +78,7 @@ pub fn init(format: LogFormat, level: &str) {
         builder.try_init()
     };
     if json && DECISION_LINES.get().is_none() {
-        match lines::LineWriter::start(lines::Stderr, lines::QUEUE_BYTES) {
+        match lines::LineWriter::start(lines::Stderr::new(), lines::QUEUE_BYTES) {
             Ok(writer) => {
                 let _ = DECISION_LINES.set(writer);
             }
