@@ -143,6 +143,8 @@ stop() {
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 # Busy ticks of the whole machine: everything but idle and iowait.
 machine_busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# Time the hypervisor ran something else while this VM's CPUs wanted to run (all CPUs).
+machine_steal_ticks() { awk '$1 == "cpu" { print $9 }' /proc/stat; }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 now() { date +%s.%N; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
@@ -442,7 +444,7 @@ warm "$UNB_PORT" unbound
 DNSPERF=("${PRIO[@]}" taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -l "$DURATION" -t 2 -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING")
 # (dns_load prints dnsperf's summary lines, so measure() reads either.)
 [ "$LOADGEN" = batched ] && DNSPERF=("${PRIO[@]}" taskset -c "$CLIENT_CPU" "$LOAD_BIN" -s 127.0.0.1 -l "$DURATION" -c "$CLIENTS" -q "$OUTSTANDING")
-printf 'round\tworkload\tserver\tqps\tavg_ms\tmax_ms\tlost_pct\tcpu_per_100k\tqps_per_cpu_s\tserver_cpu_pct\tdnsperf_cpu_pct\tother_cpu_pct\tcompleted\trcodes\tupstream_cpu_s\n' >"$OUT/runs.tsv"
+printf 'round\tworkload\tserver\tqps\tavg_ms\tmax_ms\tlost_pct\tcpu_per_100k\tqps_per_cpu_s\tserver_cpu_pct\tdnsperf_cpu_pct\tother_cpu_pct\tcompleted\trcodes\tupstream_cpu_s\tsteal_pct\n' >"$OUT/runs.tsv"
 
 # One dnsperf run against $port. Records throughput and latency, the server's
 # CPU time per 100k completed queries (and its inverse, queries per CPU-second:
@@ -453,16 +455,16 @@ printf 'round\tworkload\tserver\tqps\tavg_ms\tmax_ms\tlost_pct\tcpu_per_100k\tqp
 measure() {
     local round=$1 server=$2 pid=$3 port=$4 workload=$5 file=$6
     local raw="$OUT/dnsperf-$server-$workload-r$round.txt"
-    local c0 c1 w0 w1 d0 d1 m0 m1 u0 u1 t0 t1 dp
+    local c0 c1 w0 w1 d0 d1 m0 m1 s0 s1 u0 u1 t0 t1 dp
     echo "  round $round: $server / $workload" >&2
     c0=$(cpu_ticks "$pid" || echo 0); u0=$(cpu_ticks "$UP_PID" || echo 0)
     "${DNSPERF[@]}" -p "$port" -d "$file" >"$raw" 2>&1 &
     dp=$!
     sleep 1
     # (|| echo 0: a server that dies mid-run must not abort the script before its log is shown)
-    w0=$(cpu_ticks "$pid" || echo 0); d0=$(cpu_ticks "$dp" || echo 0); m0=$(machine_busy_ticks); t0=$(now)
+    w0=$(cpu_ticks "$pid" || echo 0); d0=$(cpu_ticks "$dp" || echo 0); m0=$(machine_busy_ticks); s0=$(machine_steal_ticks); t0=$(now)
     sleep $((DURATION - 2))
-    w1=$(cpu_ticks "$pid" || echo 0); d1=$(cpu_ticks "$dp" || echo 0); m1=$(machine_busy_ticks); t1=$(now)
+    w1=$(cpu_ticks "$pid" || echo 0); d1=$(cpu_ticks "$dp" || echo 0); m1=$(machine_busy_ticks); s1=$(machine_steal_ticks); t1=$(now)
     wait "$dp" || true
     c1=$(cpu_ticks "$pid" 2>/dev/null || echo "$c0"); u1=$(cpu_ticks "$UP_PID" 2>/dev/null || echo "$u0")
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -470,7 +472,7 @@ measure() {
         tail -n 40 "$OUT/$server.log" >&2 || true
     fi
     awk -v OFS='\t' -v r="$round" -v w="$workload" -v s="$server" -v tck="$CLK_TCK" \
-        -v cpu=$((c1 - c0)) -v up=$((u1 - u0)) -v wsrv=$((w1 - w0)) -v wcli=$((d1 - d0)) -v mach=$((m1 - m0)) \
+        -v cpu=$((c1 - c0)) -v up=$((u1 - u0)) -v wsrv=$((w1 - w0)) -v wcli=$((d1 - d0)) -v mach=$((m1 - m0)) -v steal=$((s1 - s0)) \
         -v wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" '
         function after(line, label,   v) { v = line; sub("^.*" label " *", "", v); return v }
         /Queries completed:/ { done = after($0, ":"); sub(/ .*/, "", done) }
@@ -479,11 +481,11 @@ measure() {
         /Queries per second:/ { qps = after($0, ":") }
         /Average Latency/ { avg = after($0, ":"); sub(/ .*/, "", avg); max = after($0, "max "); sub(/\).*/, "", max) }
         END {
-            if (done == "" || done == 0) { print r, w, s, "FAILED", "", "", "", "", "", "", "", "", 0, "see " FILENAME, ""; exit }
+            if (done == "" || done == 0) { print r, w, s, "FAILED", "", "", "", "", "", "", "", "", 0, "see " FILENAME, "", ""; exit }
             scpu = cpu / tck; pct = 100 / tck / wall
-            printf "%s\t%s\t%s\t%.0f\t%.3f\t%.1f\t%s\t%.3f\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%.2f\n", r, w, s, qps,
+            printf "%s\t%s\t%s\t%.0f\t%.3f\t%.1f\t%s\t%.3f\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%.2f\t%.0f\n", r, w, s, qps,
                 avg * 1000, max * 1000, lost, scpu / done * 100000, (scpu > 0 ? done / scpu : 0),
-                wsrv * pct, wcli * pct, (mach > wsrv + wcli ? (mach - wsrv - wcli) * pct : 0), done, rc, up / tck
+                wsrv * pct, wcli * pct, (mach > wsrv + wcli ? (mach - wsrv - wcli) * pct : 0), done, rc, up / tck, steal * pct
         }' "$raw" >>"$OUT/runs.tsv"
     [ "$LAT_QPS" -gt 0 ] && latency "$round" "$server" "$port" "$workload" "$file"
     return 0
@@ -659,20 +661,23 @@ AWK_MEDIAN='function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i];
     fi
     if [ "${DECISION_LOG:-0}" = 1 ]; then
         echo
-        echo "Decision log, blocked workload ($ROUNDS rounds of off / file / slow pipe, each on a fresh gate): q/s median [min-max], CPU µs per query median, and the cost against the log-off median:"
+        echo "Decision log, blocked workload ($ROUNDS rounds of off / file / slow pipe, each on a fresh gate): q/s median [min-max], CPU µs per query median, the machine's steal (% of one core, median), and the cost against log off: of the q/s medians, and of CPU per query paired by round (the median of each round's log-on / log-off ratio, and the q/s that CPU cost means on a saturated core; steal from other VMs moves q/s far more than it moves CPU per query):"
         echo
-        echo "| gate | log | queries/s | CPU µs / query | vs off |"
-        echo "|---|---|---:|---:|---:|"
+        echo "| gate | log | queries/s | CPU µs / query | steal % | vs off, q/s | vs off, CPU paired (q/s equivalent) |"
+        echo "|---|---|---:|---:|---:|---:|---:|"
         awk -F'\t' -v gates="${G_NAME[*]}" '
             '"$AWK_MEDIAN"'
-            NR > 1 && $4 != "FAILED" && $3 ~ /-decision-log-/ { nr++; S[nr] = $3; Q[nr] = $4; C[nr] = $8 * 10 }
+            NR > 1 && $4 != "FAILED" && $3 ~ /-decision-log-/ { nr++; S[nr] = $3; R[nr] = $1; Q[nr] = $4; C[nr] = $8 * 10; ST[nr] = $16; CR[$3, $1] = $8 * 10 }
             END { ng = split(gates, gv, " "); split("off file pipe", kinds, " ")
-                  for (x = 1; x <= ng; x++) for (y = 1; y <= 3; y++) { s = gv[x] "-decision-log-" kinds[y]; n = 0
-                      for (i = 1; i <= nr; i++) if (S[i] == s) { n++; q[n] = Q[i]; c[n] = C[i] }
+                  for (x = 1; x <= ng; x++) for (y = 1; y <= 3; y++) { s = gv[x] "-decision-log-" kinds[y]; so = gv[x] "-decision-log-off"; n = 0; np = 0
+                      for (i = 1; i <= nr; i++) if (S[i] == s) { n++; q[n] = Q[i]; c[n] = C[i]; st[n] = ST[i]
+                          if (y > 1 && ((so, R[i]) in CR) && CR[so, R[i]] > 0) { np++; pr[np] = C[i] / CR[so, R[i]] } }
                       if (!n) continue
-                      mq = med(q, n); lo = q[1]; hi = q[n]; mc = med(c, n)
+                      mq = med(q, n); lo = q[1]; hi = q[n]; mc = med(c, n); ms = med(st, n)
                       if (y == 1) off = mq
-                      printf "| %s | %s | %.0f [%.0f-%.0f] | %.2f | %s |\n", gv[x], kinds[y], mq, lo, hi, mc, (y == 1 || !off ? "" : sprintf("%+.1f%%", (mq / off - 1) * 100)) } }' "$OUT/runs.tsv"
+                      paired = ""
+                      if (np) { m = med(pr, np); paired = sprintf("%+.1f%% (%+.1f%%)", (m - 1) * 100, (1 / m - 1) * 100) }
+                      printf "| %s | %s | %.0f [%.0f-%.0f] | %.2f | %.0f | %s | %s |\n", gv[x], kinds[y], mq, lo, hi, mc, ms, (y == 1 || !off ? "" : sprintf("%+.1f%%", (mq / off - 1) * 100)), paired } }' "$OUT/runs.tsv"
         echo
     fi
     for note in "${DLOG_NOTES[@]}"; do echo "- decision log: $note"; done
