@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::filter::{Outcome, Reply};
 use crate::learn::{Door, Observation, Seen};
 use crate::policy::dns::DnsRefusal;
-use crate::telemetry::lines::{JsonLine, json_key};
+use crate::telemetry::lines::{JsonLine, LineWriter, json_key};
 
 /// One decision line's fields.
 pub(crate) struct Decision<'a> {
@@ -120,9 +120,10 @@ pub(crate) fn log(d: &Decision, log_allowed: bool) {
     }
     let duration_us = d.started.elapsed().as_micros() as u64;
     if let Some(writer) = crate::telemetry::decision_lines() {
-        LINE.with_borrow_mut(|line| {
-            format_line(line, d, std::time::SystemTime::now(), duration_us);
-            writer.push(line);
+        PENDING.with_borrow_mut(|p| {
+            p.add(writer, |buf| {
+                format_line(buf, d, std::time::SystemTime::now(), duration_us)
+            });
         });
         return;
     }
@@ -149,15 +150,72 @@ pub(crate) fn log(d: &Decision, log_allowed: bool) {
     );
 }
 
+/// A thread's decision lines not yet handed to the writer: one line at a time, or, inside a
+/// [`LineBatch`], every line of the batch (one lock on the writer's queue for them all).
+struct Pending {
+    lines: Vec<u8>,
+    count: u64,
+    batching: bool,
+}
+
+impl Pending {
+    /// Appends the line `format` writes, and hands the lines over unless in a batch that
+    /// still has room.
+    fn add(&mut self, writer: &LineWriter, format: impl FnOnce(&mut Vec<u8>)) {
+        format(&mut self.lines);
+        self.count += 1;
+        if !self.batching || self.lines.len() >= BATCH_BYTES {
+            self.hand_over(writer);
+        }
+    }
+
+    fn hand_over(&mut self, writer: &LineWriter) {
+        if self.count > 0 {
+            writer.push_lines(&self.lines, self.count);
+        }
+        self.lines.clear();
+        self.count = 0;
+    }
+}
+
+/// A batch's lines are handed over at this size at the latest (about 35 lines).
+const BATCH_BYTES: usize = 16 * 1024;
+
 thread_local! {
-    /// Each thread's decision line, reused.
-    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+    static PENDING: std::cell::RefCell<Pending> = std::cell::RefCell::new(Pending {
+        lines: Vec::with_capacity(BATCH_BYTES + 1024),
+        count: 0,
+        batching: false,
+    });
+}
+
+/// While it lives, this thread's decision lines gather and go to the writer together when it
+/// is dropped: for the UDP loop's batch of datagrams (up to 32 answered without an await).
+/// Not to be held across an await, as the task may then resume on another thread.
+pub(crate) struct LineBatch(());
+
+impl LineBatch {
+    pub(crate) fn begin() -> LineBatch {
+        PENDING.with_borrow_mut(|p| p.batching = true);
+        LineBatch(())
+    }
+}
+
+impl Drop for LineBatch {
+    fn drop(&mut self) {
+        PENDING.with_borrow_mut(|p| {
+            p.batching = false;
+            if let Some(writer) = crate::telemetry::decision_lines() {
+                p.hand_over(writer);
+            }
+        });
+    }
 }
 
 /// The decision line as tracing's JSON formatter writes the `tracing::info!` above
 /// (`timestamp`, `level`, `message`, the fields in that order without the empty ones,
-/// `target`), by hand: the serving path's share of a logged query is this and a copy
-/// into the writer's queue.
+/// `target`), by hand, at the end of `buf`: the serving path's share of a logged query is
+/// this and a copy into the writer's queue.
 fn format_line(buf: &mut Vec<u8>, d: &Decision, now: std::time::SystemTime, duration_us: u64) {
     let mut line = JsonLine::begin(buf, now);
     line.raw(r#","level":"INFO","message":"dns decision","door":"dns""#);
@@ -329,6 +387,57 @@ mod tests {
             assert_eq!(v[field], want, "{field} in {all}");
         }
         assert_eq!(v["answer_id"], u64::MAX, "{all}");
+    }
+
+    #[test]
+    fn a_batch_hands_its_lines_over_together_and_a_line_alone_at_once() {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = LineWriter::start(sink.clone(), 1 << 20).unwrap();
+        let line =
+            |n: usize| move |buf: &mut Vec<u8>| buf.extend_from_slice(format!("{n}\n").as_bytes());
+        let mut p = Pending {
+            lines: Vec::new(),
+            count: 0,
+            batching: false,
+        };
+        p.add(&writer, line(1));
+        assert_eq!(
+            (p.count, p.lines.len()),
+            (0, 0),
+            "alone: handed over at once"
+        );
+        p.batching = true;
+        p.add(&writer, line(2));
+        p.add(&writer, line(3));
+        assert_eq!(
+            (p.count, &p.lines[..]),
+            (2, &b"2\n3\n"[..]),
+            "in a batch: kept"
+        );
+        p.hand_over(&writer);
+        // A batch that outgrows BATCH_BYTES goes at once.
+        let big = "x".repeat(BATCH_BYTES);
+        p.add(&writer, |buf| {
+            buf.extend_from_slice(format!("{big}\n").as_bytes())
+        });
+        assert_eq!(p.count, 0);
+        assert!(writer.close(Duration::from_secs(5)));
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            format!("1\n2\n3\n{big}\n").into_bytes()
+        );
+        assert_eq!(writer.dropped(), 0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::decision::{Decision, log, log_decision};
+use super::decision::{Decision, LineBatch, log, log_decision};
 use super::filter::{FastMiss, Filter, Outcome, Reply, Step};
 use super::request::{MAX_QUERY_LEN, body_refusal, ede_option, header_refusal};
 use super::wire;
@@ -197,6 +197,7 @@ pub async fn serve_udp(
             },
             _ = shutdown.cancelled() => break,
         }
+        let lines = LineBatch::begin();
         for i in 0..batch.len() {
             let (datagram, client, local) = batch.get(i);
             let started = Instant::now();
@@ -211,6 +212,7 @@ pub async fn serve_udp(
                 listener.answer_full(datagram, to, started, &mut replies);
             }
         }
+        drop(lines);
         listener.flush(&mut replies).await;
         // Tokio's budget makes a task that is always ready yield after 128 awaits: once
         // per datagram with one receive each, once per 128 batches now. Yield as often

@@ -80,17 +80,23 @@ impl LineWriter {
     /// Queues one whole line (ending in `\n`). `false`: the queue was full, or closed,
     /// and the line was dropped and counted.
     pub fn push(&self, line: &[u8]) -> bool {
-        debug_assert!(line.ends_with(b"\n"), "a whole line");
+        self.push_lines(line, 1)
+    }
+
+    /// Queues `count` whole lines, one after the other in `lines`: one lock for all. `false`:
+    /// they did not fit, or the queue was closed, and all of them were dropped and counted.
+    pub fn push_lines(&self, lines: &[u8], count: u64) -> bool {
+        debug_assert!(lines.ends_with(b"\n"), "whole lines");
         let s = &self.shared;
         let mut q = lock(&s.queue);
-        if q.closing || q.buf.len() + line.len() > s.capacity {
+        if q.closing || q.buf.len() + lines.len() > s.capacity {
             drop(q);
-            s.count_dropped(1);
+            s.count_dropped(count);
             return false;
         }
         let first = q.buf.is_empty();
-        q.buf.extend_from_slice(line);
-        q.lines += 1;
+        q.buf.extend_from_slice(lines);
+        q.lines += count;
         // Wake the writer only on the two transitions it may be waiting for: the
         // first line (it sleeps on an empty queue) and a quarter full (it gathers).
         let behind = !q.woken_full && q.buf.len() >= s.capacity / 4;
@@ -328,10 +334,9 @@ pub struct JsonLine<'a> {
 }
 
 impl<'a> JsonLine<'a> {
-    /// Clears `buf` and starts a line at time `now`: `{"timestamp":"…"`. The level and
+    /// Starts a line at time `now` at the end of `buf`: `{"timestamp":"…"`. The level and
     /// message follow as [`Self::raw`] text (`,"level":"INFO","message":"…"`).
     pub fn begin(buf: &'a mut Vec<u8>, now: SystemTime) -> Self {
-        buf.clear();
         buf.extend_from_slice(b"{\"timestamp\":\"");
         timestamp(buf, now);
         buf.push(b'"');
