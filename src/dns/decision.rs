@@ -301,21 +301,24 @@ mod tests {
         String::from_utf8(buf).unwrap()
     }
 
+    /// A sink that keeps what is written, shared by its clones.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// What tracing-subscriber's JSON formatter, set up as `telemetry::init` sets it up,
     /// writes for the same decision (the path without the line writer).
     fn tracings(d: &Decision) -> String {
-        #[derive(Clone)]
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let out = Shared(Arc::new(Mutex::new(Vec::new())));
+        let out = Shared::default();
         let writer = out.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
@@ -391,18 +394,7 @@ mod tests {
 
     #[test]
     fn a_batch_hands_its_lines_over_together_and_a_line_alone_at_once() {
-        #[derive(Clone, Default)]
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let sink = Sink::default();
+        let sink = Shared::default();
         let writer = LineWriter::start(sink.clone(), 1 << 20).unwrap();
         let line =
             |n: usize| move |buf: &mut Vec<u8>| buf.extend_from_slice(format!("{n}\n").as_bytes());
