@@ -246,7 +246,11 @@ impl ListConfig {
             let u = url.get_ref();
             let scheme_ok = ["https://", "http://", "file://"]
                 .iter()
-                .any(|p| u.len() > p.len() && u[..p.len()].eq_ignore_ascii_case(p));
+                // Bytes, not `&str` slices: the URL may hold any character, and a cut
+                // inside one panics (found by the config fuzzer).
+                .any(|p| {
+                    u.len() > p.len() && u.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                });
             if !scheme_ok {
                 return Err(o.invalid(
                     url.span().start,

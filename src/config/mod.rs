@@ -617,6 +617,28 @@ mod tests {
         );
     }
 
+    /// A list URL is checked for its scheme byte-wise: a character that spans the scheme's
+    /// length gets the error, not a panic (found by the config fuzzer).
+    #[test]
+    fn a_list_url_of_any_characters_is_refused_with_an_error() {
+        for url in [
+            "https:/щѡirebog.net/x.txt",
+            "щщщщщщщщ",
+            "ftp://lists.example/x",
+            "https://",
+        ] {
+            let text = format!("[[lists]]\nname = \"a\"\nurl = \"{url}\"\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("portcullis.toml:3: key `lists.url`: list `a`: ")
+                    && err.ends_with("expected an https://, http:// or file:// URL"),
+                "{url}: {err}"
+            );
+        }
+        let ok = parse("[[lists]]\nname = \"a\"\nurl = \"HTTPS://lists.example/x.txt\"\n");
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
     /// A list has exactly one source; what it was given decides the message.
     #[test]
     fn a_list_has_exactly_one_source() {
